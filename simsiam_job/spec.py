@@ -49,13 +49,12 @@ class JobSpec:
     output: str | None = None       # output location; likewise
     from_ref: str | None = None     # linear-probe --from JOBREF (the pretrain job)
     env: tuple[tuple[str, str], ...] = ()          # --env NAME=VALUE for the trainer processes
-    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # backend's own options
+    options: Any = None             # the backend's own frozen Options dataclass
     procs_per_node: int = 1         # CPU processes per node when gpus == 0
 
     def __post_init__(self) -> None:
         validate_name(self.name)
         object.__setattr__(self, "config", MappingProxyType(dict(self.config)))
-        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
     @property
     def labels(self) -> dict[str, str]:

@@ -99,6 +99,8 @@ class Rendered:
 
 
 class Backend(Protocol):
+    """Constructed as ``Backend(options)`` with the backend's own ``Options`` dataclass."""
+
     name: ClassVar[str]
 
     def render(self, spec: "JobSpec") -> Rendered: ...
@@ -121,6 +123,11 @@ class Backend(Protocol):
         ...
 
     def list(self, *, all_jobs: bool = False) -> list[JobSummary]: ...
+
+    def output_location(self, ref: JobRef) -> str:
+        """Where a job's output directory is, as later jobs of this backend see it
+        (``linear-probe --from REF`` reads ``<output>/encoder.pdparams`` from there)."""
+        ...
 
 
 from simsiam_job.spec import JobSpec  # noqa: E402  (type names only; spec imports nothing heavy)
