@@ -1,0 +1,33 @@
+# Two commands on a fresh machine (each installs what it needs):
+#   make quickstart   a real, small SimSiam pretrain + linear probe on this machine
+#   make test         the whole test suite (real paddle, real Slurm, real Kubernetes control plane)
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+APT_PKGS  := dataset-fashion-mnist slurm-wlm munge shellcheck etcd-server openssl iproute2
+SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup system-packages quickstart test clusters
+
+system-packages:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e ".[cpu,kubernetes,test,torch]"
+	touch $@
+
+setup: system-packages $(VENV)/.installed
+
+quickstart: setup
+	$(VENV)/bin/simsiam-job quickstart
+
+clusters: setup
+	bash tests/cluster/k8s.sh build
+
+test: setup clusters
+	SIMSIAM_REQUIRE_ALL=1 $(PY) -m pytest -ra --timeout=900 tests
