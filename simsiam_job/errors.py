@@ -17,3 +17,10 @@ class BackendError(Exception):
     """The cluster said no (API error, sbatch failure): its message plus a hint. Exit code 1."""
 
     code = 1
+
+
+class TemplateError(Exception):
+    """A template failed to render or produced output that does not parse: a bug in the template,
+    never the user's input (every value is quoted by a filter). Exit code 1."""
+
+    code = 1
