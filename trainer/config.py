@@ -253,7 +253,7 @@ _data_split = Section({"dataset": _dataset, "sampler": _sampler, "loader": _load
                       required=("dataset", "sampler"))
 
 _scheduler = Section({
-    "name": _str("TimmCosine", "CosineDecay", "Cosine", "Constant", "MultiStepDecay", "Step"),
+    "name": _str("TimmCosine", "Constant", "MultiStepDecay"),
     "learning_rate": _float(0),
     "decay_unit": _str("epoch", "step"),
     "eta_min": _float(0),

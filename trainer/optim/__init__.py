@@ -1,0 +1,86 @@
+"""The pretraining optimizer: momentum SGD with per-group learning rates.
+
+The paper fixes the predictor's lr while the encoder follows the cosine schedule. Paddle scales a
+parameter's lr by `param.optimize_attr['learning_rate']`, so the optimizer's own lr is kept at 1.0
+and that per-parameter factor holds each group's absolute lr, set before every step by GroupLR.
+This stays exact even where the schedule reaches 0 (a ratio to the schedule would not).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import paddle
+from paddle import nn
+
+from trainer.config import ConfigError
+from trainer.optim.schedule import LRSchedule
+
+
+@dataclass
+class ParamGroup:
+    name: str
+    params: list
+    fixed_lr: float | None      # None: follows the schedule
+
+
+def param_groups(model: nn.Layer, groups_cfg: list | None) -> list[ParamGroup]:
+    """Trainable parameters split by top-level sub-module name (PASSL's param_groups: encoder, predictor).
+
+    Frozen parameters (stop_gradient, e.g. the projector's last bias) are left out, so the optimizer
+    never touches them (no update, no weight decay).
+    """
+    trainable = [(n, p) for n, p in model.named_parameters() if not p.stop_gradient]
+    if not groups_cfg:
+        return [ParamGroup("all", [p for _, p in trainable], None)]
+    groups = [ParamGroup(g["name"], [], g.get("lr")) for g in groups_cfg]
+    by_name = {g.name: g for g in groups}
+    for name, param in trainable:
+        top = name.split(".", 1)[0]
+        if top not in by_name:
+            raise ConfigError(f"parameter '{name}' is in no Optimizer.param_groups entry "
+                              f"(groups: {', '.join(by_name)}; model parts: "
+                              f"{', '.join(sorted({n.split('.', 1)[0] for n, _ in trainable}))})")
+        by_name[top].params.append(param)
+    empty = [g.name for g in groups if not g.params]
+    if empty:
+        raise ConfigError(f"Optimizer.param_groups names '{empty[0]}', which matches no trainable "
+                          "parameters of the model")
+    return groups
+
+
+class GroupLR:
+    """Sets every group's lr for a position in training; returns them for logging."""
+
+    def __init__(self, schedule: LRSchedule, groups: list[ParamGroup]):
+        self.schedule, self.groups = schedule, groups
+
+    def set(self, epoch: int, step: int) -> dict[str, float]:
+        lrs = {}
+        scheduled = self.schedule(epoch, step)
+        for group in self.groups:
+            lr = scheduled if group.fixed_lr is None else group.fixed_lr
+            for param in group.params:
+                param.optimize_attr["learning_rate"] = lr
+            lrs[group.name] = lr
+        return lrs
+
+
+def build_optimizer(model: nn.Layer, opt_cfg: dict, *, epochs: int, steps_per_epoch: int):
+    """(paddle optimizer, GroupLR) for the config's Optimizer section."""
+    if opt_cfg["name"] != "Momentum":
+        raise ConfigError(f"bad value for 'Optimizer.name': {opt_cfg['name']!r} "
+                          "(pretraining uses 'Momentum')")
+    if "lr" not in opt_cfg:
+        raise ConfigError("missing required key 'Optimizer.lr'")
+    groups = param_groups(model, opt_cfg.get("param_groups"))
+    schedule = LRSchedule.from_config(opt_cfg["lr"], epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                      decay_unit=opt_cfg.get("lr_decay_unit"))
+    optimizer = paddle.optimizer.Momentum(
+        learning_rate=1.0,
+        momentum=opt_cfg.get("momentum", 0.9),
+        parameters=[{"params": g.params} for g in groups],
+        weight_decay=paddle.regularizer.L2Decay(opt_cfg.get("weight_decay", 1e-4)),
+        use_nesterov=opt_cfg.get("use_nesterov", False),
+        multi_precision=opt_cfg.get("multi_precision", False),
+    )
+    return optimizer, GroupLR(schedule, groups)
