@@ -1,0 +1,439 @@
+"""Augmentation ops named as in PASSL's configs, run on uint8 HWC RGB arrays with OpenCV.
+
+Why not PIL/torchvision: the two-view SimSiam recipe is the CPU bottleneck of a GPU node. Here an
+image is decoded once for both views, at a reduced JPEG scale when the crop is large enough that
+no detail is lost, and every op works on the small cropped uint8 array (colour ops through
+lookup tables). ToTensor and Normalize are not run here: they are recorded and applied on the
+device by ``Loader.to_tensor``.
+
+Randomness: every op draws from the ``numpy.random.Generator`` it is handed; the loader seeds one
+per (seed, epoch, sample index), so augmentations do not depend on worker count or timing.
+"""
+from __future__ import annotations
+
+import difflib
+import io
+import math
+
+import cv2
+import numpy as np
+import simplejpeg
+from PIL import Image
+
+from trainer.data.errors import DataError
+
+cv2.setNumThreads(1)  # parallelism comes from loader workers, one image per core
+
+INTERPOLATIONS = {
+    "nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC,
+    "lanczos": cv2.INTER_LANCZOS4, "area": cv2.INTER_AREA,
+}
+
+
+class CorruptImage(Exception):
+    """The file could not be decoded; the loader skips and counts it."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+class Source:
+    """An undecoded image file. Geometry ops ask it for a region at an output size, so a JPEG can
+    be decoded at 1/2, 1/4, ... scale when the region still has at least the output's pixels.
+    Decodes are cached, so the two views of a sample share them."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self._decoded: list[np.ndarray] = []
+        try:
+            h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+            self.is_jpeg = True
+        except ValueError:
+            self.is_jpeg = False
+            try:
+                w, h = Image.open(io.BytesIO(data)).size
+            except Exception as e:  # PIL raises many types for unreadable files
+                raise CorruptImage(str(e) or type(e).__name__) from None
+        self.size = (w, h)
+
+    def decoded(self, min_w: int = 0, min_h: int = 0) -> np.ndarray:
+        """The image (HWC uint8 RGB) at the smallest cached/decodable scale >= (min_w, min_h)."""
+        fits = [a for a in self._decoded if a.shape[1] >= min_w and a.shape[0] >= min_h]
+        if fits:
+            return min(fits, key=lambda a: a.shape[0])
+        array = None
+        if self.is_jpeg:
+            try:
+                array = simplejpeg.decode_jpeg(self.data, "RGB", min_height=min_h, min_width=min_w)
+            except ValueError:
+                pass  # CMYK, progressive oddities, truncation: let PIL decide below
+        if array is None:
+            array = self._decode_with_pil()
+        self._decoded.append(array)
+        return array
+
+    def _decode_with_pil(self) -> np.ndarray:
+        try:
+            with Image.open(io.BytesIO(self.data)) as im:
+                return np.asarray(im.convert("RGB"))
+        except Exception as e:  # truncated, unsupported or garbage data
+            raise CorruptImage(str(e) or type(e).__name__) from None
+
+    def region(self, box, out_w: int, out_h: int, interpolation: int) -> np.ndarray:
+        """Crop box=(x, y, w, h) in original pixels, resized to (out_w, out_h)."""
+        W, H = self.size
+        x, y, w, h = box
+        # Decode just large enough that the crop keeps >= the output's pixels in both directions.
+        array = self.decoded(math.ceil(W * out_w / w), math.ceil(H * out_h / h))
+        sx, sy = array.shape[1] / W, array.shape[0] / H
+        x0, y0 = int(round(x * sx)), int(round(y * sy))
+        x1 = max(x0 + 1, min(array.shape[1], int(round((x + w) * sx))))
+        y1 = max(y0 + 1, min(array.shape[0], int(round((y + h) * sy))))
+        return resize(array[y0:y1, x0:x1], out_w, out_h, interpolation)
+
+
+def as_array(image) -> np.ndarray:
+    return image.decoded() if isinstance(image, Source) else image
+
+
+def resize(array: np.ndarray, out_w: int, out_h: int, interpolation: int) -> np.ndarray:
+    h, w = array.shape[:2]
+    if (w, h) == (out_w, out_h):
+        return array
+    # OpenCV's bilinear/bicubic do not low-pass when shrinking; area averaging does (as PIL's
+    # filters do), so strong reductions use it to avoid aliasing.
+    if w > 1.5 * out_w and h > 1.5 * out_h and interpolation in (cv2.INTER_LINEAR, cv2.INTER_CUBIC):
+        interpolation = cv2.INTER_AREA
+    return cv2.resize(array, (out_w, out_h), interpolation=interpolation)
+
+
+def region(image, box, out_w, out_h, interpolation) -> np.ndarray:
+    if isinstance(image, Source):
+        return image.region(box, out_w, out_h, interpolation)
+    x, y, w, h = box
+    return resize(image[y:y + h, x:x + w], out_w, out_h, interpolation)
+
+
+def image_size(image) -> tuple[int, int]:
+    return image.size if isinstance(image, Source) else (image.shape[1], image.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Ops. Each takes (image, rng) -> image and exposes the output size it fixes (or None).
+
+
+def _pair(size, name):
+    """PASSL sizes are an int (square, or the short side for Resize) or [h, w]."""
+    if isinstance(size, int) and size > 0:
+        return size, size
+    if isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size):
+        return int(size[0]), int(size[1])
+    raise DataError(f"{name}.size must be a positive int or [height, width], got {size!r}")
+
+
+def _range(value, name, low=None):
+    if not (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, (int, float)) for v in value) and value[0] <= value[1]):
+        raise DataError(f"{name} must be [min, max] with min <= max, got {value!r}")
+    if low is not None and value[0] < low:
+        raise DataError(f"{name} must be >= {low}, got {value!r}")
+    return float(value[0]), float(value[1])
+
+
+def _prob(value, name):
+    if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise DataError(f"{name} must be a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _interp(name, op):
+    if name not in INTERPOLATIONS:
+        raise DataError(f"{op}.interpolation must be one of {', '.join(INTERPOLATIONS)}, got {name!r}")
+    return INTERPOLATIONS[name]
+
+
+class RandomResizedCrop:
+    """A crop covering a uniform fraction `scale` of the area with a log-uniform aspect `ratio`,
+    resized to `size` (Szegedy et al.'s crop, as in the SimSiam recipe)."""
+
+    def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation="bilinear"):
+        self.out_h, self.out_w = _pair(size, "RandomResizedCrop")
+        self.scale = _range(scale, "RandomResizedCrop.scale", low=0)
+        self.log_ratio = tuple(math.log(r) for r in _range(ratio, "RandomResizedCrop.ratio", low=1e-6))
+        self.interpolation = _interp(interpolation, "RandomResizedCrop")
+        self.output_size = (self.out_h, self.out_w)
+
+    def box(self, width: int, height: int, rng: np.random.Generator):
+        area = width * height
+        for _ in range(10):
+            target = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(*self.log_ratio))
+            w = int(round(math.sqrt(target * aspect)))
+            h = int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+        # Rarely reached (very elongated images): the largest centred crop with a ratio in range.
+        lo, hi = (math.exp(r) for r in self.log_ratio)
+        aspect = min(max(width / height, lo), hi)
+        w, h = (width, int(round(width / aspect))) if width / height <= aspect else (int(round(height * aspect)), height)
+        w, h = min(w, width), min(h, height)
+        return (width - w) // 2, (height - h) // 2, w, h
+
+    def __call__(self, image, rng):
+        box = self.box(*image_size(image), rng)
+        return region(image, box, self.out_w, self.out_h, self.interpolation)
+
+
+class Resize:
+    """An int size resizes the short side (keeping the aspect ratio); [h, w] resizes exactly."""
+
+    def __init__(self, size, interpolation="bilinear"):
+        self.short_side = size if isinstance(size, int) else None
+        self.out_h, self.out_w = _pair(size, "Resize")
+        self.interpolation = _interp(interpolation, "Resize")
+        self.output_size = None if self.short_side else (self.out_h, self.out_w)
+
+    def __call__(self, image, rng):
+        w, h = image_size(image)
+        out_w, out_h = self.out_w, self.out_h
+        if self.short_side:
+            s = self.short_side
+            out_w, out_h = (s, max(1, int(s * h / w))) if w <= h else (max(1, int(s * w / h)), s)
+        return region(image, (0, 0, w, h), out_w, out_h, self.interpolation)
+
+
+class CenterCrop:
+    def __init__(self, size):
+        self.out_h, self.out_w = _pair(size, "CenterCrop")
+        self.output_size = (self.out_h, self.out_w)
+
+    def __call__(self, image, rng):
+        array = as_array(image)
+        h, w = array.shape[:2]
+        if h < self.out_h or w < self.out_w:  # pad like the reference: centred, black
+            ph, pw = max(0, self.out_h - h), max(0, self.out_w - w)
+            array = cv2.copyMakeBorder(array, ph // 2, ph - ph // 2, pw // 2, pw - pw // 2,
+                                       cv2.BORDER_CONSTANT, value=0)
+            h, w = array.shape[:2]
+        y, x = int(round((h - self.out_h) / 2)), int(round((w - self.out_w) / 2))
+        return array[y:y + self.out_h, x:x + self.out_w]
+
+
+def _affine_lut(gain: float, offset: float) -> np.ndarray:
+    return np.clip(np.arange(256) * gain + offset + 0.5, 0, 255).astype(np.uint8)
+
+
+def _gray(array: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(array, cv2.COLOR_RGB2GRAY)
+
+
+class ColorJitter:
+    """With probability p: brightness, contrast, saturation and hue changes in a random order,
+    factors uniform in [1 - s, 1 + s] (hue: shift uniform in [-s, s] of a turn)."""
+
+    def __init__(self, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, p=1.0):
+        self.p = _prob(p, "ColorJitter.p")
+        for name, value, top in (("brightness", brightness, None), ("contrast", contrast, None),
+                                 ("saturation", saturation, None), ("hue", hue, 0.5)):
+            if not isinstance(value, (int, float)) or value < 0 or (top and value > top):
+                raise DataError(f"ColorJitter.{name} must be a number in [0, {top or 'inf'}], got {value!r}")
+        self.strengths = {"brightness": brightness, "contrast": contrast,
+                          "saturation": saturation, "hue": hue}
+        self.active = [name for name, s in self.strengths.items() if s > 0]
+        self.output_size = None
+
+    def __call__(self, image, rng):
+        if rng.random() >= self.p:
+            return image
+        array = as_array(image)
+        for i in rng.permutation(len(self.active)):
+            name = self.active[i]
+            s = self.strengths[name]
+            if name == "hue":
+                array = adjust_hue(array, rng.uniform(-s, s))
+            else:
+                array = getattr(self, name)(array, rng.uniform(max(0.0, 1 - s), 1 + s))
+        return array
+
+    @staticmethod
+    def brightness(array, factor):
+        return cv2.LUT(array, _affine_lut(factor, 0.0))
+
+    @staticmethod
+    def contrast(array, factor):
+        mean = float(_gray(array).mean())  # blend towards the mean grey level
+        return cv2.LUT(array, _affine_lut(factor, mean * (1 - factor)))
+
+    @staticmethod
+    def saturation(array, factor):
+        gray = cv2.cvtColor(_gray(array), cv2.COLOR_GRAY2RGB)
+        return cv2.addWeighted(array, factor, gray, 1 - factor, 0)
+
+
+def adjust_hue(array: np.ndarray, shift: float) -> np.ndarray:
+    """Rotate hue by `shift` turns in HSV with 256 hue steps (uint8 addition wraps around)."""
+    hsv = cv2.cvtColor(array, cv2.COLOR_RGB2HSV_FULL)
+    hsv[..., 0] += np.uint8(int(round(shift * 256)) % 256)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+
+
+class RandomGrayscale:
+    def __init__(self, p=0.1):
+        self.p = _prob(p, "RandomGrayscale.p")
+        self.output_size = None
+
+    def __call__(self, image, rng):
+        if rng.random() >= self.p:
+            return image
+        return cv2.cvtColor(_gray(as_array(image)), cv2.COLOR_GRAY2RGB)
+
+
+class SimCLRGaussianBlur:
+    """With probability p, a Gaussian blur with sigma uniform in `sigma` (SimCLR's blur)."""
+
+    def __init__(self, sigma=(0.1, 2.0), p=0.5):
+        self.sigma = _range(sigma, "SimCLRGaussianBlur.sigma", low=1e-6)
+        self.p = _prob(p, "SimCLRGaussianBlur.p")
+        self.output_size = None
+
+    def __call__(self, image, rng):
+        if rng.random() >= self.p:
+            return image
+        sigma = rng.uniform(*self.sigma)
+        return cv2.GaussianBlur(as_array(image), (0, 0), sigmaX=sigma, sigmaY=sigma,
+                                borderType=cv2.BORDER_REFLECT)
+
+
+class RandomHorizontalFlip:
+    def __init__(self, p=0.5, prob=None):
+        self.p = _prob(p if prob is None else prob, "RandomHorizontalFlip.p")
+        self.output_size = None
+
+    def __call__(self, image, rng):
+        if rng.random() >= self.p:
+            return image
+        return as_array(image)[:, ::-1]
+
+
+class ToTensor:
+    """Recorded, not run: uint8 -> float in [0, 1] happens on the device (Loader.to_tensor)."""
+
+    def __init__(self):
+        self.output_size = None
+
+
+class Normalize:
+    """Recorded, not run: (x - mean) / std happens on the device (Loader.to_tensor)."""
+
+    def __init__(self, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
+        for name, value in (("mean", mean), ("std", std)):
+            if not (isinstance(value, (list, tuple)) and len(value) in (1, 3)
+                    and all(isinstance(v, (int, float)) for v in value)):
+                raise DataError(f"Normalize.{name} must be a list of 1 or 3 numbers, got {value!r}")
+        if any(s == 0 for s in std):
+            raise DataError("Normalize.std must not contain 0")
+        self.mean = np.broadcast_to(np.asarray(mean, np.float32), (3,)).copy()
+        self.std = np.broadcast_to(np.asarray(std, np.float32), (3,)).copy()
+        self.output_size = None
+
+
+OPS = {cls.__name__: cls for cls in (RandomResizedCrop, Resize, CenterCrop, ColorJitter,
+                                      RandomGrayscale, SimCLRGaussianBlur, RandomHorizontalFlip,
+                                      ToTensor, Normalize)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipelines
+
+
+class Pipeline:
+    """One view: the ops before ToTensor, plus the device-side scale/normalization."""
+
+    def __init__(self, ops: list):
+        self.ops, self.to_tensor, self.normalize = [], None, None
+        for op in ops:
+            if isinstance(op, ToTensor):
+                self.to_tensor = op
+            elif isinstance(op, Normalize):
+                self.normalize = op
+            elif self.to_tensor or self.normalize:
+                raise DataError(f"{type(op).__name__} after ToTensor/Normalize is not supported; "
+                                "put ToTensor and Normalize last")
+            else:
+                self.ops.append(op)
+        last_geometry = [op for op in self.ops if isinstance(op, (RandomResizedCrop, Resize, CenterCrop))]
+        self.output_size = last_geometry[-1].output_size if last_geometry else None
+
+    def __call__(self, image, rng) -> np.ndarray:
+        for op in self.ops:
+            image = op(image, rng)
+        return as_array(image)
+
+    def device_affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (gain, bias) so that the device computes uint8 * gain + bias."""
+        gain, bias = np.ones(3, np.float32), np.zeros(3, np.float32)
+        if self.to_tensor:
+            gain /= 255.0
+        if self.normalize:
+            gain, bias = gain / self.normalize.std, (bias - self.normalize.mean) / self.normalize.std
+        return gain, bias
+
+
+class Views:
+    """What a dataset's `transform` list builds: one pipeline, or two for TwoViewsTransform."""
+
+    def __init__(self, pipelines: list[Pipeline]):
+        self.pipelines = pipelines
+        sizes = {p.output_size for p in pipelines}
+        affines = {tuple(np.concatenate(p.device_affine()).tolist()) for p in pipelines}
+        if len(affines) > 1:
+            raise DataError("the views of TwoViewsTransform must use the same ToTensor/Normalize")
+        self.output_size = sizes.pop() if len(sizes) == 1 else None
+
+    def __call__(self, source: Source, rng) -> list[np.ndarray]:
+        return [pipeline(source, rng) for pipeline in self.pipelines]
+
+    def device_affine(self):
+        return self.pipelines[0].device_affine()
+
+
+def _make_op(entry, where):
+    if isinstance(entry, str):
+        entry = {entry: None}
+    if not (isinstance(entry, dict) and len(entry) == 1):
+        raise DataError(f"{where}: each transform is a mapping {{OpName: {{args}}}}, got {entry!r}")
+    (name, args), = entry.items()
+    args = args or {}
+    if name not in OPS:
+        close = difflib.get_close_matches(str(name), list(OPS) + ["TwoViewsTransform"], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f"; known: {', '.join(OPS)}"
+        raise DataError(f"{where}: unknown transform '{name}'{hint}")
+    if not isinstance(args, dict):
+        raise DataError(f"{where}.{name}: arguments must be a mapping, got {args!r}")
+    try:
+        return OPS[name](**args)
+    except TypeError as e:
+        raise DataError(f"{where}.{name}: {e}".replace("__init__() ", "")) from None
+
+
+def _pipeline(entries, where) -> Pipeline:
+    if not isinstance(entries, list):
+        raise DataError(f"{where} must be a list of transforms, got {entries!r}")
+    return Pipeline([_make_op(e, f"{where}[{i}]") for i, e in enumerate(entries)])
+
+
+def build_views(transform, where="dataset.transform") -> Views:
+    """Build from a PASSL transform list: either ops, or a single TwoViewsTransform entry."""
+    if transform is None:
+        transform = []
+    if (isinstance(transform, list) and len(transform) == 1 and isinstance(transform[0], dict)
+            and "TwoViewsTransform" in transform[0]):
+        args = transform[0]["TwoViewsTransform"] or {}
+        unknown = set(args) - {"base_transform1", "base_transform2"}
+        if unknown or not {"base_transform1", "base_transform2"} <= set(args):
+            raise DataError(f"{where}.TwoViewsTransform needs exactly base_transform1 and base_transform2"
+                            + (f" (unknown: {', '.join(sorted(unknown))})" if unknown else ""))
+        return Views([_pipeline(args[k], f"{where}.TwoViewsTransform.{k}")
+                      for k in ("base_transform1", "base_transform2")])
+    return Views([_pipeline(transform, where)])
