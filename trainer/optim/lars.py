@@ -50,7 +50,6 @@ class MomentumLARC(paddle.optimizer.Momentum):
 
     @paddle.no_grad()
     def step(self) -> None:
-        lr = self.get_lr()
         for param in self._parameter_list:
             grad = param.grad
             if param.stop_gradient or grad is None or self.is_excluded(param):
@@ -61,7 +60,8 @@ class MomentumLARC(paddle.optimizer.Momentum):
             trust = 1.0
             if w_norm > 0.0 and u_norm > 0.0:
                 trust = self.trust_coefficient * w_norm / (u_norm + self.eps)
-                if self.clip:
+                if self.clip:  # the lr this parameter will see, incl. its per-parameter factor
+                    lr = self.get_lr() * param.optimize_attr.get("learning_rate", 1.0)
                     trust = min(trust / lr, 1.0)
             paddle.assign(update * trust, output=grad)
         super().step()
