@@ -1,0 +1,159 @@
+"""Build the one JobSpec from command-line flags and user defaults, validating everything once.
+
+The trainer config is checked with the trainer's own (paddle-free) config module, so a typo in a
+key fails here, with the closest valid key, before anything reaches a cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import secrets
+import string
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from simsiam_job import defaults
+from simsiam_job.backends import get_backend, options_class
+from simsiam_job.backends.base import JobRef, State
+from simsiam_job.errors import UsageError
+from simsiam_job.spec import JobSpec, Phase, validate_name
+
+# The shipped recipe each phase runs when no -c is given (trainer/configs/).
+DEFAULT_CONFIGS = {
+    Phase.PRETRAIN: "simsiam_resnet50_pt_in1k_1n8c_dp_fp32",
+    Phase.LINEAR_PROBE: "simsiam_resnet50_lp_in1k_1n8c_dp_fp32",
+}
+DEFAULT_IMAGE = "ghcr.io/simsiam-job/simsiam:0.1.0"
+MAX_GPUS_PER_NODE = 16
+MAX_NODES = 4096
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_OVERRIDE_KEY = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+
+
+def generated_name(phase: Phase) -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return f"simsiam-{phase.value}-{''.join(secrets.choice(alphabet) for _ in range(5))}"
+
+
+@dataclasses.dataclass
+class Request:
+    """What the user typed (None = not given: the user defaults or built-ins apply)."""
+
+    phase: str
+    backend: str | None = None
+    nodes: int | None = None
+    gpus: int | None = None
+    procs: int = 1
+    config: str | None = None
+    overrides: Sequence[str] = ()
+    image: str | None = None
+    name: str | None = None
+    data: str | None = None
+    output: str | None = None
+    from_ref: str | None = None
+    env: Sequence[str] = ()
+    sets: Sequence[str] = ()
+
+
+def _int_default(key: str, given: int | None, user: Mapping[str, Any], fallback: int) -> int:
+    if given is not None:
+        return given
+    value = defaults.top_level_default(key, user)
+    if value is None:
+        return fallback
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"default {key} from the environment or config file is not an integer: {value!r}") from None
+
+
+def _check_overrides(overrides: Sequence[str]) -> None:
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or not _OVERRIDE_KEY.match(key.strip()):
+            raise UsageError(f"malformed -o {item!r}: expected Dotted.Key=VALUE, e.g. -o Global.epochs=10")
+
+
+def _env_pairs(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not _ENV_NAME.match(name):
+            raise UsageError(f"malformed --env {item!r}: expected NAME=VALUE with NAME a valid variable name")
+        if "\0" in value:
+            raise UsageError(f"--env {name}: the value contains a NUL byte")
+        pairs.append((name, value))
+    return tuple(pairs)
+
+
+def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, str] = os.environ) -> JobSpec:
+    """Validate ``req`` and return the frozen JobSpec. ``check_from`` asks the pretrain job's
+    backend whether it finished (submit does; render stays pure and only computes the path)."""
+    try:
+        phase = Phase(req.phase)
+    except ValueError:
+        raise UsageError(f"unknown phase {req.phase!r}; choose pretrain or linear-probe") from None
+    user = defaults.load_user_config(environ)
+    backend = req.backend or defaults.top_level_default("backend", user, environ) or "local"
+    options = defaults.resolve_options(backend, options_class(backend), req.sets, user_config=user, environ=environ)
+
+    nodes = _int_default("nodes", req.nodes, user, 1)
+    gpus = _int_default("gpus", req.gpus, user, 0)
+    if not 1 <= nodes <= MAX_NODES:
+        raise UsageError(f"--nodes must be between 1 and {MAX_NODES}, got {nodes}")
+    if not 0 <= gpus <= MAX_GPUS_PER_NODE:
+        raise UsageError(f"--gpus is per node and must be between 0 (CPU) and {MAX_GPUS_PER_NODE}, got {gpus}")
+    if not 1 <= req.procs <= 256:
+        raise UsageError(f"--procs must be between 1 and 256, got {req.procs}")
+    if req.procs != 1 and gpus > 0:
+        raise UsageError("--procs sets CPU processes per node; with --gpus G each node runs G processes")
+
+    name = validate_name(req.name) if req.name is not None else generated_name(phase)
+    overrides = list(req.overrides)
+    _check_overrides(overrides)
+
+    if req.from_ref is not None:
+        if phase is not Phase.LINEAR_PROBE:
+            raise UsageError("--from is for linear-probe: it names the pretrain job whose encoder to probe")
+        ref = JobRef.parse(req.from_ref)
+        source_options = options if ref.backend == backend else defaults.resolve_options(
+            ref.backend, options_class(ref.backend), (), user_config=user, environ=environ)
+        pretrained = _pretrained_path(ref, get_backend(ref.backend, source_options), check_from)
+        overrides.append("Global.pretrained_model=" + json.dumps(pretrained))
+
+    from trainer.config import ConfigError, dump, load_config, shipped_config
+
+    try:
+        config_path = req.config if req.config is not None else str(shipped_config(DEFAULT_CONFIGS[phase]))
+        if req.config is not None and not os.path.isfile(req.config):
+            raise UsageError(f"config file not found: {req.config}")
+        config = load_config(config_path, overrides)
+    except ConfigError as err:
+        raise UsageError(f"config: {err}") from None
+    task = config["Global"]["task_type"]
+    expected = "ContrastiveLearning" if phase is Phase.PRETRAIN else "Classification"
+    if task != expected:
+        raise UsageError(f"{config_path} is a {task} config, but the phase {phase.value} needs "
+                         f"Global.task_type {expected}")
+
+    return JobSpec(
+        name=name, phase=phase, backend=backend, nodes=nodes, gpus=gpus,
+        image=req.image or defaults.top_level_default("image", user, environ) or DEFAULT_IMAGE,
+        config_source=config_path, config=config, config_yaml=dump(config),
+        data=req.data or defaults.top_level_default("data", user, environ),
+        output=req.output or defaults.top_level_default("output", user, environ),
+        from_ref=req.from_ref, env=_env_pairs(req.env), options=options, procs_per_node=req.procs,
+    )
+
+
+def _pretrained_path(ref: JobRef, source, check: bool) -> str:
+    """``<output of the pretrain job>/encoder.pdparams``, as the probe job will see it."""
+    if check:
+        status = source.status(ref)  # NotFoundError (exit 1) when there is no such job
+        if status.state is not State.SUCCEEDED:
+            raise UsageError(f"{ref} is {status.state.value}, not SUCCEEDED: its encoder is not "
+                             f"ready (follow it with: simsiam-job status {ref})")
+    return f"{source.output_location(ref).rstrip('/')}/encoder.pdparams"

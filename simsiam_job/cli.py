@@ -1,0 +1,434 @@
+"""simsiam-job: submit SimSiam jobs to Kubernetes, Slurm or this machine, and follow them.
+
+Start-up cost matters (it runs on laptops, in shell completion): this module imports only typer;
+Jinja, YAML, the trainer's config module and the backends load inside the commands that use them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+from simsiam_job import __version__
+
+app = typer.Typer(
+    name="simsiam-job",
+    help="Run SimSiam pretraining and linear probes on Kubernetes, Slurm or this machine.\n\n"
+         "Example: simsiam-job submit pretrain --backend kubernetes --nodes 2 --gpus 8",
+    rich_markup_mode=None,   # plain help: rich costs ~100 ms of start-up
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class PhaseArg(str, Enum):
+    pretrain = "pretrain"
+    linear_probe = "linear-probe"
+
+
+class BackendArg(str, Enum):
+    local = "local"
+    kubernetes = "kubernetes"
+    slurm = "slurm"
+
+
+class DryRun(str, Enum):
+    client = "client"
+    server = "server"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"simsiam-job {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Run SimSiam pretraining and linear probes on Kubernetes, Slurm or this machine.
+
+    \b
+    Examples:
+      simsiam-job quickstart                          # a real small run on this machine
+      simsiam-job submit pretrain --gpus 0 --wait     # local, CPU
+      simsiam-job submit pretrain --backend kubernetes --nodes 2 --gpus 8
+      simsiam-job status kubernetes://ml/simsiam-pretrain-x7k2p
+    """
+
+
+# ---- shared flags of submit and render ---------------------------------------------------------
+
+Backend = Annotated[Optional[BackendArg], typer.Option(
+    "--backend", "-b", help="Where to run (default: SIMSIAM_JOB_BACKEND, the config file, else local).")]
+Nodes = Annotated[Optional[int], typer.Option("--nodes", "-n", help="Number of nodes (default 1).")]
+Gpus = Annotated[Optional[int], typer.Option("--gpus", "-g", help="GPUs per node; 0 runs on CPU (default 0).")]
+Procs = Annotated[int, typer.Option("--procs", help="CPU processes per node when --gpus 0.")]
+Config = Annotated[Optional[str], typer.Option(
+    "--config", "-c", help="Trainer config (PASSL YAML); default: the shipped recipe for the phase.")]
+Overrides = Annotated[Optional[list[str]], typer.Option(
+    "--override", "-o", help="Config override Dotted.Key=VALUE (repeatable), e.g. -o Global.epochs=10.")]
+Image = Annotated[Optional[str], typer.Option("--image", help="Container image (kubernetes; slurm with containers).")]
+Name = Annotated[Optional[str], typer.Option(
+    "--name", help="Job name (DNS-1123 label); default simsiam-<phase>-<random>.")]
+Data = Annotated[Optional[str], typer.Option(
+    "--data", help="Dataset location holding train/ (and val/ for the probe), ImageNet layout.")]
+Output = Annotated[Optional[str], typer.Option(
+    "--output", help="Where outputs go; the job writes LOCATION/<job name>/.")]
+From = Annotated[Optional[str], typer.Option(
+    "--from", help="linear-probe: the finished pretrain job whose encoder to probe (a JOBREF).")]
+Env = Annotated[Optional[list[str]], typer.Option(
+    "--env", "-e", help="Environment variable NAME=VALUE for the trainer processes (repeatable).")]
+Sets = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Backend option KEY=VALUE (repeatable); `simsiam-job options BACKEND` lists them.")]
+
+
+def _spec(phase, backend, nodes, gpus, procs, config, overrides, image, name, data, output,
+          from_ref, env, sets, *, check_from: bool):
+    from simsiam_job.build import Request, build_spec
+
+    return build_spec(Request(
+        phase=phase.value, backend=backend.value if backend else None, nodes=nodes, gpus=gpus,
+        procs=procs, config=config, overrides=overrides or (), image=image, name=name, data=data,
+        output=output, from_ref=from_ref, env=env or (), sets=sets or ()), check_from=check_from)
+
+
+@app.command()
+def submit(
+    phase: Annotated[PhaseArg, typer.Argument(help="pretrain or linear-probe.")],
+    backend: Backend = None, nodes: Nodes = None, gpus: Gpus = None, procs: Procs = 1,
+    config: Config = None, override: Overrides = None, image: Image = None, name: Name = None,
+    data: Data = None, output: Output = None, from_: From = None, env: Env = None, set_: Sets = None,
+    dry_run: Annotated[Optional[DryRun], typer.Option(
+        "--dry-run", help="client: validate and print the job reference only; server: also let "
+                          "the backend validate (Kubernetes server-side dry run).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", "-w", help="Follow the job to its end with a progress "
+                                                             "line; exit with its outcome.")] = False,
+) -> None:
+    """Submit a job and print its reference (local://ID, kubernetes://NS/NAME, slurm://JOBID).
+
+    \b
+    Examples:
+      simsiam-job submit pretrain --gpus 0 --procs 2 -c my.yaml --data ./fmnist --wait
+      simsiam-job submit pretrain --backend kubernetes --nodes 2 --gpus 8 --data pvc:imagenet
+      simsiam-job submit linear-probe --from local://simsiam-pretrain-x7k2p --data ./fmnist
+    """
+    from simsiam_job.backends import get_backend
+
+    spec = _spec(phase, backend, nodes, gpus, procs, config, override, image, name, data, output,
+                 from_, env, set_, check_from=dry_run is None)
+    ref = get_backend(spec.backend, spec.options).submit(spec, dry_run=dry_run.value if dry_run else None)
+    if dry_run:
+        _err(f"dry run ({dry_run.value}): {ref} would be created; nothing was started")
+        typer.echo(str(ref))
+        return
+    typer.echo(str(ref))
+    if wait:
+        raise typer.Exit(_follow(ref))
+    _err(f"follow it:  simsiam-job status {ref}   |   simsiam-job logs -f {ref}   |   simsiam-job cancel {ref}")
+
+
+@app.command()
+def render(
+    phase: Annotated[PhaseArg, typer.Argument(help="pretrain or linear-probe.")],
+    backend: Backend = None, nodes: Nodes = None, gpus: Gpus = None, procs: Procs = 1,
+    config: Config = None, override: Overrides = None, image: Image = None, name: Name = None,
+    data: Data = None, output: Output = None, from_: From = None, env: Env = None, set_: Sets = None,
+    out: Annotated[Optional[str], typer.Option(
+        "--out", help="Write the files into this directory instead of printing.")] = None,
+) -> None:
+    """Print exactly what submit would send, without contacting any cluster.
+
+    Kubernetes: a YAML stream (pipe it to `kubectl apply -f -`); Slurm: the batch script;
+    local: the command line and environment.
+
+    \b
+    Examples:
+      simsiam-job render pretrain --backend kubernetes --nodes 16 --gpus 8 | kubectl apply -f -
+      simsiam-job render pretrain --backend slurm --nodes 2 --gpus 8 --out job/
+    """
+    from simsiam_job.backends import get_backend
+
+    spec = _spec(phase, backend, nodes, gpus, procs, config, override, image, name, data, output,
+                 from_, env, set_, check_from=False)
+    rendered = get_backend(spec.backend, spec.options).render(spec)
+    if out is None:
+        sys.stdout.write(rendered.text)
+        return
+    from pathlib import Path
+
+    out_dir = Path(out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for file_name, content in rendered.files.items():
+            (out_dir / file_name).write_text(content)
+    except OSError as err:
+        from simsiam_job.errors import UsageError
+
+        raise UsageError(f"--out {out}: {err.strerror}: {err.filename}") from None
+    _err(f"wrote {', '.join(sorted(rendered.files))} to {out_dir}")
+
+
+JobRefArg = Annotated[str, typer.Argument(
+    metavar="JOBREF", help="local://ID, kubernetes://NAMESPACE/NAME or slurm://JOBID.")]
+
+
+def _backend_for(ref_text: str):
+    from simsiam_job import defaults
+    from simsiam_job.backends import get_backend, options_class
+    from simsiam_job.backends.base import JobRef
+
+    ref = JobRef.parse(ref_text)
+    return ref, get_backend(ref.backend, defaults.resolve_options(ref.backend, options_class(ref.backend)))
+
+
+@app.command()
+def status(
+    jobref: JobRefArg,
+    json_: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show a job's state (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED, UNKNOWN) and its nodes.
+
+    \b
+    Example:
+      simsiam-job status local://simsiam-pretrain-x7k2p --json
+    """
+    ref, backend = _backend_for(jobref)
+    st = backend.status(ref)
+    if json_:
+        import dataclasses
+        import json
+
+        data = dataclasses.asdict(st)
+        data["ref"] = str(st.ref)
+        typer.echo(json.dumps(data, indent=2, default=str))
+        return
+    typer.echo(f"{st.ref}  {st.state.value}" + (f"  ({st.reason})" if st.reason else ""))
+    progress = format_progress(st.detail.get("progress"))
+    if progress:
+        typer.echo(f"  progress: {progress}")
+    for node in st.nodes:
+        extra = [f"host {node.host}" if node.host else "", f"restarts {node.restarts}" if node.restarts else "",
+                 f"exit {node.exit_code}" if node.exit_code is not None else "", node.reason or ""]
+        typer.echo(f"  node {node.rank}: {node.state.value}  " + "  ".join(e for e in extra if e))
+
+
+@app.command()
+def logs(
+    jobref: JobRefArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
+    rank: Annotated[Optional[int], typer.Option("--rank", "-r", help="Which rank (default 0).")] = None,
+    all_: Annotated[bool, typer.Option("--all", "-a", help="All ranks, lines prefixed [rank N].")] = False,
+    tail: Annotated[Optional[int], typer.Option("--tail", help="Start with the last N lines.")] = None,
+) -> None:
+    """Print a job's logs (rank 0 unless --rank or --all).
+
+    \b
+    Example:
+      simsiam-job logs -f --all local://simsiam-pretrain-x7k2p
+    """
+    from simsiam_job.errors import UsageError
+
+    if all_ and rank is not None:
+        raise UsageError("--rank and --all exclude each other")
+    if tail is not None and tail < 0:
+        raise UsageError(f"--tail must be 0 or more, got {tail}")
+    ref, backend = _backend_for(jobref)
+    for line in backend.logs(ref, rank=rank if rank is not None else 0, all_ranks=all_, follow=follow, tail=tail):
+        typer.echo(line)
+
+
+@app.command()
+def cancel(jobref: JobRefArg) -> None:
+    """Stop a job: SIGTERM first (the trainer writes a checkpoint), then SIGKILL after a grace period.
+
+    \b
+    Example:
+      simsiam-job cancel slurm://4242
+    """
+    ref, backend = _backend_for(jobref)
+    typer.echo(backend.cancel(ref))
+
+
+@app.command("list")
+def list_(
+    backend: Annotated[Optional[BackendArg], typer.Option("--backend", "-b", help="Only this backend "
+                                                          "(default: local and the configured default).")] = None,
+    all_: Annotated[bool, typer.Option("--all", "-a", help="Older finished runs too (local); all "
+                                                           "namespaces (kubernetes); all users (slurm).")] = False,
+) -> None:
+    """List jobs created by simsiam-job, newest first.
+
+    \b
+    Example:
+      simsiam-job list --backend kubernetes --all
+    """
+    from simsiam_job import defaults
+    from simsiam_job.backends import get_backend, options_class
+
+    if backend is not None:
+        names = [backend.value]
+    else:
+        default = defaults.top_level_default("backend", defaults.load_user_config()) or "local"
+        names = ["local"] + ([default] if default != "local" else [])
+    rows = []
+    for name in names:
+        options = defaults.resolve_options(name, options_class(name))
+        rows += get_backend(name, options).list(all_jobs=all_)
+    if not rows:
+        _err("no jobs" + ("" if all_ else " (add --all for older ones)"))
+        return
+    table = [("JOBREF", "PHASE", "STATE", "AGE")] + [
+        (str(r.ref), r.phase, r.state.value, _age(r.age_seconds)) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    for row in table:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+@app.command()
+def options(backend: Annotated[BackendArg, typer.Argument(help="local, kubernetes or slurm.")]) -> None:
+    """List a backend's options (set with --set KEY=VALUE, SIMSIAM_JOB_<BACKEND>_<KEY> or the config file).
+
+    \b
+    Example:
+      simsiam-job options kubernetes
+    """
+    from simsiam_job import defaults
+    from simsiam_job.backends import options_class
+
+    cls = options_class(backend.value)
+    current = defaults.resolve_options(backend.value, cls)
+    for field_name, (_, help_text) in defaults.option_fields(cls).items():
+        typer.echo(f"{field_name:24} {getattr(current, field_name)!r:28} {help_text}")
+    _err(f"config file: {defaults.config_path()} (section {backend.value}:)")
+
+
+@app.command()
+def quickstart(
+    workdir: Annotated[str, typer.Option("--workdir", help="Where the data set and outputs go.")] = "quickstart",
+    procs: Annotated[int, typer.Option("--procs", help="Trainer processes (CPU).")] = 2,
+) -> None:
+    """Prepare Fashion-MNIST, pretrain SimSiam and linear-probe it on this machine, then compare.
+
+    Prints a table: linear-probe top-1 of the SimSiam encoder vs a randomly initialised encoder
+    vs logistic regression on raw pixels.
+
+    \b
+    Example:
+      simsiam-job quickstart --workdir ~/simsiam-quickstart
+    """
+    from simsiam_job.quickstart import run
+
+    raise typer.Exit(run(workdir=workdir, procs=procs, echo=typer.echo, err=_err))
+
+
+# ---- following a job ---------------------------------------------------------------------------
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def format_progress(p: dict | None) -> str:
+    """One line from the newest metrics.jsonl step record: epoch, step, loss, images/s, ETA."""
+    if not p:
+        return ""
+    parts = []
+    if "epoch" in p:
+        parts.append(f"epoch {p['epoch']}" + (f"/{p['epochs']}" if "epochs" in p else ""))
+    if "step" in p:
+        total = p.get("steps") or p.get("steps_per_epoch")
+        parts.append(f"step {p['step']}" + (f"/{total}" if total else ""))
+    if isinstance(p.get("loss"), (int, float)):
+        parts.append(f"loss {p['loss']:.4f}")
+    ips = p.get("ips", p.get("images_per_sec"))
+    if isinstance(ips, (int, float)):
+        parts.append(f"{ips:.1f} img/s")
+    eta = p.get("eta_seconds", p.get("eta"))
+    if isinstance(eta, (int, float)):
+        parts.append(f"ETA {_duration(eta)}")
+    elif isinstance(eta, str):
+        parts.append(f"ETA {eta}")
+    return "  ".join(parts)
+
+
+def _follow(ref, *, echo=None) -> int:
+    """Poll the job until it ends, showing a progress line; return the exit code for its outcome."""
+    import time
+
+    from simsiam_job.backends.base import State
+
+    _, backend = _backend_for(str(ref))
+    tty = sys.stderr.isatty()
+    last = ""
+    while True:
+        st = backend.status(ref)
+        line = f"{st.state.value:9} " + (format_progress(st.detail.get("progress")) or (st.reason or ""))
+        if line != last:
+            if tty:
+                sys.stderr.write("\r\033[K" + line)
+                sys.stderr.flush()
+            else:
+                _err(line)
+            last = line
+        if st.state.finished or st.state is State.UNKNOWN:
+            break
+        time.sleep(2)
+    if tty:
+        sys.stderr.write("\n")
+    if st.state is State.SUCCEEDED:
+        _err(f"{ref} SUCCEEDED; output: {backend.output_location(ref)}")
+        return 0
+    _err(f"{ref} {st.state.value}" + (f": {st.reason}" if st.reason else ""))
+    return 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: our errors become one line ``error: ...`` and their exit code, never a traceback."""
+    from simsiam_job.errors import BackendError, NotFoundError, TemplateError, UsageError
+
+    try:
+        code = app(args=argv, prog_name="simsiam-job", standalone_mode=False)
+    except (UsageError, NotFoundError, BackendError, TemplateError) as err:
+        _err(f"error: {' '.join(str(err).split())}")
+        code = err.code
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as err:  # noqa: BLE001  (the one place that turns any failure into one line)
+        name = type(err).__name__
+        if name == "Abort":
+            code = 130
+        elif hasattr(err, "format_message") and hasattr(err, "exit_code"):  # Click's usage errors
+            _err(f"error: {' '.join(err.format_message().split())}")
+            code = err.exit_code
+        elif os.environ.get("SIMSIAM_JOB_DEBUG"):
+            raise
+        else:
+            _err(f"error: internal error: {name}: {' '.join(str(err).split())} "
+                 "(run with SIMSIAM_JOB_DEBUG=1 for the traceback, and please report it)")
+            code = 1
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
