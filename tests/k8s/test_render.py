@@ -1,0 +1,144 @@
+"""Rendered manifests, checked without a cluster: shape, safety and schema validity."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import kubernetes_validate
+import pytest
+
+from simsiam_job.backends.kubernetes import KubernetesBackend, Options, parse_claim
+from simsiam_job.errors import UsageError
+
+from conftest import docs_by_kind, make_spec
+
+K8S_VERSIONS = [f"1.{minor}.0" for minor in range(28, 38)]
+SHAPES = [(1, 1), (2, 8), (16, 8)]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("nodes,gpus", SHAPES)
+@pytest.mark.parametrize("volumes", [True, False], ids=["volumes", "no-volumes"])
+@pytest.mark.parametrize("gpu_product", ["NVIDIA-A100-SXM4-80GB", ""], ids=["selector", "no-selector"])
+def test_manifests_validate_strictly(render, version, nodes, gpus, volumes, gpu_product):
+    spec = make_spec(nodes=nodes, gpus=gpus, data="imagenet/v1" if volumes else None,
+                     output="results" if volumes else None, gpu_product=gpu_product)
+    docs = render(spec)
+    assert [d["kind"] for d in docs] == ["ConfigMap", "Service", "Job"]
+    for doc in docs:
+        # Raises with the offending field when the schema of that version rejects the object.
+        kubernetes_validate.validate(doc, version, strict=True)
+    pod = docs_by_kind(docs)["Job"]["spec"]["template"]["spec"]
+    assert ("nodeSelector" in pod) == bool(gpu_product)
+    assert ({v["name"] for v in pod["volumes"]} >= {"data", "output"}) == volumes
+
+
+def test_job_shape_two_nodes_eight_gpus(render):
+    docs = docs_by_kind(render(make_spec("pt", nodes=2, gpus=8, env=(("NCCL_DEBUG", "INFO"),),
+                                         image_pull_secrets=("regcred",), priority_class="high",
+                                         service_account="trainer", backoff_limit=5)))
+    job, svc, cm = docs["Job"], docs["Service"], docs["ConfigMap"]
+    labels = {"app.kubernetes.io/name": "simsiam", "app.kubernetes.io/managed-by": "simsiam-job",
+              "app.kubernetes.io/instance": "pt", "simsiam-job/phase": "pretrain"}
+    for obj in (job, svc, cm, job["spec"]["template"]):
+        assert obj["metadata"]["labels"] == labels
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
+    assert job["spec"]["backoffLimit"] == 5
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In",
+                                                             "values": [2]},
+                        "onPodConditions": []}
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["subdomain"] == svc["metadata"]["name"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["priorityClassName"] == "high" and pod["serviceAccountName"] == "trainer"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False,
+                                            "capabilities": {"drop": ["ALL"]}}
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    argv = container["command"]
+    assert argv[:3] == ["python", "-m", "paddle.distributed.launch"]
+    assert argv[argv.index("--master") + 1] == "pt-0.pt:6768"
+    assert argv[argv.index("--nnodes") + 1] == "2"
+    assert argv[argv.index("--rank") + 1] == "$(JOB_COMPLETION_INDEX)"
+    assert argv[argv.index("--devices") + 1] == "0,1,2,3,4,5,6,7"
+    trainer = argv[argv.index("simsiam-train"):]
+    assert trainer[1:3] == ["-c", "/etc/simsiam/config.yaml"]
+    assert 'Global.output_dir="/output/pt"' in trainer and "Global.auto_resume=true" in trainer
+    assert {"name": "NCCL_DEBUG", "value": "INFO"} in container["env"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["data"]["readOnly"] is True and mounts["data"]["mountPath"] == "/data"
+    assert mounts["dshm"]["mountPath"] == "/dev/shm"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
+    assert volumes["config"]["configMap"]["name"] == cm["metadata"]["name"]
+    assert cm["data"]["config.yaml"] == make_spec().config_yaml
+
+
+def test_single_node_cpu_job_has_no_gpu_parts(render):
+    pod = docs_by_kind(render(make_spec(nodes=1, gpus=0)))["Job"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    assert "--master" not in container["command"] and "--nproc_per_node" in container["command"]
+
+
+def test_hostile_values_stay_values(render):
+    """Values that look like YAML or shell syntax reach the objects exactly as given."""
+    nasty = 'x"; rm -rf / #\n: {a: b}\n- [c]'
+    spec = make_spec(env=(("NOTE", nasty), ("EMPTY", "")), gpu_product="yes")
+    docs = docs_by_kind(render(spec))
+    container = docs["Job"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "NOTE", "value": nasty} in container["env"]
+    assert {"name": "EMPTY", "value": ""} in container["env"]
+    assert docs["Job"]["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "yes"}
+
+
+@pytest.mark.parametrize("location,claim,sub", [("data", "data", ""), ("pvc:data/imagenet/2012", "data",
+                                                 "imagenet/2012"), ("a.b/c/", "a.b", "c")])
+def test_claim_locations(location, claim, sub):
+    assert parse_claim(location, "--data") == (claim_sub := parse_claim(location, "--data"))
+    assert (claim_sub.claim, claim_sub.sub_path) == (claim, sub)
+
+
+@pytest.mark.parametrize("location", ["/abs/path", "Data", "data/../etc", "pvc:", "a_b"])
+def test_bad_claim_locations_are_usage_errors(render, location):
+    with pytest.raises(UsageError, match="PersistentVolumeClaim|sub-path"):
+        render(make_spec(data=location))
+
+
+def test_render_needs_no_cluster_and_no_kubernetes_client(tmp_path):
+    """Rendering reads no cluster, and importing the backend does not import the client."""
+    code = (
+        "import sys; import simsiam_job.backends.kubernetes as k;"
+        "assert 'kubernetes' not in sys.modules, 'client imported at module import';"
+        "import conftest; s = conftest.make_spec(namespace='ns');"
+        "print(k.KubernetesBackend(s.options).render(s).text)"
+    )
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "missing")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=__file__.rsplit("/", 1)[0], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "kind: Job" in out.stdout and "namespace: ns" in out.stdout
+
+
+def test_namespace_comes_from_kubeconfig_context(tmp_path):
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: a\nclusters: [{name: c, cluster: {server: "
+        "'https://127.0.0.1:1'}}]\nusers: [{name: u, user: {token: t}}]\ncontexts:\n"
+        "- {name: a, context: {cluster: c, user: u, namespace: team-a}}\n"
+        "- {name: b, context: {cluster: c, user: u, namespace: team-b}}\n")
+    assert KubernetesBackend(Options(kubeconfig=str(kubeconfig))).namespace() == "team-a"
+    assert KubernetesBackend(Options(kubeconfig=str(kubeconfig), context="b")).namespace() == "team-b"
+    assert KubernetesBackend(Options(kubeconfig=str(kubeconfig), namespace="x")).namespace() == "x"
+    with pytest.raises(UsageError, match="no context 'nope'"):
+        KubernetesBackend(Options(kubeconfig=str(kubeconfig), context="nope")).namespace()
