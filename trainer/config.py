@@ -220,7 +220,7 @@ TRANSFORM_OPS["TwoViewsTransform"] = Section(
     {"base_transform1": OpList(_SIMPLE_OPS), "base_transform2": OpList(_SIMPLE_OPS)},
     required=("base_transform1", "base_transform2"))
 
-DATASET_NAMES = ("ImageFolder", "ImageNet", "ImageNetDataset")
+DATASET_NAMES = ("ImageFolder",)
 
 _dataset = Section({
     "name": _str(*DATASET_NAMES),

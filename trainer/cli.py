@@ -1,0 +1,90 @@
+"""simsiam-train: PASSL's interface, `simsiam-train -c CONFIG.yaml [-o Dotted.Key=VALUE ...]`.
+
+The config's Global.task_type picks the loop: ContrastiveLearning (SimSiam pretraining) or
+Classification (the linear probe). Further subcommands (`simsiam-train eval ...`,
+`simsiam-train convert ...`) register in SUBCOMMANDS.
+
+Exit codes: 0 done; 2 bad config, data or usage (one line on stderr); 143 stopped by SIGTERM after
+saving a checkpoint; 1 anything else.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trainer.config import ConfigError, load_config
+
+# name -> "module:function"; the function takes the remaining argv and returns an exit code.
+SUBCOMMANDS: dict[str, str] = {}
+
+# Global.task_type -> "module:function" taking the validated config.
+TASKS = {
+    "ContrastiveLearning": "trainer.engine.pretrain:train",
+    "Classification": "trainer.engine.linear_probe:train",
+}
+
+EXIT_BAD_INPUT, EXIT_PREEMPTED = 2, 143
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):           # one line, exit 2 (argparse's default prints usage too)
+        print(f"simsiam-train: error: {message} (see simsiam-train --help)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _resolve(target: str):
+    import importlib
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUBCOMMANDS:
+        return _resolve(SUBCOMMANDS[argv[0]])(argv[1:])
+    parser = _Parser(prog="simsiam-train", description="SimSiam pretraining and linear probe on "
+                     "PaddlePaddle (PASSL config schema).",
+                     epilog=("subcommands: " + ", ".join(SUBCOMMANDS)) if SUBCOMMANDS else None)
+    parser.add_argument("-c", "--config", required=True, help="PASSL-schema YAML config")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. -o Global.epochs=1 (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.override)
+        return run(cfg)
+    except ConfigError as e:
+        return _fail(str(e))
+
+
+def run(cfg: dict) -> int:
+    """Run the config's task; map the outcomes to exit codes."""
+    import warnings
+    # paddle's import-time and BatchNorm notices say nothing actionable to a user of this tool
+    warnings.filterwarnings("ignore", message="No ccache found")
+    warnings.filterwarnings("ignore", message="When training, we now always track")
+    from trainer.data import DataError       # imports paddle lazily; keep `--help` and errors fast
+    try:
+        task = _resolve(TASKS[cfg["Global"]["task_type"]])
+    except (ImportError, AttributeError):
+        return _fail(f"Global.task_type {cfg['Global']['task_type']!r} is not available in this install")
+    from trainer.engine.run import Preempted
+    try:
+        task(cfg)
+    except (ConfigError, DataError) as e:
+        return _fail(str(e))
+    except Preempted as e:
+        print(f"simsiam-train: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except KeyboardInterrupt:
+        print("simsiam-train: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"simsiam-train: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

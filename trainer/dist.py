@@ -1,0 +1,86 @@
+"""Process group set-up: paddle.distributed.fleet collective mode under paddle.distributed.launch,
+a plain single process otherwise (CPU multi-process runs use gloo, which the launcher sets up)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import paddle
+import paddle.distributed as pdist
+from paddle import nn
+
+from trainer.config import ConfigError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: str            # "cpu" or "gpu:N"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_world_size() -> int:
+    """Processes in the job as paddle.distributed.launch announces them (1 when run directly)."""
+    return int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
+
+
+def init(device: str) -> DistEnv:
+    """Select the device and, when launched with several processes, join the collective group."""
+    if device == "gpu" and not paddle.is_compiled_with_cuda():
+        raise ConfigError("Global.device is 'gpu' but this PaddlePaddle build has no CUDA "
+                          "(install paddlepaddle-gpu, or use -o Global.device=cpu)")
+    local_rank = int(os.environ.get("PADDLE_LOCAL_RANK", os.environ.get("PADDLE_RANK_IN_NODE", "0")))
+    # paddle.distributed.launch gives each process its own GPU through FLAGS_selected_gpus.
+    place = paddle.set_device("gpu" if device == "gpu" else "cpu")
+    world_size = launched_world_size()
+    if world_size > 1:
+        from paddle.distributed import fleet
+        fleet.init(is_collective=True)
+    rank = pdist.get_rank() if world_size > 1 else 0
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=str(place))
+
+
+def wrap(env: DistEnv, model: nn.Layer, optimizer):
+    """Fleet's data-parallel model and optimizer (gradients all-reduced); unchanged on one process."""
+    if env.world_size == 1:
+        return model, optimizer
+    from paddle.distributed import fleet
+    return fleet.distributed_model(model), fleet.distributed_optimizer(optimizer)
+
+
+def use_sync_batch_norm(env: DistEnv, model: nn.Layer) -> nn.Layer:
+    """SyncBatchNorm across GPUs (the paper's BN statistics are over the global batch); plain BN on
+    CPU, where paddle has no SyncBatchNorm kernel."""
+    if env.world_size > 1 and env.device.startswith("gpu"):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def all_reduce_max(value: float, env: DistEnv) -> float:
+    """The largest value over all ranks (e.g. 'any rank got SIGTERM')."""
+    if env.world_size == 1:
+        return value
+    tensor = paddle.to_tensor([float(value)], dtype="float32")
+    pdist.all_reduce(tensor, op=pdist.ReduceOp.MAX)
+    return float(tensor)
+
+
+def average_buffers(env: DistEnv, model: nn.Layer) -> None:
+    """Average BN running statistics over ranks, so the saved/exported model reflects every rank's
+    data and all ranks hold the same state (DataParallel only synchronizes parameters)."""
+    if env.world_size == 1:
+        return
+    for buffer in model.buffers():
+        if buffer.dtype in (paddle.float32, paddle.float16, paddle.bfloat16, paddle.float64):
+            pdist.all_reduce(buffer, op=pdist.ReduceOp.SUM)
+            buffer.set_value(buffer / env.world_size)
+
+
+def barrier(env: DistEnv) -> None:
+    if env.world_size > 1:
+        pdist.barrier()
