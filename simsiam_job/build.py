@@ -75,6 +75,10 @@ def _check_overrides(overrides: Sequence[str]) -> None:
         key, sep, _ = item.partition("=")
         if not sep or not _OVERRIDE_KEY.match(key.strip()):
             raise UsageError(f"malformed -o {item!r}: expected Dotted.Key=VALUE, e.g. -o Global.epochs=10")
+        if any(c in item for c in "\n\r\0"):
+            # A YAML plain scalar would fold the line break silently: say how to keep it instead.
+            raise UsageError(f"-o {key.strip()}: the value contains a line break or NUL; write a "
+                             'YAML string to keep it, e.g. -o Key="line 1\\nline 2"')
 
 
 def _env_pairs(items: Sequence[str]) -> tuple[tuple[str, str], ...]:

@@ -293,7 +293,8 @@ def list_(
 
 
 @app.command()
-def options(backend: Annotated[BackendArg, typer.Argument(help="local, kubernetes or slurm.")]) -> None:
+def options(backend: Annotated[BackendArg, typer.Argument(help="local, kubernetes or slurm.")],
+            set_: Sets = None) -> None:
     """List a backend's options (set with --set KEY=VALUE, SIMSIAM_JOB_<BACKEND>_<KEY> or the config file).
 
     \b
@@ -304,7 +305,7 @@ def options(backend: Annotated[BackendArg, typer.Argument(help="local, kubernete
     from simsiam_job.backends import options_class
 
     cls = options_class(backend.value)
-    current = defaults.resolve_options(backend.value, cls)
+    current = defaults.resolve_options(backend.value, cls, set_ or ())
     for field_name, (_, help_text) in defaults.option_fields(cls).items():
         typer.echo(f"{field_name:24} {getattr(current, field_name)!r:28} {help_text}")
     _err(f"config file: {defaults.config_path()} (section {backend.value}:)")

@@ -73,8 +73,15 @@ def environment():
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["yaml"] = to_yaml
-    env.filters["sh"] = to_sh
+    def strict(quote):
+        def quote_defined(value):
+            if isinstance(value, jinja2.Undefined):
+                str(value)  # StrictUndefined raises "'x' is undefined" here
+            return quote(value)
+        return quote_defined
+
+    env.filters["yaml"] = strict(to_yaml)
+    env.filters["sh"] = strict(to_sh)
     return env
 
 

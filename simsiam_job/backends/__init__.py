@@ -17,7 +17,13 @@ def _module(name: str) -> ModuleType:
         close = difflib.get_close_matches(name, BACKEND_NAMES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UsageError(f"unknown backend {name!r}{hint}; choose one of: {', '.join(BACKEND_NAMES)}")
-    return importlib.import_module(f"simsiam_job.backends.{name}")
+    module_name = f"simsiam_job.backends.{name}"
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name:
+            raise
+        raise UsageError(f"the {name} backend is not part of this installation") from None
 
 
 def options_class(name: str) -> type:
