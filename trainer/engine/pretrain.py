@@ -67,8 +67,9 @@ class Amp:
             self.scaler.load_state_dict(state)
 
 
-def train(cfg: dict) -> None:
-    """Run (or resume) a pretraining run as configured; raises Preempted after a SIGTERM checkpoint."""
+def train(cfg: dict):
+    """Run (or resume) a pretraining run as configured and return the trained SimSiam model;
+    raises Preempted after a SIGTERM checkpoint."""
     g = cfg["Global"]
     if g["accum_steps"] != 1:
         raise ConfigError("bad value for 'Global.accum_steps': only 1 is supported; raise "
@@ -189,6 +190,7 @@ def train(cfg: dict) -> None:
         ckpt.export_encoder(net, run.path / "encoder.pdparams")
     log.info("done: %d steps; encoder weights in %s", global_step, run.path / "encoder.pdparams")
     run.close()
+    return net
 
 
 def _encoder_lr(lrs: dict) -> float:
