@@ -14,8 +14,13 @@ def fmnist_root(tmp_path_factory):
     return fashion_mnist.write_image_folder(tmp_path_factory.mktemp("fmnist"), 60, 20, seed=0)
 
 
-def write_folder(root, counts, size=(40, 30), fmt="JPEG", seed=0):
-    """An ImageFolder with counts[class_name] random-texture images."""
+@pytest.fixture
+def write_folder():
+    """write_folder(root, {class_name: count}, size=(w, h)): an ImageFolder of random-noise JPEGs."""
+    return _write_folder
+
+
+def _write_folder(root, counts, size=(40, 30), fmt="JPEG", seed=0):
     rng = np.random.default_rng(seed)
     for name, n in counts.items():
         d = root / name
