@@ -61,24 +61,25 @@ def use_sync_batch_norm(env: DistEnv, model: nn.Layer) -> nn.Layer:
     return model
 
 
-def all_reduce_max(value: float, env: DistEnv) -> float:
-    """The largest value over all ranks (e.g. 'any rank got SIGTERM')."""
+def all_reduce_max(values: list[float], env: DistEnv) -> list[float]:
+    """Element-wise largest values over all ranks (e.g. 'did any rank get SIGTERM'), one collective."""
     if env.world_size == 1:
-        return value
-    tensor = paddle.to_tensor([float(value)], dtype="float32")
+        return list(values)
+    tensor = paddle.to_tensor([float(v) for v in values], dtype="float32")
     pdist.all_reduce(tensor, op=pdist.ReduceOp.MAX)
-    return float(tensor)
+    return tensor.numpy().tolist()
 
 
 def average_buffers(env: DistEnv, model: nn.Layer) -> None:
     """Average BN running statistics over ranks, so the saved/exported model reflects every rank's
-    data and all ranks hold the same state (DataParallel only synchronizes parameters)."""
+    data and all ranks hold the same state (DataParallel only synchronizes trainable parameters).
+    Paddle keeps running statistics as non-trainable parameters, hence the stop_gradient test."""
     if env.world_size == 1:
         return
-    for buffer in model.buffers():
-        if buffer.dtype in (paddle.float32, paddle.float16, paddle.bfloat16, paddle.float64):
-            pdist.all_reduce(buffer, op=pdist.ReduceOp.SUM)
-            buffer.set_value(buffer / env.world_size)
+    for tensor in model.state_dict().values():
+        if tensor.stop_gradient and tensor.dtype in (paddle.float32, paddle.float16, paddle.bfloat16):
+            pdist.all_reduce(tensor, op=pdist.ReduceOp.SUM)
+            tensor.set_value(tensor / env.world_size)
 
 
 def barrier(env: DistEnv) -> None:

@@ -205,9 +205,8 @@ def _step_save_due(g: dict, global_step: int, last_save: float) -> bool:
 
 def _agree(env, stop: bool, due: bool) -> tuple[bool, bool]:
     """Every rank must save (a collective) and stop at the same step: take the max over ranks."""
-    if env.world_size == 1:
-        return stop, due
-    return dist.all_reduce_max(stop, env) > 0, dist.all_reduce_max(due, env) > 0
+    stop, due = dist.all_reduce_max([stop, due], env)
+    return stop > 0, due > 0
 
 
 def make_train_step(model, optimizer, amp: Amp, to_static: bool):
