@@ -1,0 +1,457 @@
+"""Slurm backend: one batch script per job (slurm/job.sbatch.j2), driven by Slurm's own commands.
+
+Each job gets a directory on the shared filesystem, ``<job_root>/<name>/``, holding what was
+submitted (``job.sbatch``, the resolved trainer ``config.yaml``, ``job.json``) and the logs
+(``logs/rank<N>-<host>.log`` per node, ``logs/batch-*.out|err`` for the script itself).
+Jobs are found again by the marker in their ``--comment`` (``simsiam-job:<phase>``), not by a
+local database; ``slurm://JOBID`` is the reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from simsiam_job import command, templates
+from simsiam_job.backends.base import JobRef, JobStatus, JobSummary, NodeStatus, Rendered, State
+from simsiam_job.backends.local import read_progress
+from simsiam_job.errors import BackendError, NotFoundError, UsageError
+from simsiam_job.spec import JobSpec
+
+MARKER = "simsiam-job"
+TEMPLATE = "slurm/job.sbatch.j2"
+SCRIPT, CONFIG, META = "job.sbatch", "config.yaml", "job.json"
+
+
+def _opt(default, help: str):
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    partition: str = _opt("", "partition (sbatch --partition); empty: the cluster's default")
+    account: str = _opt("", "account to charge (sbatch --account)")
+    qos: str = _opt("", "quality of service (sbatch --qos)")
+    time: str = _opt("", "time limit, e.g. 2-00:00:00 (sbatch --time); empty: the partition's")
+    mem: str = _opt("", "memory per node, e.g. 200G, 0 = all of it (sbatch --mem)")
+    cpus_per_task: int = _opt(0, "CPUs for each node's task (sbatch --cpus-per-task); 0: Slurm's default")
+    gpu_directive: Literal["gpus-per-node", "gres"] = _opt(
+        "gpus-per-node", "how GPUs are requested: --gpus-per-node=G or --gres=gpu:G")
+    venv: str = _opt("", "Python environment on the nodes to activate (PATH/bin/activate)")
+    container: Literal["none", "pyxis", "apptainer"] = _opt(
+        "none", "run the trainer in --image via pyxis/enroot (srun --container-image) or apptainer exec")
+    container_mounts: tuple[str, ...] = _opt(
+        (), "extra paths mounted into the container (the job, data and output folders always are)")
+    job_root: str = _opt("~/simsiam-jobs", "job directories (script, config, logs) on the shared filesystem")
+    port: int = _opt(0, "rendezvous port on the first node; 0: derived from the job id")
+    signal_grace: int = _opt(300, "seconds before the time limit when the trainer gets TERM to checkpoint")
+    requeue: bool = _opt(True, "let Slurm requeue the job after preemption or node failure")
+    cancel_grace: int = _opt(60, "seconds cancel waits after TERM before it sends KILL")
+
+    def __post_init__(self) -> None:
+        for name in ("partition", "account", "qos"):
+            _check_word(getattr(self, name), name, _SLURM_NAME)
+        _check_word(self.time, "time", _TIME)
+        _check_word(self.mem, "mem", _MEM)
+        for name in ("cpus_per_task", "port", "signal_grace", "cancel_grace"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"slurm option {name} must be >= 0, got {getattr(self, name)}")
+        if self.port > 65535:
+            raise UsageError(f"slurm option port must be at most 65535, got {self.port}")
+
+
+# What may stand in an #SBATCH line: Slurm names, times and sizes (no spaces, quotes or newlines).
+_SLURM_NAME = re.compile(r"^[A-Za-z0-9_.,:+@-]*$")
+_TIME = re.compile(r"^(\d+-)?\d+(:\d+){0,2}$|^$|^UNLIMITED$")
+_MEM = re.compile(r"^\d+[KMGT]?$|^$")
+# Job directories appear in #SBATCH --output, where '%' is a pattern and spaces end the value.
+_PATH_IN_DIRECTIVE = re.compile(r"^[A-Za-z0-9_./+@,=:-]+$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_word(value: str, what: str, pattern: re.Pattern) -> None:
+    if not pattern.match(value):
+        raise UsageError(f"slurm option {what}={value!r} is not a valid Slurm value")
+
+
+# Expressions each node's shell expands (command.launch_args receives these placeholders; NUL can
+# never come from a user's path or config value, so no user text is ever expanded).
+_NODE_EXPR = {
+    "\0RANK\0": '"$SLURM_NODEID"',
+    "\0NNODES\0": '"$SLURM_NNODES"',
+    "\0MASTER\0": '"$MASTER_ADDR:$MASTER_PORT"',
+}
+_NODE_EXPR_RE = re.compile("|".join(re.escape(k) for k in _NODE_EXPR))
+
+
+def _node_word(arg: str) -> str:
+    """Shell-quote one argument, expanding only our placeholders (as double-quoted variables)."""
+    parts, pos = [], 0
+    for m in _NODE_EXPR_RE.finditer(arg):
+        if m.start() > pos:
+            parts.append(shlex.quote(arg[pos:m.start()]))
+        parts.append(_NODE_EXPR[m.group()])
+        pos = m.end()
+    if pos < len(arg) or not parts:
+        parts.append(shlex.quote(arg[pos:]))
+    return "".join(parts)
+
+
+def _command_lines(*commands: list[str]) -> str:
+    """Quoted words, each command and each option on its own continued line, for a person to read."""
+    lines = []
+    for words in commands:
+        for i, word in enumerate(words):
+            if i == 0 or word.startswith("--") or word in ("-o", "-c"):
+                lines.append([])
+            lines[-1].append(_node_word(word))
+    return " \\\n    ".join(" ".join(line) for line in lines if line)
+
+
+def _abs_path(value: str, what: str) -> str:
+    if "\0" in value or "\n" in value:
+        raise UsageError(f"{what} {value!r}: a path cannot contain NUL or newline characters")
+    return os.path.abspath(os.path.expanduser(value))
+
+
+# ---- running Slurm's commands ------------------------------------------------------------------
+
+def _one_line(text: str) -> str:
+    """Slurm's message, one line: the most specific 'error:' line, without the command's prefix."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    failed = [ln for ln in lines if "failed:" in ln] or [ln for ln in lines if "error" in ln] or lines
+    line = failed[-1]
+    return re.sub(r"^\w+: (error: )?", "", line)
+
+
+def _run(args: list[str], *, cwd: str | None = None, check: bool = True,
+         input: str | None = None) -> subprocess.CompletedProcess:
+    try:
+        proc = subprocess.run(args, cwd=cwd, input=input, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise BackendError(f"{args[0]} not found: is Slurm's client installed and on PATH?") from None
+    except subprocess.TimeoutExpired:
+        raise BackendError(f"{args[0]} did not answer in 120 s: is slurmctld reachable?") from None
+    if check and proc.returncode != 0:
+        msg = _one_line(proc.stderr) or _one_line(proc.stdout) or f"exit code {proc.returncode}"
+        raise BackendError(f"{args[0]}: {msg}")
+    return proc
+
+
+# ---- Slurm states -> the common ones -----------------------------------------------------------
+
+_STATE_MAP = {
+    **dict.fromkeys(["PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
+                     "RESV_DEL_HOLD", "SPECIAL_EXIT", "SUSPENDED", "STOPPED"], State.PENDING),
+    **dict.fromkeys(["RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING"], State.RUNNING),
+    "COMPLETED": State.SUCCEEDED,
+    "CANCELLED": State.CANCELLED,
+    **dict.fromkeys(["FAILED", "NODE_FAIL", "TIMEOUT", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
+                     "PREEMPTED"], State.FAILED),
+}
+
+
+def _common_state(slurm_state: str) -> State:
+    # sacct writes "CANCELLED by 1000"; squeue may add "+" flags.
+    return _STATE_MAP.get(slurm_state.split()[0].rstrip("+") if slurm_state else "", State.UNKNOWN)
+
+
+def _reason(slurm_state: str, reason: str, restarts: int, exit_code: str) -> str | None:
+    state = slurm_state.split()[0] if slurm_state else ""
+    parts = []
+    common = _common_state(slurm_state)
+    if common is State.PENDING and reason and reason not in ("None", "(null)"):
+        parts.append(reason)
+    if state != "PENDING" and state in _STATE_MAP and common is not State.SUCCEEDED and state not in (
+            "RUNNING", "CANCELLED"):
+        parts.append(state)
+    if common is State.FAILED and exit_code and exit_code != "0:0":
+        parts.append(f"exit code {exit_code.split(':')[0]}"
+                     + (f", signal {exit_code.split(':')[1]}" if exit_code.split(":")[-1] != "0" else ""))
+    if restarts:
+        parts.append(f"requeued {restarts} time{'s' if restarts != 1 else ''}")
+    return ", ".join(parts) or None
+
+
+def _scontrol_fields(text: str) -> dict[str, str]:
+    """``scontrol show job -o`` output as a dict (values here never contain ' Key=' sequences)."""
+    fields = {}
+    for item in re.split(r" (?=[A-Za-z/:]+=)", text.strip()):
+        key, sep, value = item.partition("=")
+        if sep:
+            fields[key] = value
+    return fields
+
+
+@dataclasses.dataclass(frozen=True)
+class _SlurmJob:
+    id: str
+    state: str
+    reason: str
+    nodelist: str
+    workdir: str
+    name: str
+    comment: str
+    restarts: int = 0
+    exit_code: str = ""
+
+
+class SlurmBackend:
+    name: ClassVar[str] = "slurm"
+
+    def __init__(self, options: Options | None = None) -> None:
+        self.options = options if options is not None else Options()
+
+    # ---- render / submit -----------------------------------------------------------------------
+
+    def job_dir(self, spec: JobSpec) -> str:
+        root = _abs_path(self.options.job_root, "slurm option job_root")
+        if not _PATH_IN_DIRECTIVE.match(root):
+            raise UsageError(
+                f"slurm option job_root={root!r}: use a path of letters, digits and ._/+@,=:- only "
+                "(it appears in #SBATCH lines, where spaces and '%' have other meanings)")
+        return f"{root}/{spec.name}"
+
+    def render(self, spec: JobSpec) -> Rendered:
+        o = self.options
+        job_dir = self.job_dir(spec)
+        data_dir = _abs_path(spec.data, "--data") if spec.data else None
+        output_root = _abs_path(spec.output, "--output") if spec.output else None
+        output_dir = f"{output_root}/{spec.name}" if output_root else f"{job_dir}/output"
+        for key, _ in spec.env:
+            if not _ENV_NAME.match(key):
+                raise UsageError(f"--env {key!r}: not a valid environment variable name")
+        if o.container != "none" and not spec.image:
+            raise UsageError(f"slurm option container={o.container} needs --image")
+
+        mounts = [job_dir] + [p for p in (data_dir, output_root or None) if p] + [
+            _abs_path(m, "slurm option container_mounts") for m in o.container_mounts]
+        if o.container != "none":
+            for m in mounts:
+                if "," in m or ":" in m:
+                    raise UsageError(f"container mount {m!r}: paths with ',' or ':' cannot be mounted")
+
+        launch = command.launch_args(
+            spec, master="\0MASTER\0", nnodes="\0NNODES\0", node_rank="\0RANK\0",
+            log_dir=f"{job_dir}/logs/paddle-rank\0RANK\0")
+        train = command.trainer_args(
+            spec, config_path=f"{job_dir}/{CONFIG}", data_dir=data_dir, output_dir=output_dir)
+        prefix = []
+        if o.container == "apptainer":
+            prefix = ["apptainer", "exec"] + (["--nv"] if spec.gpus > 0 else []) + [
+                "--bind", ",".join(mounts), spec.image]
+        node_command = _command_lines(["exec", *prefix], launch, train)
+
+        script = templates.render_text(
+            TEMPLATE,
+            name=spec.name, phase=spec.phase.value, marker=f"{MARKER}:{spec.phase.value}",
+            nodes=spec.nodes, gpus=spec.gpus, gpu_directive=o.gpu_directive,
+            cpus_per_task=o.cpus_per_task, mem=o.mem, time=o.time, partition=o.partition,
+            account=o.account, qos=o.qos, job_dir=job_dir, log_dir=f"{job_dir}/logs",
+            signal_grace=o.signal_grace, requeue=o.requeue, venv=_abs_path(o.venv, "venv") if o.venv else "",
+            env=list(spec.env), port=o.port, container=o.container, image=spec.image,
+            mounts=mounts, node_command=node_command,
+        )
+        meta = json.dumps({"name": spec.name, "phase": spec.phase.value, "nodes": spec.nodes,
+                           "output_dir": output_dir, "data_dir": data_dir}, indent=2) + "\n"
+        return Rendered(text=script, files={SCRIPT: script, CONFIG: spec.config_yaml, META: meta},
+                        payload=script)
+
+    def submit(self, spec: JobSpec, dry_run: str | None = None) -> JobRef:
+        rendered = self.render(spec)
+        if dry_run == "client":
+            return JobRef(self.name, "dry-run")
+        if dry_run == "server":
+            # sbatch --test-only checks the script against the cluster and queues nothing.
+            proc = _run(["sbatch", "--test-only"], input=rendered.text, check=False)
+            if proc.returncode != 0:
+                raise BackendError(f"sbatch: {_one_line(proc.stderr)}")
+            return JobRef(self.name, "dry-run")
+
+        job_dir = Path(self.job_dir(spec))
+        if job_dir.exists():
+            raise UsageError(
+                f"job directory {job_dir} already exists (a job named {spec.name!r} ran before): "
+                "choose another --name, or remove the directory")
+        (job_dir / "logs").mkdir(parents=True)
+        try:
+            for fname, text in rendered.files.items():
+                tmp = job_dir / f".{fname}.tmp"
+                tmp.write_text(text)
+                tmp.replace(job_dir / fname)
+            proc = _run(["sbatch", "--parsable", SCRIPT], cwd=str(job_dir))
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)  # nothing was queued: let the name be reused
+            raise
+        job_id = proc.stdout.strip().split(";")[0]
+        if not job_id.isdigit():
+            raise BackendError(f"sbatch: unexpected answer {proc.stdout.strip()!r}")
+        return JobRef(self.name, job_id)
+
+    # ---- following a job -----------------------------------------------------------------------
+
+    def _job(self, ref: JobRef) -> _SlurmJob:
+        job_id = ref.id
+        if not re.fullmatch(r"\d+", job_id):
+            raise UsageError(f"{ref}: a Slurm job id is a number")
+        # Pending and running jobs: squeue.
+        proc = _run(["squeue", "-h", "-j", job_id, "-o", "%i|%T|%N|%Z|%j|%k|%r"], check=False)
+        rows = [ln for ln in proc.stdout.splitlines() if ln.startswith(f"{job_id}|")]
+        details = self._scontrol(job_id)
+        if rows:
+            _, state, nodelist, workdir, name, comment, reason = rows[0].split("|", 6)
+            return _SlurmJob(job_id, state, reason, nodelist if nodelist != "(null)" else "", workdir,
+                             name, comment, int(details.get("Restarts", "0") or 0),
+                             details.get("ExitCode", ""))
+        # Finished: accounting where there is any, else what slurmctld still remembers.
+        if details:
+            return _SlurmJob(job_id, details.get("JobState", ""), details.get("Reason", ""),
+                             details.get("NodeList", "") if details.get("NodeList") != "(null)" else "",
+                             details.get("WorkDir", ""), details.get("JobName", ""),
+                             details.get("Comment", ""), int(details.get("Restarts", "0") or 0),
+                             details.get("ExitCode", ""))
+        acct = self._sacct(job_id)
+        if acct:
+            return acct
+        raise NotFoundError(
+            f"{ref}: no such job (Slurm forgets finished jobs after MinJobAge unless accounting is on)")
+
+    @staticmethod
+    def _scontrol(job_id: str) -> dict[str, str]:
+        proc = _run(["scontrol", "show", "job", "-o", job_id], check=False)
+        return _scontrol_fields(proc.stdout) if proc.returncode == 0 else {}
+
+    @staticmethod
+    def _sacct(job_id: str) -> _SlurmJob | None:
+        proc = _run(["sacct", "-X", "-n", "-P", "-j", job_id,
+                     "-o", "JobID,State,NodeList,WorkDir,JobName,Comment,Reason,ExitCode"], check=False)
+        if proc.returncode != 0:  # also: "Slurm accounting storage is disabled"
+            return None
+        for line in proc.stdout.splitlines():
+            fields = line.split("|")
+            if len(fields) == 8 and fields[0] == job_id:
+                jid, state, nodelist, workdir, name, comment, reason, exit_code = fields
+                return _SlurmJob(jid, state, reason, nodelist, workdir, name, comment, 0, exit_code)
+        return None
+
+    def status(self, ref: JobRef) -> JobStatus:
+        job = self._job(ref)
+        state = _common_state(job.state)
+        hosts = (_run(["scontrol", "show", "hostnames", job.nodelist]).stdout.split()
+                 if job.nodelist else [])
+        nodes = tuple(NodeStatus(rank=i, state=state, host=h, restarts=job.restarts)
+                      for i, h in enumerate(hosts))
+        return JobStatus(
+            ref=ref, state=state, reason=_reason(job.state, job.reason, job.restarts, job.exit_code),
+            nodes=nodes,
+            detail={"slurm_state": job.state, "slurm_reason": job.reason, "name": job.name,
+                    "job_dir": job.workdir, "restarts": job.restarts, "exit_code": job.exit_code,
+                    "progress": read_progress(Path(self._meta(job).get("output_dir", "/nonexistent"),
+                                                   "metrics.jsonl"))},
+        )
+
+    def _log_files(self, job_dir: str, rank: int) -> list[Path]:
+        files = list(Path(job_dir, "logs").glob(f"rank{rank}-*.log"))
+        return sorted(files, key=lambda p: p.stat().st_mtime)
+
+    @staticmethod
+    def _meta(job: _SlurmJob) -> dict:
+        """job.json of the job's directory ({} when the job was not submitted by simsiam-job)."""
+        try:
+            meta = json.loads(Path(job.workdir, META).read_text())
+        except (OSError, ValueError):
+            return {}
+        return meta if isinstance(meta, dict) else {}
+
+    def _nodes(self, job: _SlurmJob) -> int:
+        nodes = self._meta(job).get("nodes")
+        if not isinstance(nodes, int):
+            raise NotFoundError(f"slurm://{job.id}: {job.workdir} is not a simsiam-job directory")
+        return nodes
+
+    def logs(self, ref: JobRef, *, rank: int | None = 0, all_ranks: bool = False,
+             follow: bool = False, tail: int | None = None) -> Iterator[str]:
+        job = self._job(ref)
+        nodes = self._nodes(job)
+        rank = 0 if rank is None else rank
+        if not all_ranks and not 0 <= rank < nodes:
+            raise UsageError(f"--rank {rank}: {ref} has {nodes} node(s), ranks 0..{nodes - 1}")
+        ranks = list(range(nodes)) if all_ranks else [rank]
+        # Read position per file; a requeue on other nodes adds files, which are picked up too.
+        offsets: dict[Path, int] = {}
+
+        def new_lines(r: int) -> list[str]:
+            out = []
+            for path in self._log_files(job.workdir, r):
+                with open(path, "rb") as f:
+                    f.seek(offsets.get(path, 0))
+                    data = f.read()
+                # Keep a partial last line for the next read.
+                cut = data.rfind(b"\n") + 1 if follow else len(data)
+                offsets[path] = offsets.get(path, 0) + cut
+                out += data[:cut].decode("utf-8", "replace").splitlines()
+            return [f"[rank {r}] {ln}" if all_ranks else ln for ln in out]
+
+        for r in ranks:
+            lines = new_lines(r)
+            yield from (lines[-tail:] if tail is not None and tail > 0 else lines)
+        while follow:
+            finished = _common_state(self._job(ref).state).finished
+            for r in ranks:
+                yield from new_lines(r)
+            if finished:
+                return
+            time.sleep(1.0)
+
+    def cancel(self, ref: JobRef) -> str:
+        job = self._job(ref)
+        if _common_state(job.state).finished:
+            return f"{ref} already finished ({job.state})"
+        # scancel: Slurm sends TERM to every process of the job (the trainer checkpoints), and KILL
+        # after the cluster's KillWait; the job's state becomes CANCELLED.
+        _run(["scancel", ref.id])
+        deadline = time.monotonic() + self.options.cancel_grace
+        while time.monotonic() < deadline:
+            job = self._job(ref)
+            if _common_state(job.state).finished:
+                return f"cancelled {ref} ({job.name}): stopped after TERM"
+            time.sleep(1.0)
+        _run(["scancel", "--signal=KILL", "--full", ref.id], check=False)
+        return f"cancelled {ref} ({job.name}): still running {self.options.cancel_grace} s after TERM, killed"
+
+    def list(self, *, all_jobs: bool = False) -> list[JobSummary]:
+        # Every job slurmctld still knows (finished ones for MinJobAge): yours, or all users'.
+        args = ["squeue", "-h", "--states=all", "-o", "%i|%T|%V|%j|%k"] + ([] if all_jobs else ["--me"])
+        rows = []
+        now = dt.datetime.now()
+        for line in _run(args).stdout.splitlines():
+            job_id, state, submitted, name, comment = line.split("|", 4)
+            if not comment.startswith(f"{MARKER}:"):
+                continue
+            try:
+                age = (now - dt.datetime.fromisoformat(submitted)).total_seconds()
+            except ValueError:
+                age = None
+            rows.append(JobSummary(ref=JobRef(self.name, job_id), name=name,
+                                   phase=comment.split(":", 1)[1], state=_common_state(state),
+                                   age_seconds=age))
+        return rows
+
+    def output_location(self, ref: JobRef) -> str:
+        job = self._job(ref)
+        output_dir = self._meta(job).get("output_dir")
+        if not isinstance(output_dir, str):
+            raise NotFoundError(f"{ref}: {job.workdir} is not a simsiam-job directory")
+        return output_dir
