@@ -347,7 +347,7 @@ class KubernetesBackend:
         text = self._read_log(namespace, pod, tail=tail, timestamps=True)
         for line in text.splitlines():
             stamp, _, rest = line.partition(" ")
-            yield stamp, r, rest
+            yield _stamp_key(stamp), r, rest
 
     def _read_log(self, namespace: str, pod, *, tail: int | None, timestamps: bool = False) -> str:
         core, _ = self._api()
@@ -359,33 +359,48 @@ class KubernetesBackend:
 
     def _rank_lines(self, namespace: str, name: str, r: int, follow: bool, tail: int | None,
                     pods: dict) -> Iterator[str]:
-        """One rank's log; with follow, waits for its pod to start and moves on to the newer pod
-        when the Job retries the index, until the rank is finished."""
+        """One rank's log. With follow: waits for the rank's pod to start, reconnects when the
+        server closes the stream (without repeating lines), moves on to the newer pod when the Job
+        retries the index, and ends when the job has ended."""
         if not follow:
             pod = pods.get(r)
             if pod is not None:
                 yield from self._read_log(namespace, pod, tail=tail).splitlines()
             return
-        core, _ = self._api()
-        seen: set[str] = set()
+        last_stamp: dict[str, str] = {}  # pod -> timestamp of the last line printed
         while True:
-            pod = pods.get(r)
-            if pod is not None and pod.metadata.name not in seen and pod.status.phase != "Pending":
-                seen.add(pod.metadata.name)
-                stream = self._call(
-                    f"following the log of pod {pod.metadata.name}", core.read_namespaced_pod_log,
-                    pod.metadata.name, namespace, container="trainer", follow=True,
-                    tail_lines=tail, _preload_content=False)
-                yield from _lines(stream)
-            job, all_pods = self._job_and_pods(namespace, name)
-            pods = newest_pods(all_pods)
-            pod = pods.get(r)
-            finished = job_state(job, all_pods).finished or (
-                pod is not None and pod.metadata.name in seen
-                and pod.status.phase in ("Succeeded", "Failed"))
-            if finished and (pod is None or pod.metadata.name in seen):
+            try:
+                job, all_pods = self._job_and_pods(namespace, name)
+            except NotFoundError:
+                return  # cancelled while we followed
+            pod = newest_pods(all_pods).get(r)
+            job_done = job_state(job, all_pods).finished
+            if pod is not None and pod.status.phase != "Pending":
+                yield from self._stream(namespace, pod, last_stamp, follow=not job_done,
+                                        tail=tail if not last_stamp else None)
+            if job_done:
                 return
-            time.sleep(1.0)
+            time.sleep(0.5)
+
+    def _stream(self, namespace: str, pod, last_stamp: dict[str, str], *, follow: bool,
+                tail: int | None) -> Iterator[str]:
+        """Lines of a pod's log after the last one printed (the API has no "since this line", so
+        lines carry the kubelet's timestamps, and those already seen are skipped)."""
+        core, _ = self._api()
+        name = pod.metadata.name
+        since = None
+        if name in last_stamp:
+            since = max(1, int(time.time() - _parse_stamp(last_stamp[name])) + 2)
+        response = self._call(f"reading the log of pod {name}", core.read_namespaced_pod_log, name,
+                              namespace, container="trainer", follow=follow, timestamps=True,
+                              since_seconds=since, tail_lines=tail, _preload_content=False)
+        for line in _lines(response):
+            stamp, _, text = line.partition(" ")
+            stamp = _stamp_key(stamp)
+            if name in last_stamp and stamp <= last_stamp[name]:
+                continue
+            last_stamp[name] = stamp
+            yield text
 
     def _follow_all(self, namespace: str, name: str, ranks: list[int], tail: int | None,
                     pods: dict) -> Iterator[str]:
@@ -491,6 +506,22 @@ def _lines(stream) -> Iterator[str]:
             yield buffer.decode(errors="replace")
     finally:
         stream.release_conn()
+
+
+def _stamp_key(stamp: str) -> str:
+    """The kubelet's RFC 3339 UTC timestamp (trailing zeros of the nanoseconds trimmed) padded so
+    that comparing two keys as strings compares the times."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    return f"{whole}.{fraction.ljust(9, '0')}"
+
+
+def _parse_stamp(key: str) -> float:
+    """Seconds since the epoch of a _stamp_key."""
+    import datetime
+
+    whole, _, fraction = key.partition(".")
+    parsed = datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.timezone.utc)
+    return parsed.timestamp() + float(f"0.{fraction}")
 
 
 def pod_index(pod) -> int | None:

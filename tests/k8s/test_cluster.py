@@ -1,0 +1,411 @@
+"""End to end against a real control plane: etcd, kube-apiserver, controller-manager (the Job
+controller), scheduler, and kwok standing in for kubelets on fake nodes (3 x 8 A100, one CPU node,
+one tainted H100 node). Containers do not run: a test ends a pod by annotating it
+(``simsiam-test/exit``: an exit code or ``disrupt``), which kwok's stages in
+tests/cluster/k8s/kwok.yaml turn into the pod's final status.
+
+Everything goes through the ``simsiam-job`` CLI a user types, except where a test must count API
+calls or play the kubelet's part.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import docs_by_kind, make_spec
+
+pytestmark = pytest.mark.k8s
+
+CLI = str(Path(sys.executable).parent / "simsiam-job")
+A100_NODES = {"a100-0", "a100-1", "a100-2"}
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+
+
+# ---- helpers ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def kube(cluster):
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(config_file=cluster["KUBECONFIG"])
+    return client.CoreV1Api(api), client.BatchV1Api(api), api
+
+
+@pytest.fixture
+def ns(kube, request):
+    """A fresh namespace per test, deleted afterwards (its jobs and pods with it)."""
+    from kubernetes import client
+
+    core, _, _ = kube
+    name = f"t-{request.node.name[5:30].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    wait_until(lambda: core.read_namespaced_service_account("default", name), what="service account")
+    yield name
+    _, batch, _ = kube
+    for job in batch.list_namespaced_job(name).items:
+        batch.delete_namespaced_job(job.metadata.name, name, propagation_policy="Background")
+    core.delete_namespace(name)
+
+
+def run_cli(cluster, *args, input: str | None = None, check: bool = True, extra_env=None):
+    env = {**cluster, "HOME": str(Path.home()), "SIMSIAM_JOB_CONFIG": "/nonexistent",
+           **(extra_env or {})}
+    out = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, input=input,
+                         timeout=120)
+    if check:
+        assert out.returncode == 0, f"simsiam-job {' '.join(args)}: {out.stderr}"
+    return out
+
+
+def submit(cluster, ns, name, *args, **kw):
+    return run_cli(cluster, "submit", "pretrain", "--backend", "kubernetes", "--name", name,
+                   "--image", "registry.example.com/simsiam:test", "--set", f"namespace={ns}",
+                   *args, **kw)
+
+
+def status(cluster, ref) -> dict:
+    return json.loads(run_cli(cluster, "status", ref, "--json").stdout)
+
+
+def wait_until(fn: Callable, *, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = fn()
+            if value:
+                return value
+            last = value
+        except Exception as err:  # not there yet
+            last = err
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def pods_of(kube, ns, name):
+    core, _, _ = kube
+    return core.list_namespaced_pod(ns, label_selector=f"{JOB_NAME_LABEL}={name}").items
+
+
+def running_pods(kube, ns, name, count):
+    pods = [p for p in pods_of(kube, ns, name) if p.status.phase == "Running"]
+    return pods if len(pods) == count else None
+
+
+def end_pod(kube, pod, outcome: str):
+    """Play the kubelet: the pod's container exits with `outcome` (a code) or it is disrupted."""
+    core, _, _ = kube
+    core.patch_namespaced_pod(pod.metadata.name, pod.metadata.namespace,
+                              {"metadata": {"annotations": {"simsiam-test/exit": outcome}}})
+
+
+# ---- lifecycle ---------------------------------------------------------------------------------------
+
+def test_two_by_eight_waits_for_free_a100s_runs_and_succeeds(cluster, kube, ns):
+    core, batch, _ = kube
+    # Two of the three A100 nodes are busy, so only one of our two pods fits at first.
+    submit(cluster, ns, "blocker", "--nodes", "2", "--gpus", "8")
+    blockers = wait_until(lambda: running_pods(kube, ns, "blocker", 2), what="blocker running")
+
+    ref = submit(cluster, ns, "pt", "--nodes", "2", "--gpus", "8").stdout.strip()
+    assert ref == f"kubernetes://{ns}/pt"
+    labels = {"app.kubernetes.io/name": "simsiam", "app.kubernetes.io/managed-by": "simsiam-job",
+              "app.kubernetes.io/instance": "pt", "simsiam-job/phase": "pretrain"}
+    job = batch.read_namespaced_job("pt", ns)
+    assert job.metadata.labels == labels
+    for obj in (core.read_namespaced_config_map("pt", ns), core.read_namespaced_service("pt", ns)):
+        assert obj.metadata.labels == labels
+        (owner,) = obj.metadata.owner_references
+        assert (owner.kind, owner.name, owner.uid) == ("Job", "pt", job.metadata.uid)
+
+    pending = wait_until(lambda: (s := status(cluster, ref))["state"] == "PENDING"
+                         and "Insufficient nvidia.com/gpu" in (s["reason"] or "") and s,
+                         what="one pod unschedulable")
+    assert any(n["state"] == "RUNNING" for n in pending["nodes"])
+
+    for pod in blockers:
+        end_pod(kube, pod, "0")
+    pods = wait_until(lambda: running_pods(kube, ns, "pt", 2), what="both pods running")
+    assert sorted(p.metadata.annotations["batch.kubernetes.io/job-completion-index"]
+                  for p in pods) == ["0", "1"]
+    hosts = {p.spec.node_name for p in pods}
+    assert hosts <= A100_NODES and len(hosts) == 2
+    assert all(p.spec.hostname in (f"pt-0", f"pt-1") and p.spec.subdomain == "pt" for p in pods)
+    running = status(cluster, ref)
+    assert running["state"] == "RUNNING"
+    assert {n["host"] for n in running["nodes"]} == hosts
+
+    for pod in pods:
+        end_pod(kube, pod, "0")
+    wait_until(lambda: status(cluster, ref)["state"] == "SUCCEEDED", what="SUCCEEDED")
+    text = run_cli(cluster, "status", ref).stdout
+    assert "SUCCEEDED" in text
+
+
+def test_more_gpus_than_any_node_has_stays_pending_with_the_schedulers_reason(cluster, ns):
+    ref = submit(cluster, ns, "huge", "--nodes", "1", "--gpus", "16").stdout.strip()
+    result = wait_until(lambda: (s := status(cluster, ref))["reason"] and s, what="a reason")
+    assert result["state"] == "PENDING"
+    assert "Unschedulable" in result["reason"] and "Insufficient nvidia.com/gpu" in result["reason"]
+    text = run_cli(cluster, "status", ref).stdout
+    assert "PENDING" in text and "Insufficient nvidia.com/gpu" in text
+    time.sleep(2)
+    assert status(cluster, ref)["state"] == "PENDING"
+
+
+def test_exit_code_2_fails_the_job_without_retries(cluster, kube, ns):
+    ref = submit(cluster, ns, "badcfg", "--gpus", "1").stdout.strip()
+    (pod,) = wait_until(lambda: running_pods(kube, ns, "badcfg", 1), what="pod running")
+    end_pod(kube, pod, "2")
+    result = wait_until(lambda: (s := status(cluster, ref))["state"] == "FAILED" and s, what="FAILED")
+    assert "PodFailurePolicy" in result["reason"]
+    assert result["nodes"][0]["exit_code"] == 2
+    time.sleep(2)  # a retry would have shown up by now
+    assert len(pods_of(kube, ns, "badcfg")) == 1
+
+
+def test_a_disruption_is_retried_without_counting_as_a_failure(cluster, kube, ns):
+    # backoffLimit 0: any counted failure would fail the job at once.
+    ref = submit(cluster, ns, "preempted", "--gpus", "1", "--set", "backoff_limit=0").stdout.strip()
+    (first,) = wait_until(lambda: running_pods(kube, ns, "preempted", 1), what="pod running")
+    end_pod(kube, first, "disrupt")
+    (second,) = wait_until(
+        lambda: [p for p in running_pods(kube, ns, "preempted", 1) or []
+                 if p.metadata.name != first.metadata.name], what="replacement pod running")
+    result = status(cluster, ref)
+    assert result["state"] == "RUNNING" and result["nodes"][0]["restarts"] == 1
+    assert result["detail"]["pods"]["0"] == second.metadata.name
+    end_pod(kube, second, "0")
+    wait_until(lambda: status(cluster, ref)["state"] == "SUCCEEDED", what="SUCCEEDED")
+
+
+# ---- cancel, list, render | kubectl --------------------------------------------------------------------
+
+def test_cancel_removes_everything_and_list_finds_jobs_by_label(cluster, kube, ns):
+    core, batch, _ = kube
+    keep = submit(cluster, ns, "keep", "--gpus", "0").stdout.strip()
+    ref = submit(cluster, ns, "gone", "--gpus", "0", "--nodes", "2").stdout.strip()
+    wait_until(lambda: running_pods(kube, ns, "gone", 2), what="pods running")
+
+    env = {"SIMSIAM_JOB_KUBERNETES_NAMESPACE": ns}
+    listed = run_cli(cluster, "list", "--backend", "kubernetes", extra_env=env).stdout
+    assert keep in listed and ref in listed
+    everywhere = run_cli(cluster, "list", "--backend", "kubernetes", "--all").stdout
+    assert keep in everywhere and ref in everywhere
+
+    out = run_cli(cluster, "cancel", ref).stdout
+    assert "cancelled" in out
+    assert not pods_of(kube, ns, "gone")
+    assert [j.metadata.name for j in batch.list_namespaced_job(ns).items] == ["keep"]
+    assert [c.metadata.name for c in core.list_namespaced_config_map(
+        ns, label_selector="app.kubernetes.io/instance=gone").items] == []
+    wait_until(lambda: not core.list_namespaced_service(
+        ns, label_selector="app.kubernetes.io/instance=gone").items, what="service collected")
+    wait_until(lambda: not core.list_namespaced_config_map(
+        ns, label_selector="app.kubernetes.io/instance=gone").items, what="config map collected")
+    listed = run_cli(cluster, "list", "--backend", "kubernetes", extra_env=env).stdout
+    assert keep in listed and ref not in listed
+
+
+def test_render_piped_to_kubectl_apply_creates_the_same_objects(cluster, kube, ns):
+    core, batch, _ = kube
+    rendered = run_cli(cluster, "render", "pretrain", "--backend", "kubernetes", "--name", "piped",
+                       "--nodes", "2", "--gpus", "8", "--image", "registry.example.com/simsiam:test",
+                       "--set", f"namespace={ns}").stdout
+    applied = subprocess.run(["kubectl", "apply", "-f", "-"], input=rendered, capture_output=True,
+                             text=True, env=cluster, timeout=60)
+    assert applied.returncode == 0, applied.stderr
+    assert "job.batch/piped created" in applied.stdout
+    job = batch.read_namespaced_job("piped", ns)
+    sent = docs_by_kind(__import__("yaml").safe_load_all(rendered) and
+                        list(__import__("yaml").safe_load_all(rendered)))["Job"]
+    container = job.spec.template.spec.containers[0]
+    assert container.command == sent["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert job.spec.completions == 2 and job.spec.completion_mode == "Indexed"
+    wait_until(lambda: running_pods(kube, ns, "piped", 2), what="pods running")
+    shown = subprocess.run(["kubectl", "-n", ns, "get", "jobs,pods", "-l",
+                            "app.kubernetes.io/managed-by=simsiam-job"], capture_output=True,
+                           text=True, env=cluster, timeout=60)
+    assert "job.batch/piped" in shown.stdout
+    assert "pod/piped-0-" in shown.stdout and "pod/piped-1-" in shown.stdout
+    # The CLI follows a job it did not submit.
+    assert status(cluster, f"kubernetes://{ns}/piped")["state"] == "RUNNING"
+
+
+# ---- server-side dry run and API errors ----------------------------------------------------------------
+
+def test_server_dry_run_is_judged_by_the_api_server(cluster, kube, ns):
+    core, batch, _ = kube
+    ok = submit(cluster, ns, "dry", "--gpus", "8", "--dry-run", "server")
+    assert ok.returncode == 0
+    bad = submit(cluster, ns, "dry", "--gpus", "8", "--dry-run", "server", "--set", "memory=12 GB",
+                 check=False)
+    assert bad.returncode == 2
+    assert len(bad.stderr.strip().splitlines()) == 1 and "quantities must match" in bad.stderr
+    assert batch.list_namespaced_job(ns).items == []
+    assert core.list_namespaced_config_map(ns, label_selector="app.kubernetes.io/name=simsiam").items == []
+
+
+def test_api_errors_are_one_line_with_the_servers_message(cluster, kube, ns):
+    from kubernetes import client
+
+    core, _, _ = kube
+    submit(cluster, ns, "twice", "--gpus", "0")
+    again = submit(cluster, ns, "twice", "--gpus", "0", check=False)
+    assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1
+    assert 'jobs.batch "twice" already exists' in again.stderr and "pick another --name" in again.stderr
+
+    missing = submit(cluster, "no-such-namespace", "x", "--gpus", "0", check=False)
+    assert missing.returncode == 1 and 'namespaces "no-such-namespace" not found' in missing.stderr
+
+    core.create_namespaced_resource_quota(ns, client.V1ResourceQuota(
+        metadata=client.V1ObjectMeta(name="no-jobs"), spec=client.V1ResourceQuotaSpec(
+            hard={"count/jobs.batch": "1"})))
+    quota = wait_until(lambda: (r := submit(cluster, ns, "over", "--gpus", "0", check=False))
+                       .returncode == 1 and "exceeded quota" in r.stderr and r, what="quota enforced")
+    assert "ResourceQuota" in quota.stderr and len(quota.stderr.strip().splitlines()) == 1
+
+    gone = run_cli(cluster, "status", f"kubernetes://{ns}/nope", check=False)
+    assert gone.returncode == 1 and "no job 'nope'" in gone.stderr
+
+
+def test_the_role_in_rbac_yaml_is_enough_and_without_it_the_user_is_told(cluster, kube, ns, tmp_path):
+    """A service account's token stands in for a user: forbidden without the Role, then every
+    command works with exactly the Role from k8s/rbac.yaml."""
+    from kubernetes import client
+
+    core, _, api = kube
+    core.create_namespaced_service_account(ns, client.V1ServiceAccount(
+        metadata=client.V1ObjectMeta(name="alice")))
+    token = core.create_namespaced_service_account_token(
+        "alice", ns, client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=["https://kubernetes.default.svc"]))).status.token
+    admin = Path(cluster["KUBECONFIG"]).read_text()
+    import yaml
+
+    config = yaml.safe_load(admin)
+    config["users"] = [{"name": "alice", "user": {"token": token}}]
+    config["contexts"][0]["context"]["user"] = "alice"
+    config["contexts"][0]["context"]["namespace"] = ns
+    alice = tmp_path / "alice.kubeconfig"
+    alice.write_text(yaml.safe_dump(config))
+    as_alice = {**cluster, "KUBECONFIG": str(alice)}
+
+    denied = run_cli(as_alice, "submit", "pretrain", "--backend", "kubernetes", "--name", "mine",
+                     "--image", "x", "--gpus", "0", check=False)
+    assert denied.returncode == 1 and "forbidden" in denied.stderr
+    assert "k8s/rbac.yaml" in denied.stderr and len(denied.stderr.strip().splitlines()) == 1
+
+    rbac = Path(__file__).resolve().parents[2] / "k8s" / "rbac.yaml"
+    subprocess.run(["kubectl", "-n", ns, "apply", "-f", str(rbac)], check=True, env=cluster,
+                   capture_output=True)
+    subprocess.run(["kubectl", "-n", ns, "create", "rolebinding", "alice", "--role=simsiam-job-user",
+                    f"--serviceaccount={ns}:alice"], check=True, env=cluster, capture_output=True)
+    ref = wait_until(lambda: (r := run_cli(as_alice, "submit", "pretrain", "--backend", "kubernetes",
+                                           "--name", "mine", "--image", "x", "--gpus", "0",
+                                           check=False)).returncode == 0 and r.stdout.strip(),
+                     what="the Role to take effect")
+    assert ref == f"kubernetes://{ns}/mine"
+    wait_until(lambda: status(as_alice, ref)["state"] == "RUNNING", what="RUNNING")
+    assert ref in run_cli(as_alice, "list", "--backend", "kubernetes").stdout
+    run_cli(as_alice, "logs", ref)
+    assert "cancelled" in run_cli(as_alice, "cancel", ref).stdout
+
+
+# ---- bounded API calls ---------------------------------------------------------------------------------
+
+def test_status_makes_the_same_small_number_of_api_calls_for_1_and_6_nodes(cluster, kube, ns,
+                                                                            monkeypatch):
+    from kubernetes.client import ApiClient
+
+    from simsiam_job.backends.base import JobRef
+    from simsiam_job.backends.kubernetes import KubernetesBackend, Options
+
+    monkeypatch.setenv("KUBECONFIG", cluster["KUBECONFIG"])
+    counted = {"n": 0}
+    real = ApiClient.call_api
+
+    def counting(self, *args, **kwargs):
+        counted["n"] += 1
+        return real(self, *args, **kwargs)
+
+    calls = {}
+    for nodes in (1, 6):
+        name = f"count-{nodes}"
+        backend = KubernetesBackend(Options(namespace=ns))
+        backend.submit(make_spec(name, nodes=nodes, gpus=0, namespace=ns))
+        wait_until(lambda: running_pods(kube, ns, name, nodes), what=f"{nodes} pods running")
+        monkeypatch.setattr(ApiClient, "call_api", counting)
+        counted["n"] = 0
+        result = backend.status(JobRef("kubernetes", f"{ns}/{name}"))
+        calls[nodes] = counted["n"]
+        monkeypatch.setattr(ApiClient, "call_api", real)
+        assert len(result.nodes) == nodes and {n.state.value for n in result.nodes} == {"RUNNING"}
+    assert calls[1] == calls[6] == 2
+
+
+# ---- logs (served by kwok from files, in the kubelet's CRI log format) ------------------------------------
+
+def write_log(path: Path, *lines: str) -> None:
+    with path.open("a") as f:
+        for line in lines:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}Z"
+            f.write(f"{stamp} stdout F {line}\n")
+            f.flush()
+            time.sleep(0.01)
+
+
+def serve_log(kube, pod, path: Path) -> None:
+    """Tell kwok which file holds this pod's trainer log (its Logs resource)."""
+    _, _, api = kube
+    from kubernetes import client
+
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        "kwok.x-k8s.io", "v1alpha1", pod.metadata.namespace, "logs",
+        {"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Logs",
+         "metadata": {"name": pod.metadata.name, "namespace": pod.metadata.namespace},
+         "spec": {"logs": [{"containers": ["trainer"], "logsFile": str(path), "follow": True}]}})
+
+
+def test_logs_rank_all_and_follow(cluster, kube, ns, tmp_path):
+    ref = submit(cluster, ns, "talk", "--gpus", "8", "--nodes", "2").stdout.strip()
+    pods = wait_until(lambda: running_pods(kube, ns, "talk", 2), what="pods running")
+    files = {}
+    for pod in pods:
+        index = int(pod.metadata.annotations["batch.kubernetes.io/job-completion-index"])
+        files[index] = tmp_path / f"rank{index}.log"
+        files[index].touch()
+        serve_log(kube, pod, files[index])
+    write_log(files[0], "epoch 0 step 1 loss 0.5")
+    write_log(files[1], "rank one says hi")
+    write_log(files[0], "epoch 0 step 2 loss 0.4")
+
+    out = wait_until(lambda: (r := run_cli(cluster, "logs", ref, check=False)).returncode == 0
+                     and "loss 0.4" in r.stdout and r.stdout, what="kwok serving logs")
+    assert out.splitlines() == ["epoch 0 step 1 loss 0.5", "epoch 0 step 2 loss 0.4"]
+    assert run_cli(cluster, "logs", ref, "--rank", "1").stdout.splitlines() == ["rank one says hi"]
+    assert run_cli(cluster, "logs", ref, "--all").stdout.splitlines() == [
+        "[rank 0] epoch 0 step 1 loss 0.5", "[rank 1] rank one says hi", "[rank 0] epoch 0 step 2 loss 0.4"]
+    bad = run_cli(cluster, "logs", ref, "--rank", "5", check=False)
+    assert bad.returncode == 2 and "ranks 0..1" in bad.stderr
+
+    env = {**cluster, "HOME": str(Path.home()), "SIMSIAM_JOB_CONFIG": "/nonexistent"}
+    follower = subprocess.Popen([CLI, "logs", "-f", ref], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert follower.stdout.readline().strip() == "epoch 0 step 1 loss 0.5"
+        assert follower.stdout.readline().strip() == "epoch 0 step 2 loss 0.4"
+        write_log(files[0], "epoch 1 step 3 loss 0.3")
+        assert follower.stdout.readline().strip() == "epoch 1 step 3 loss 0.3"
+        for pod in pods:
+            end_pod(kube, pod, "0")
+        assert follower.wait(timeout=60) == 0  # -f ends with the job
+    finally:
+        follower.kill()
