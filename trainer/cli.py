@@ -15,7 +15,10 @@ import sys
 from trainer.config import ConfigError, load_config
 
 # name -> "module:function"; the function takes the remaining argv and returns an exit code.
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "eval": "trainer.cli:eval_main",            # top-k of a trained linear probe
+    "convert": "trainer.convert:main",          # weights to/from PyTorch
+}
 
 # Global.task_type -> "module:function" taking the validated config.
 TASKS = {
@@ -42,29 +45,39 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in SUBCOMMANDS:
         return _resolve(SUBCOMMANDS[argv[0]])(argv[1:])
-    parser = _Parser(prog="simsiam-train", description="SimSiam pretraining and linear probe on "
-                     "PaddlePaddle (PASSL config schema).",
-                     epilog=("subcommands: " + ", ".join(SUBCOMMANDS)) if SUBCOMMANDS else None)
+    return _config_command(argv, "simsiam-train", "SimSiam pretraining and linear probe on "
+                           "PaddlePaddle (PASSL config schema).", None)
+
+
+def eval_main(argv: list[str]) -> int:
+    """simsiam-train eval -c CONFIG -o Global.pretrained_model=PROBE: evaluate a trained probe."""
+    return _config_command(argv, "simsiam-train eval", "Top-1/top-5 of a trained linear probe on "
+                           "DataLoader.Eval (all ranks).", "trainer.engine.linear_probe:evaluate_only")
+
+
+def _config_command(argv: list[str], prog: str, description: str, target: str | None) -> int:
+    parser = _Parser(prog=prog, description=description,
+                     epilog=("subcommands: " + ", ".join(SUBCOMMANDS)) if SUBCOMMANDS and not target else None)
     parser.add_argument("-c", "--config", required=True, help="PASSL-schema YAML config")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. -o Global.epochs=1 (repeatable)")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.override)
-        return run(cfg)
+        return run(cfg, target)
     except ConfigError as e:
         return _fail(str(e))
 
 
-def run(cfg: dict) -> int:
-    """Run the config's task; map the outcomes to exit codes."""
+def run(cfg: dict, target: str | None = None) -> int:
+    """Run the config's task (or `target`); map the outcomes to exit codes."""
     import warnings
     # paddle's import-time and BatchNorm notices say nothing actionable to a user of this tool
     warnings.filterwarnings("ignore", message="No ccache found")
     warnings.filterwarnings("ignore", message="When training, we now always track")
     from trainer.data import DataError       # imports paddle lazily; keep `--help` and errors fast
     try:
-        task = _resolve(TASKS[cfg["Global"]["task_type"]])
+        task = _resolve(target or TASKS[cfg["Global"]["task_type"]])
     except (ImportError, AttributeError):
         return _fail(f"Global.task_type {cfg['Global']['task_type']!r} is not available in this install")
     from trainer.engine.run import Preempted

@@ -175,3 +175,26 @@ DIRECTIONS = {
     "torch-lincls": (import_torch_lincls, "official linear-classifier checkpoint -> OUT .pdparams"),
     "to-torch": (export_torchvision, "encoder/probe .pdparams -> torchvision state dict OUT .pth"),
 }
+
+
+def main(argv: list[str]) -> int:
+    """simsiam-train convert DIRECTION INPUT OUTPUT; exit 2 with one line on bad input."""
+    import sys
+
+    from trainer.cli import _Parser
+
+    parser = _Parser(prog="simsiam-train convert", description="Convert weights between the official "
+                     "PyTorch SimSiam code / torchvision and this project (paddle).",
+                     epilog="; ".join(f"{name}: {text}" for name, (_, text) in DIRECTIONS.items()))
+    parser.add_argument("direction", choices=sorted(DIRECTIONS))
+    parser.add_argument("input", help="checkpoint or weights file to read")
+    parser.add_argument("output", help="where to write (a directory for torch-pretrain)")
+    args = parser.parse_args(argv)
+    try:
+        written = DIRECTIONS[args.direction][0](args.input, args.output)
+    except WeightsError as e:
+        print(f"simsiam-train: error: {e}", file=sys.stderr)
+        return 2
+    for path in (written.values() if isinstance(written, dict) else [written]):
+        print(f"wrote {path}")
+    return 0
