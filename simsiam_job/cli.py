@@ -211,6 +211,8 @@ def status(
         typer.echo(json.dumps(data, indent=2, default=str))
         return
     typer.echo(f"{st.ref}  {st.state.value}" + (f"  ({st.reason})" if st.reason else ""))
+    from simsiam_job.progress import format_progress
+
     progress = format_progress(st.detail.get("progress"))
     if progress:
         typer.echo(f"  progress: {progress}")
@@ -345,62 +347,16 @@ def _age(seconds: float | None) -> str:
     return f"{int(seconds)}s"
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def format_progress(p: dict | None) -> str:
-    """One line from the newest metrics.jsonl step record: epoch, step, loss, images/s, ETA."""
-    if not p:
-        return ""
-    parts = []
-    if "epoch" in p:
-        parts.append(f"epoch {p['epoch']}" + (f"/{p['epochs']}" if "epochs" in p else ""))
-    if "step" in p:
-        total = p.get("steps") or p.get("steps_per_epoch")
-        parts.append(f"step {p['step']}" + (f"/{total}" if total else ""))
-    if isinstance(p.get("loss"), (int, float)):
-        parts.append(f"loss {p['loss']:.4f}")
-    ips = p.get("ips", p.get("images_per_sec"))
-    if isinstance(ips, (int, float)):
-        parts.append(f"{ips:.1f} img/s")
-    eta = p.get("eta_seconds", p.get("eta"))
-    if isinstance(eta, (int, float)):
-        parts.append(f"ETA {_duration(eta)}")
-    elif isinstance(eta, str):
-        parts.append(f"ETA {eta}")
-    return "  ".join(parts)
-
-
-def _follow(ref, *, echo=None) -> int:
-    """Poll the job until it ends, showing a progress line; return the exit code for its outcome."""
-    import time
-
+def _follow(ref) -> int:
+    """--wait: follow the job to its end; exit 0 only if it SUCCEEDED."""
     from simsiam_job.backends.base import State
+    from simsiam_job.progress import follow
 
     _, backend = _backend_for(str(ref))
-    tty = sys.stderr.isatty()
-    last = ""
-    while True:
-        st = backend.status(ref)
-        line = f"{st.state.value:9} " + (format_progress(st.detail.get("progress")) or (st.reason or ""))
-        if line != last:
-            if tty:
-                sys.stderr.write("\r\033[K" + line)
-                sys.stderr.flush()
-            else:
-                _err(line)
-            last = line
-        if st.state.finished or st.state is State.UNKNOWN:
-            break
-        time.sleep(2)
-    if tty:
-        sys.stderr.write("\n")
-    if st.state is State.SUCCEEDED:
+    state = follow(backend, ref)
+    if state is State.SUCCEEDED:
         _err(f"{ref} SUCCEEDED; output: {backend.output_location(ref)}")
         return 0
-    _err(f"{ref} {st.state.value}" + (f": {st.reason}" if st.reason else ""))
     return 1
 
 

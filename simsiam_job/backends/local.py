@@ -192,8 +192,11 @@ class LocalBackend:
         run_dir = self._run_dir(ref)
         spec = _read_json(run_dir / "spec.json") or {}
         state, reason, exit_code = self._state(run_dir)
+        progress = read_progress(Path(spec.get("output_dir", run_dir / "output")) / "metrics.jsonl")
+        if progress is not None and state is State.RUNNING:
+            progress = self._with_eta(run_dir, spec, progress)
         detail = {"run_dir": str(run_dir), "output_dir": spec.get("output_dir"), "exit_code": exit_code,
-                  "progress": read_progress(Path(spec.get("output_dir", run_dir / "output")) / "metrics.jsonl")}
+                  "progress": progress}
         node = NodeStatus(rank=0, state=state, host=socket.gethostname(), reason=reason, exit_code=exit_code)
         return JobStatus(ref=ref, state=state, reason=reason, nodes=(node,), detail=detail)
 
@@ -221,12 +224,41 @@ class LocalBackend:
                                "(killed, or the machine restarted); its logs are in "
                                f"{run_dir / 'logs'}"), None
 
+    def _with_eta(self, run_dir: Path, spec: dict, progress: dict) -> dict:
+        """Add epochs, steps per epoch and an ETA to a metrics record (the trainer logs the step
+        it is at; the totals follow from the config and the size of the data set)."""
+        progress = dict(progress)
+        plan = _read_json(run_dir / "plan.json")
+        if plan is None:
+            import yaml
+
+            try:
+                cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+                train = cfg["DataLoader"]["Train"]
+                root = Path(spec["data"]).absolute() / "train" if spec.get("data") else Path(train["dataset"]["root"])
+                images = sum(len(files) for _, _, files in os.walk(root))
+                per_step = int(train["sampler"]["batch_size"]) * int(spec.get("ranks", 1))
+                plan = {"epochs": int(cfg["Global"]["epochs"]), "steps": max(1, images // per_step)}
+                if cfg["Global"].get("max_train_step"):
+                    plan["max_steps"] = int(cfg["Global"]["max_train_step"])
+            except (OSError, KeyError, TypeError, ValueError):
+                return progress
+            _write_atomic(run_dir / "plan.json", json.dumps(plan))
+        progress.setdefault("epochs", plan["epochs"])
+        progress.setdefault("steps", plan["steps"])
+        total = min(plan["epochs"] * plan["steps"], plan.get("max_steps") or 1 << 62)
+        done = progress.get("global_step")
+        started = spec.get("created")
+        if "eta_seconds" not in progress and done and started and progress.get("time"):
+            progress["eta_seconds"] = max(0.0, (progress["time"] - started) / done * (total - done))
+        return progress
+
     def _failure_reason(self, run_dir: Path, code: int | None) -> str:
-        """The trainer's own last error line if there is one (it prints 'error: ...')."""
+        """The trainer's own last error line if there is one."""
         for log in sorted((run_dir / "logs").glob("workerlog.*")) + [run_dir / "logs" / "launch.log"]:
             lines = _last_lines(log, 200)
             for line in reversed(lines):
-                if line.lower().startswith("error") or "Error:" in line:
+                if "error:" in line.lower():  # "simsiam-train: error: ...", "ValueError: ..."
                     return f"exit code {code}: {line.strip()[:300]}"
         return f"exit code {code} (see: simsiam-job logs local://{run_dir.name} --all)"
 
