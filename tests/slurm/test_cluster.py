@@ -1,0 +1,199 @@
+"""End to end on a real two-node Slurm cluster: the real trainer, paddle's launcher on both nodes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import BIN, REPO, TINY, assert_one_line_error, run_cli, scontrol, status, wait_for
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+HOSTILE = "it's a $(touch pwned) `x` \"dir\" ; &"
+
+
+def submit(env, name, *flags, nodes=2):
+    proc = run_cli(["submit", "pretrain", "--nodes", nodes, "--gpus", "0", "--name", name, *TINY, *flags],
+                   env, check=True)
+    ref = proc.stdout.strip()
+    assert ref.startswith("slurm://"), proc.stdout
+    return ref
+
+
+def overlay_venv(tmp_path, name, scripts: dict[str, str]):
+    """A Python environment for the nodes: this venv, plus ``scripts`` (name -> text) first on PATH."""
+    venv = tmp_path / name
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "activate").write_text(f"source {sys.prefix}/bin/activate\nexport PATH={venv}/bin:$PATH\n")
+    for script, text in scripts.items():
+        (venv / "bin" / script).write_text(text)
+        (venv / "bin" / script).chmod(0o755)
+    return venv
+
+
+def rank0_log(ref, env):
+    return run_cli(["logs", "--rank", "0", ref], env, check=True).stdout
+
+
+def test_two_node_pretrain_succeeds_on_both_nodes(tmp_path, user_env, fmnist):
+    import paddle
+
+    # Data and output under names a shell would mangle: the trainer must get them verbatim.
+    data = tmp_path / f"data {HOSTILE}"
+    data.symlink_to(fmnist)
+    out_root = tmp_path / f"out {HOSTILE}"
+    states = tmp_path / "rank-states"
+    states.mkdir()
+    venv = overlay_venv(tmp_path, "venv", {"simsiam-train": (
+        f"#!/bin/sh\nexec {sys.executable} {REPO}/tests/slurm/rank_state_train.py \"$@\"\n")})
+    env = {**user_env, "SIMSIAM_JOB_SLURM_VENV": str(venv)}
+
+    # Both nodes busy for a few seconds: the job must be seen waiting first.
+    subprocess.run(["sbatch", "-N2", "-o", "/dev/null", "--wrap", "sleep 4"], env=env, check=True,
+                   capture_output=True)
+    ref = submit(env, "two-nodes", "--data", data, "--output", out_root, "-o", "Global.epochs=2",
+                 "--env", f"RANK_STATE_DIR={states}")
+    first = status(ref, env)
+    assert first["state"] == "PENDING", first
+    follow = subprocess.Popen([str(BIN / "simsiam-job"), "logs", "-f", "--all", ref], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    final, seen = wait_for(ref, env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED")
+    assert seen[0] == "PENDING" and "RUNNING" in seen and seen[-1] == "SUCCEEDED", seen
+    assert [(n["rank"], n["host"]) for n in final["nodes"]] == [(0, "node1"), (1, "node2")]
+
+    # Each rank logged from its own node, into a file named by rank and node.
+    job_dir = tmp_path / "jobs" / "two-nodes"
+    assert sorted(p.name for p in (job_dir / "logs").glob("rank*.log")) == ["rank0-node1.log", "rank1-node2.log"]
+    rank1 = run_cli(["logs", "--rank", "1", ref], env, check=True).stdout
+    assert "simsiam-job: rank 1 on node2" in rank1 and "rank 0 on" not in rank1
+    rank0 = rank0_log(ref, env)
+    assert "simsiam-job: rank 0 on node1" in rank0 and "epoch 2/2  step 4/4" in rank0
+    followed, _ = follow.communicate(timeout=60)      # -f ends by itself once the job has ended
+    assert follow.returncode == 0
+    assert "[rank 0] simsiam-job: rank 0 on node1" in followed and "[rank 1] simsiam-job: rank 1 on node2" in followed
+
+    # The trainer got the paths verbatim, trained as one 2-process job and exported the encoder.
+    out = out_root / "two-nodes"
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["DataLoader"]["Train"]["dataset"]["root"] == f"{data}/train"
+    assert config["Global"]["output_dir"] == str(out)
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"step"' in line]
+    assert [s["global_step"] for s in steps] == list(range(1, 9))   # 64 images, 8 per rank, 2 ranks, 2 epochs
+    assert (out / "encoder.pdparams").is_file()
+    assert not list(tmp_path.rglob("pwned"))
+    rank_states = [paddle.load(str(states / f"rank{r}.pdparams")) for r in (0, 1)]
+    assert rank_states[0].keys() == rank_states[1].keys()
+    for key in rank_states[0]:
+        np.testing.assert_array_equal(rank_states[0][key].numpy(), rank_states[1][key].numpy(), err_msg=key)
+    assert run_cli(["status", ref], env, check=True).stdout.startswith(f"{ref}  SUCCEEDED")
+
+
+def test_a_job_larger_than_the_cluster_stays_pending_with_slurms_reason(user_env):
+    ref = submit(user_env, "three-nodes", nodes=3)
+    for _ in range(3):
+        st = status(ref, user_env)
+        assert st["state"] == "PENDING" and st["reason"] == "PartitionConfig", st
+        time.sleep(1)
+    shown = run_cli(["status", ref], user_env, check=True).stdout
+    assert f"{ref}  PENDING  (PartitionConfig)" in shown
+    listed = run_cli(["list", "--backend", "slurm"], user_env, check=True).stdout
+    assert any(line.split()[:3] == [ref, "pretrain", "PENDING"] for line in listed.splitlines()), listed
+    assert "cancelled" in run_cli(["cancel", ref], user_env, check=True).stdout
+    assert status(ref, user_env)["state"] == "CANCELLED"
+
+
+def test_cancel_mid_run_checkpoints_on_term(tmp_path, user_env, fmnist):
+    # No epoch-end checkpoint within reach: any checkpoint found was written on TERM.
+    ref = submit(user_env, "cancel-me", "--data", fmnist, "-o", "Global.epochs=300",
+                 "-o", "Global.save_interval=300")
+    wait_for(ref, user_env, lambda st: (st["detail"]["progress"] or {}).get("global_step", 0) >= 3,
+             what="training steps")
+    said = run_cli(["cancel", ref], user_env, check=True).stdout
+    assert said.startswith(f"cancelled {ref}") and "stopped after TERM" in said, said
+    st = status(ref, user_env)
+    assert st["state"] == "CANCELLED", st
+    checkpoints = list((tmp_path / "jobs" / "cancel-me" / "output" / "checkpoints").glob("*.pdckpt"))
+    assert len(checkpoints) == 1, checkpoints
+    assert "stopped by SIGTERM" in rank0_log(ref, user_env)
+
+
+def test_requeue_mid_run_resumes_from_the_checkpoint(tmp_path, user_env, fmnist):
+    epochs = 40
+    ref = submit(user_env, "requeue-me", "--data", fmnist, "-o", f"Global.epochs={epochs}")
+    job_id = ref.removeprefix("slurm://")
+    wait_for(ref, user_env, lambda st: (st["detail"]["progress"] or {}).get("epoch", 0) >= 3,
+             what="epoch 3")
+    scontrol("requeue", job_id, env=user_env)
+    pending, _ = wait_for(ref, user_env, lambda st: st["state"] == "PENDING", what="PENDING after requeue")
+    assert "requeued 1 time" in pending["reason"], pending
+    # Slurm holds a requeued job back for two minutes (its BeginTime); let it start now.
+    scontrol("update", f"JobId={job_id}", "StartTime=now", env=user_env)
+    final, _ = wait_for(ref, user_env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED after requeue")
+    assert final["detail"]["restarts"] == 1
+
+    log = rank0_log(ref, user_env)
+    assert "stopped by SIGTERM" in log
+    resumed = [line for line in log.splitlines() if "resumed from" in line]
+    assert len(resumed) == 1 and " at epoch " in resumed[0] and ", step " in resumed[0], resumed
+    assert "simsiam-job: job " + job_id + " (restart 1)" in (
+        "".join(p.read_text() for p in (tmp_path / "jobs" / "requeue-me" / "logs").glob("batch-*.out")))
+    records = [json.loads(line) for line in
+               (tmp_path / "jobs" / "requeue-me" / "output" / "metrics.jsonl").read_text().splitlines()]
+    # Resumed exactly where TERM stopped it: every step and every epoch once, none lost or repeated.
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == list(range(1, epochs + 1))
+    assert [r["global_step"] for r in records if r["type"] == "step"] == list(range(1, epochs * 4 + 1))
+
+
+def test_bad_input_never_reaches_sbatch(tmp_path, user_env):
+    before = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i"], env=user_env,
+                            capture_output=True, text=True, check=True).stdout.split()
+    bad_config = run_cli(["submit", "pretrain", "--name", "bad-config", *TINY, "-o", "Optimizer.momentun=0.9"],
+                         user_env)
+    assert_one_line_error(bad_config, 2, "momentum")
+    bad_option = run_cli(["submit", "pretrain", "--name", "bad-option", *TINY, "--set", "time=forever"], user_env)
+    assert_one_line_error(bad_option, 2, "time")
+    after = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i"], env=user_env,
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert after == before
+    assert not (tmp_path / "jobs").exists()
+
+
+def test_slurm_refusing_a_job_is_one_line_and_leaves_no_job_directory(tmp_path, user_env):
+    proc = run_cli(["submit", "pretrain", "--name", "no-partition", *TINY, "--set", "partition=nope"], user_env)
+    assert_one_line_error(proc, 1, "sbatch: Batch job submission failed: Invalid partition name specified")
+    assert not (tmp_path / "jobs" / "no-partition").exists()
+
+
+def test_hostile_values_reach_the_nodes_unchanged(tmp_path, user_env):
+    """The job's `python` is a stand-in that records its argv and environment on each node, so what
+    srun delivered can be compared with what was asked for (paddle itself is not started)."""
+    record = tmp_path / "argv"
+    record.mkdir()
+    venv = overlay_venv(tmp_path, "argv-venv", {"python": (
+        f"#!{sys.executable}\nimport json, os, socket, sys\n"
+        f"json.dump({{'argv': sys.argv[1:], 'weird': os.environ.get('WEIRD'), 'host': socket.gethostname()}},"
+        f" open(os.path.join({str(record)!r}, 'rank' + os.environ['SLURM_NODEID'] + '.json'), 'w'))\n")})
+    env = {**user_env, "SIMSIAM_JOB_SLURM_VENV": str(venv)}
+    data = f"/data/{HOSTILE}\\ *"
+    weird = f"{HOSTILE}\nsecond line 'q' \"dq\" \\ $HOME"
+    ref = submit(env, "argv", "--data", data, "--env", f"WEIRD={weird}")
+    wait_for(ref, env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED", timeout=120)
+    got = {r: json.loads((record / f"rank{r}.json").read_text()) for r in (0, 1)}
+    node1_ip = subprocess.run(["getent", "hosts", "node1"], capture_output=True, text=True).stdout.split()
+    for rank, host in ((0, "node1"), (1, "node2")):
+        argv = got[rank]["argv"]
+        assert got[rank]["host"] == host and got[rank]["weird"] == weird
+        assert argv[:2] == ["-m", "paddle.distributed.launch"]
+        assert argv[argv.index("--rank") + 1] == str(rank) and argv[argv.index("--nnodes") + 1] == "2"
+        master_host, port = argv[argv.index("--master") + 1].rsplit(":", 1)
+        assert port.isdigit() and (not node1_ip or master_host == node1_ip[0])
+        overrides = [argv[i + 1] for i, a in enumerate(argv) if a == "-o"]
+        assert f"DataLoader.Train.dataset.root={json.dumps(data + '/train')}" in overrides
+    assert got[0]["argv"][got[0]["argv"].index("--master") + 1] == got[1]["argv"][got[1]["argv"].index("--master") + 1]
+    assert not list(tmp_path.rglob("pwned"))
