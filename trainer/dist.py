@@ -57,7 +57,22 @@ def use_sync_batch_norm(env: DistEnv, model: nn.Layer) -> nn.Layer:
     """SyncBatchNorm across GPUs (the paper's BN statistics are over the global batch); plain BN on
     CPU, where paddle has no SyncBatchNorm kernel."""
     if env.world_size > 1 and env.device.startswith("gpu"):
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return sync_batch_norm(model)
+    return model
+
+
+def sync_batch_norm(model: nn.Layer) -> nn.Layer:
+    """paddle's conversion, keeping the state-dict names: paddle gives an affine-free SyncBatchNorm
+    constant weight=1/bias=0 *parameters*, which would add e.g. encoder.fc.7.weight to checkpoints;
+    here they become non-persistent buffers (same forward, same names as the plain model)."""
+    affine_free = {name for name, layer in model.named_sublayers()
+                   if isinstance(layer, nn.layer.norm._BatchNormBase) and layer.weight is None}
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, layer in model.named_sublayers():
+        if name in affine_free:
+            for key in ("weight", "bias"):
+                constant = layer._parameters.pop(key)
+                layer.register_buffer(key, paddle.to_tensor(constant.numpy()), persistable=False)
     return model
 
 

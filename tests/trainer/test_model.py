@@ -93,3 +93,15 @@ def test_z_std_separates_healthy_from_collapsed():
     z = paddle.randn([256, 64])
     assert z_std(z) == pytest.approx(1 / 8, rel=0.1)          # 1/sqrt(d) for spread-out outputs
     assert z_std(paddle.ones([256, 64]) + 1e-4 * z) < 1e-3    # collapsed: one vector for all
+
+
+def test_sync_batch_norm_keeps_the_parameter_names():
+    """Only the conversion is checked: paddle's CPU build has no SyncBatchNorm kernel to run."""
+    from trainer.dist import sync_batch_norm
+    model = tiny_simsiam()
+    names = list(model.state_dict())
+    converted = sync_batch_norm(model)
+    assert list(converted.state_dict()) == names
+    assert type(converted.encoder.fc[7]).__name__ == "SyncBatchNorm"
+    assert [n for n, p in converted.named_parameters() if n.startswith("encoder.fc.7")] == [
+        "encoder.fc.7._mean", "encoder.fc.7._variance"]
