@@ -197,3 +197,30 @@ def test_transform_config_errors_are_one_line(transform, words):
     with pytest.raises(DataError) as e:
         T.build_views(transform)
     assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_passl_classification_op_names_mean_the_same_ops():
+    """PASSL's ViT/linear-probe configs spell the ops differently; they must behave the same."""
+    passl = T.build_views([{"DecodeImage": {"to_rgb": True, "channel_first": False}},
+                           {"ResizeImage": {"resize_short": 36}},
+                           {"CenterCropImage": {"size": [32, 30]}},  # [width, height]
+                           {"NormalizeImage": {"scale": "1.0/255.0", "mean": [0.485, 0.456, 0.406],
+                                               "std": [0.229, 0.224, 0.225], "order": ""}},
+                           {"ToCHWImage": None}])
+    ours = T.build_views([{"Resize": {"size": 36}}, {"CenterCrop": {"size": [30, 32]}},
+                          {"ToTensor": None},
+                          {"Normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}])
+    assert passl.output_size == ours.output_size == (30, 32)
+    for a, b in zip(passl.device_affine(), ours.device_affine()):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    import io
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(colourful(40, 50)).save(buffer, "PNG")
+    rng = np.random.default_rng(0)
+    out_a = passl(T.Source(buffer.getvalue()), rng)[0]
+    out_b = ours(T.Source(buffer.getvalue()), rng)[0]
+    assert out_a.shape == (30, 32, 3) and np.array_equal(out_a, out_b)
+    flips = T.build_views([{"RandFlipImage": {"flip_code": 1}}]).pipelines[0].ops[0]
+    image = colourful()
+    assert within_binomial(applied_fraction(flips, image, lambda out: np.array_equal(out, image[:, ::-1])), N, 0.5)

@@ -289,14 +289,17 @@ class Loader:
     def __iter__(self):
         batches = self._batches_for_epoch(self.epoch)[self.start_step:]
         if self._num_workers == 0:
-            out = self._job.out_arrays(bytearray(self._job.view_bytes * self._job.num_views))
-            produced = ((*self._job.make(b, self.epoch, out), out) for b in batches)
-        else:
-            if self._workers is None:
-                self._workers = _Workers(self._job, self._num_workers)
-            produced = self._workers.run(batches, self.epoch)
-        for labels, bad, out in produced:
+            for indices in batches:  # in this process: fill a fresh buffer, nothing to copy
+                out = self._job.out_arrays(bytearray(self._job.view_bytes * self._job.num_views))
+                labels, bad = self._job.make(indices, self.epoch, out)
+                self._count_bad(bad)
+                yield [o[: len(labels)] for o in out], labels
+            return
+        if self._workers is None:
+            self._workers = _Workers(self._job, self._num_workers)
+        for labels, bad, out in self._workers.run(batches, self.epoch):
             self._count_bad(bad)
+            # Copy out of the shared buffer: a worker refills it while the step runs.
             yield [np.array(o[: len(labels)]) for o in out], labels
 
     def _count_bad(self, bad):
@@ -363,9 +366,10 @@ def _parse(section: dict, where: str, rank: int, world_size: int):
     name = dataset_cfg.get("name", "ImageFolder")
     if name != "ImageFolder":
         raise DataError(f"{where}.dataset.name: only ImageFolder is supported, got {name!r}")
-    if not dataset_cfg.get("root"):
+    root = dataset_cfg.get("root") or dataset_cfg.get("image_root")  # PASSL uses both spellings
+    if not root:
         raise DataError(f"{where}.dataset.root is not set (the folder with one subfolder per class)")
-    dataset = ImageFolder(dataset_cfg["root"], dataset_cfg.get("max_bad_fraction", 0.01))
+    dataset = ImageFolder(root, dataset_cfg.get("max_bad_fraction", 0.01))
     transform = dataset_cfg.get("transform", dataset_cfg.get("transform_ops"))
     views = build_views(transform, f"{where}.dataset.transform")
     batch_size = _positive_int(sampler_cfg.get("batch_size", 1), f"{where}.sampler.batch_size")

@@ -328,31 +328,127 @@ class RandomHorizontalFlip:
         return as_array(image)[:, ::-1]
 
 
-class ToTensor:
-    """Recorded, not run: uint8 -> float in [0, 1] happens on the device (Loader.to_tensor)."""
+class DeviceOp:
+    """Recorded, not run on the CPU: ToTensor/Normalize become one per-channel affine map
+    (x * gain + bias) that Loader.to_tensor applies on the device, cheaper than on the workers."""
 
-    def __init__(self):
-        self.output_size = None
+    output_size = None
+
+    def affine(self, gain: np.ndarray, bias: np.ndarray):
+        raise NotImplementedError
 
 
-class Normalize:
-    """Recorded, not run: (x - mean) / std happens on the device (Loader.to_tensor)."""
+def _channels(value, name) -> np.ndarray:
+    if not (isinstance(value, (list, tuple)) and len(value) in (1, 3)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        raise DataError(f"{name} must be a list of 1 or 3 numbers, got {value!r}")
+    return np.broadcast_to(np.asarray(value, np.float32), (3,)).copy()
 
-    def __init__(self, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
-        for name, value in (("mean", mean), ("std", std)):
-            if not (isinstance(value, (list, tuple)) and len(value) in (1, 3)
-                    and all(isinstance(v, (int, float)) for v in value)):
-                raise DataError(f"Normalize.{name} must be a list of 1 or 3 numbers, got {value!r}")
-        if any(s == 0 for s in std):
+
+class ToTensor(DeviceOp):
+    """uint8 -> float in [0, 1]. data_format is accepted; batches are always NCHW."""
+
+    def __init__(self, data_format="CHW"):
+        pass
+
+    def affine(self, gain, bias):
+        return gain / 255.0, bias / 255.0
+
+
+class Normalize(DeviceOp):
+    """(x - mean) / std per channel."""
+
+    def __init__(self, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), data_format="CHW", scale=1.0):
+        self.mean, self.std = _channels(mean, "Normalize.mean"), _channels(std, "Normalize.std")
+        if (self.std == 0).any():
             raise DataError("Normalize.std must not contain 0")
-        self.mean = np.broadcast_to(np.asarray(mean, np.float32), (3,)).copy()
-        self.std = np.broadcast_to(np.asarray(std, np.float32), (3,)).copy()
-        self.output_size = None
+        self.scale = scale
+
+    def affine(self, gain, bias):
+        return gain * self.scale / self.std, (bias * self.scale - self.mean) / self.std
 
 
-OPS = {cls.__name__: cls for cls in (RandomResizedCrop, Resize, CenterCrop, ColorJitter,
-                                      RandomGrayscale, SimCLRGaussianBlur, RandomHorizontalFlip,
-                                      ToTensor, Normalize)}
+# PASSL's classification-style op names (its ViT/linear-probe configs use them), mapped onto the
+# ops above. Sizes there are an int or [width, height].
+
+
+def _number(value, name) -> float:
+    """PASSL writes NormalizeImage.scale as a fraction string such as '1.0/255.0'."""
+    if isinstance(value, str) and value.count("/") == 1:
+        try:
+            top, bottom = (float(v) for v in value.split("/"))
+            return top / bottom
+        except (ValueError, ZeroDivisionError):
+            pass
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise DataError(f"{name} must be a number or a fraction like '1.0/255.0', got {value!r}")
+
+
+def _height_width(size):
+    """PASSL's [width, height] -> our [height, width]; an int stays square."""
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return [size[1], size[0]]
+    return size
+
+
+def _interp_name(interpolation):
+    return "bilinear" if interpolation is None else interpolation
+
+
+def DecodeImage(to_rgb=True, channel_first=False, to_np=None):
+    return None  # images are always decoded to RGB
+
+
+def ToCHWImage():
+    return None  # batches are always NCHW
+
+
+def ResizeImage(size=None, resize_short=None, interpolation=None, backend=None):
+    if resize_short is not None:
+        return Resize(resize_short, _interp_name(interpolation))
+    if size is None:
+        raise DataError("ResizeImage needs size or resize_short")
+    h, w = _pair(_height_width(size), "ResizeImage")
+    return Resize([h, w], _interp_name(interpolation))
+
+
+def CenterCropImage(size):
+    return CenterCrop(_height_width(size))
+
+
+def RandCropImage(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation=None, backend=None):
+    return RandomResizedCrop(_height_width(size), scale, ratio, _interp_name(interpolation))
+
+
+class RandFlipImage:
+    """With probability 0.5, flip: flip_code 1 horizontally, 0 vertically, -1 both (cv2's codes)."""
+
+    output_size = None
+
+    def __init__(self, flip_code=1):
+        if flip_code not in (-1, 0, 1):
+            raise DataError(f"RandFlipImage.flip_code must be -1, 0 or 1, got {flip_code!r}")
+        self.flip_code = flip_code
+
+    def __call__(self, image, rng):
+        if rng.random() >= 0.5:
+            return image
+        return cv2.flip(np.ascontiguousarray(as_array(image)), self.flip_code)
+
+
+def NormalizeImage(scale=None, mean=None, std=None, order="chw", output_fp16=False, channel_num=3):
+    if channel_num != 3:
+        raise DataError("NormalizeImage.channel_num: only 3 channels are supported")
+    return Normalize(mean if mean is not None else [0.485, 0.456, 0.406],
+                     std if std is not None else [0.229, 0.224, 0.225],
+                     scale=_number(scale, "NormalizeImage.scale") if scale is not None else 1 / 255.0)
+
+
+OPS = {op.__name__: op for op in (RandomResizedCrop, Resize, CenterCrop, ColorJitter,
+                                   RandomGrayscale, SimCLRGaussianBlur, RandomHorizontalFlip,
+                                   ToTensor, Normalize, DecodeImage, ToCHWImage, ResizeImage,
+                                   CenterCropImage, RandCropImage, RandFlipImage, NormalizeImage)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,13 +459,13 @@ class Pipeline:
     """One view: the ops before ToTensor, plus the device-side scale/normalization."""
 
     def __init__(self, ops: list):
-        self.ops, self.to_tensor, self.normalize = [], None, None
+        self.ops, self.device_ops = [], []
         for op in ops:
-            if isinstance(op, ToTensor):
-                self.to_tensor = op
-            elif isinstance(op, Normalize):
-                self.normalize = op
-            elif self.to_tensor or self.normalize:
+            if op is None:  # a PASSL op that is implicit here (decode, HWC -> CHW)
+                continue
+            if isinstance(op, DeviceOp):
+                self.device_ops.append(op)
+            elif self.device_ops:
                 raise DataError(f"{type(op).__name__} after ToTensor/Normalize is not supported; "
                                 "put ToTensor and Normalize last")
             else:
@@ -385,11 +481,9 @@ class Pipeline:
     def device_affine(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel (gain, bias) so that the device computes uint8 * gain + bias."""
         gain, bias = np.ones(3, np.float32), np.zeros(3, np.float32)
-        if self.to_tensor:
-            gain /= 255.0
-        if self.normalize:
-            gain, bias = gain / self.normalize.std, (bias - self.normalize.mean) / self.normalize.std
-        return gain, bias
+        for op in self.device_ops:
+            gain, bias = op.affine(gain, bias)
+        return gain.astype(np.float32), bias.astype(np.float32)
 
 
 class Views:
