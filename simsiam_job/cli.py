@@ -317,6 +317,9 @@ def options(backend: Annotated[BackendArg, typer.Argument(help="local, kubernete
 def quickstart(
     workdir: Annotated[str, typer.Option("--workdir", help="Where the data set and outputs go.")] = "quickstart",
     procs: Annotated[int, typer.Option("--procs", help="Trainer processes (CPU).")] = 2,
+    train: Annotated[int, typer.Option("--train", help="Training images (balanced classes).")] = 5000,
+    val: Annotated[int, typer.Option("--val", help="Validation images.")] = 2000,
+    override: Overrides = None,
 ) -> None:
     """Prepare Fashion-MNIST, pretrain SimSiam and linear-probe it on this machine, then compare.
 
@@ -329,7 +332,8 @@ def quickstart(
     """
     from simsiam_job.quickstart import run
 
-    raise typer.Exit(run(workdir=workdir, procs=procs, echo=typer.echo, err=_err))
+    raise typer.Exit(run(workdir=workdir, procs=procs, echo=typer.echo, err=_err, n_train=train, n_val=val,
+                         extra_overrides=tuple(override or ())))
 
 
 # ---- following a job ---------------------------------------------------------------------------

@@ -42,7 +42,8 @@ def follow(backend, ref: JobRef, *, label: str = "", interval: float = 2.0, stre
     last = ""
     while True:
         st = backend.status(ref)
-        line = f"{label}{st.state.value:9} " + (format_progress(st.detail.get("progress")) or (st.reason or ""))
+        waiting = "waiting for the first logged step" if st.state is State.RUNNING else ""
+        line = f"{label}{st.state.value:9} " + (format_progress(st.detail.get("progress")) or st.reason or waiting)
         if line != last:
             stream.write(("\r\033[K" + line) if tty else line + "\n")
             stream.flush()

@@ -25,10 +25,10 @@ from simsiam_job.errors import UsageError
 from simsiam_job.progress import follow
 
 # The shipped small CPU recipes (trainer/configs/) the quick start runs, and their data size.
-PRETRAIN_CONFIG = "simsiam_cifar_resnet18_cpu"
-PROBE_CONFIG = "simsiam_cifar_resnet18_lp_cpu"
-TRAIN_IMAGES = 2000
-VAL_IMAGES = 1000
+PRETRAIN_CONFIG = "simsiam_cifar_resnet18_fmnist_pt_cpu"
+PROBE_CONFIG = "simsiam_cifar_resnet18_fmnist_lp_cpu"
+TRAIN_IMAGES = 5000
+VAL_IMAGES = 2000
 
 PROBES = [  # (row label, extra overrides, probe the pretrained encoder?)
     ("SimSiam encoder (pretrained)", [], True),
@@ -37,14 +37,14 @@ PROBES = [  # (row label, extra overrides, probe the pretrained encoder?)
 ]
 
 
-def _prepare_data(data: Path, err: Callable[[str], None]) -> None:
+def _prepare_data(data: Path, n_train: int, n_val: int, err: Callable[[str], None]) -> None:
     if (data / "train").is_dir() and (data / "val").is_dir():
         err(f"data: reusing {data}")
         return
-    err(f"data: writing {TRAIN_IMAGES} train + {VAL_IMAGES} val Fashion-MNIST images to {data}")
+    err(f"data: writing {n_train} train + {n_val} val Fashion-MNIST images (32x32) to {data}")
     # A subprocess: the launcher itself never imports the trainer's data stack.
     proc = subprocess.run([sys.executable, "-m", "trainer.data.fashion_mnist", str(data),
-                           "--train", str(TRAIN_IMAGES), "--val", str(VAL_IMAGES)],
+                           "--train", str(n_train), "--val", str(n_val)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["failed"])[-1]
@@ -79,11 +79,11 @@ def _top1(output_dir: str) -> float | None:
 
 
 def run(*, workdir: str, procs: int, echo: Callable[[str], None], err: Callable[[str], None],
-        extra_overrides: tuple[str, ...] = ()) -> int:
+        n_train: int = TRAIN_IMAGES, n_val: int = VAL_IMAGES, extra_overrides: tuple[str, ...] = ()) -> int:
     root = Path(workdir).expanduser().absolute()
-    data = root / "fashion-mnist"
+    data = root / f"fashion-mnist-{n_train}-{n_val}"
     outputs = root / "outputs"
-    _prepare_data(data, err)
+    _prepare_data(data, n_train, n_val, err)
     common = dict(backend="local", procs=procs, data=str(data), output=str(outputs))
 
     pretrain = _run(Request(phase="pretrain", config=_shipped(PRETRAIN_CONFIG), overrides=extra_overrides,
@@ -102,7 +102,7 @@ def run(*, workdir: str, procs: int, echo: Callable[[str], None], err: Callable[
 
     width = max(len(label) for label, _, _ in results)
     echo("")
-    echo(f"Linear probe on Fashion-MNIST ({TRAIN_IMAGES} train / {VAL_IMAGES} val images), top-1:")
+    echo(f"Linear probe on Fashion-MNIST ({n_train} train / {n_val} val images), top-1:")
     for label, top1, ref in results:
         shown = f"{100 * top1:5.1f} %" if top1 is not None else "  n/a"
         echo(f"  {label.ljust(width)}  {shown}   {ref}")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from simsiam_job.backends.base import JobRef, JobStatus, JobSummary, NodeStatus, Rendered, State
 from simsiam_job.command import launch_args, trainer_args
-from simsiam_job.errors import NotFoundError, UsageError
+from simsiam_job.errors import BackendError, NotFoundError, UsageError
 from simsiam_job.spec import JobSpec, Phase
 
 RUN_ENV = "SIMSIAM_JOB_RUN_ID"  # set on every process of a run: lets cancel find stray workers
@@ -183,7 +183,14 @@ class LocalBackend:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, close_fds=True, cwd=run_dir,
             )
-        _write_atomic(run_dir / "pid", str(proc.pid))
+        # The supervisor writes its pid once it runs (a pid read from /proc too early shows an
+        # empty command line); wait for that, so status never sees a run without one.
+        while not (run_dir / "pid").exists():
+            if proc.poll() is not None:
+                log_text = (run_dir / "logs" / "supervisor.log").read_text(errors="replace").strip()
+                raise BackendError(f"the local supervisor exited at once ({proc.returncode}): "
+                                   f"{(log_text.splitlines() or ['no output'])[-1]}")
+            time.sleep(0.02)
         return ref
 
     # ---- follow ---------------------------------------------------------------------------------
@@ -392,6 +399,7 @@ def supervise(run_dir: Path) -> int:
     """Run the launcher, wait for it, record its exit code. TERM is ignored here: it also reaches
     the launcher (same process group), and this process must outlive it to record the outcome."""
     signal.signal(signal.SIGTERM, lambda *_: None)
+    _write_atomic(run_dir / "pid", str(os.getpid()))
     command = json.loads((run_dir / "command.json").read_text())
     env = {**os.environ, **command["env"]}
     env["PATH"] = command["path_prefix"] + os.pathsep + env.get("PATH", "")

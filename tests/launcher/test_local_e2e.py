@@ -161,3 +161,20 @@ def _run_processes(run_id):
         except OSError:
             continue
     return pids
+
+
+def test_quickstart_pretrains_probes_three_encoders_and_prints_the_table(home, tmp_path):
+    """The README's main command, shrunk (200 images, 1 epoch) to fit the test budget."""
+    env, _ = home
+    proc = run_cli(["quickstart", "--workdir", tmp_path / "qs", "--train", "200", "--val", "100",
+                    "-o", "Global.epochs=1", "-o", "Global.eval_interval=1",
+                    "-o", "DataLoader.Train.sampler.batch_size=32"], env, timeout=400, check=True)
+    table = proc.stdout.splitlines()
+    assert table[-4].startswith("Linear probe on Fashion-MNIST (200 train / 100 val images)")
+    rows = {line.split("  ")[1].strip(): line for line in table[-3:]}
+    assert set(rows) == {"SimSiam encoder (pretrained)", "random-init encoder", "raw pixels (logistic regression)"}
+    for line in rows.values():
+        assert 0.0 <= float(line.split("%")[0].split()[-1]) <= 100.0
+    assert "epoch 1/1" in proc.stderr  # progress was shown
+    listed = run_cli(["list"], env, check=True).stdout
+    assert listed.count("SUCCEEDED") >= 4
