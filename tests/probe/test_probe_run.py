@@ -115,3 +115,40 @@ def test_checkpoint_format_loads_with_no_missing_keys(pretrain_checkpoint):
     loaded = weights.load_into(probe, path)
     assert sorted(loaded) == sorted(encoder)
     np.testing.assert_array_equal(probe.bn1._variance.numpy(), encoder["bn1._variance"])
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoint_and_resume_match_an_uninterrupted_probe(data, pretrain_checkpoint, tmp_path):
+    """Preemption mid-run (Kubernetes/Slurm send SIGTERM): exit 143 with a checkpoint; resuming ends
+    with exactly the probe an uninterrupted run trains."""
+    import signal
+    import time
+
+    path, _ = pretrain_checkpoint
+    common = ("Global.epochs=3", "Global.print_batch_step=1", f"Global.pretrained_model={path}")
+    full = simsiam_train("-c", str(CONFIG), *overrides(data, tmp_path / "full", *common), cwd=tmp_path)
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    out = tmp_path / "preempted"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "trainer.cli", "-c", str(CONFIG),
+                             *overrides(data, out, *common)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # wait until training is under way, then preempt
+        if "epoch 1/3  step 2/4" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "stopped by SIGTERM" in stderr
+    assert list((out / "checkpoints").glob("*.pdckpt"))
+
+    resumed = simsiam_train("-c", str(CONFIG), *overrides(data, out, *common, "Global.auto_resume=True"),
+                            cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout
+    a, b = paddle.load(str(tmp_path / "full" / "probe.pdparams")), paddle.load(str(out / "probe.pdparams"))
+    for name in ("fc.weight", "fc.bias"):
+        np.testing.assert_array_equal(a[name].numpy(), b[name].numpy())
+    assert json.loads((out / "eval.json").read_text())["last"] == \
+        json.loads((tmp_path / "full" / "eval.json").read_text())["last"]
