@@ -117,3 +117,26 @@ def test_images_of_different_sizes_need_a_fixed_size_op(write_folder, tmp_path):
     with pytest.raises(DataError) as e:
         list(build_train_loader(section(tmp_path), rank=0, world_size=1, seed=0))
     assert "RandomResizedCrop" in one_line(e)
+
+
+def test_grayscale_cmyk_and_alpha_images_become_rgb(tmp_path):
+    """ImageNet has grayscale and CMYK JPEGs; folders may hold PNGs with alpha or palettes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.fromarray(rgb).convert("L").save(folder / "gray.jpg")
+    Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray(rgb).convert("RGBA").save(folder / "alpha.png")
+    Image.fromarray(rgb).convert("P").save(folder / "palette.png")
+    Image.fromarray(rgb).save(folder / "plain.bmp")
+    sec = section(tmp_path, batch_size=5)
+    sec["dataset"]["transform"] = [{"RandomResizedCrop": {"size": 16}}]
+    sec["sampler"]["shuffle"] = False
+    loader = build_train_loader(sec, rank=0, world_size=1, seed=0)
+    (views, labels), = list(loader)
+    assert views[0].shape == (5, 3, 16, 16) and loader.bad_images == 0
+    gray = views[0][loader.dataset.paths.index(str(folder / "gray.jpg"))]
+    assert np.array_equal(gray[0], gray[1]) and np.array_equal(gray[1], gray[2])

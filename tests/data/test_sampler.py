@@ -20,12 +20,14 @@ def test_drop_last_shards_are_disjoint_full_and_equal_in_steps():
     assert all(len(batch) == 5 for b in ranks for batch in b)
 
 
-def test_without_drop_last_every_sample_is_used_and_steps_match():
-    ranks = layout(n=103, batch=5, world=4, drop_last=False)
+@pytest.mark.parametrize("n,world", [(103, 4), (2, 4), (1, 3)])
+def test_without_drop_last_every_sample_is_used_and_steps_match(n, world):
+    ranks = layout(n=n, batch=5, world=world, drop_last=False)
     assert len({len(b) for b in ranks}) == 1  # same number of steps, or collectives would hang
+    assert len({len(b[-1]) for b in ranks}) == 1  # and the same batch sizes
     seen = np.concatenate([np.concatenate(b) for b in ranks])
-    assert set(seen.tolist()) == set(range(103))
-    assert len(seen) - 103 < 4  # padding repeats at most world_size - 1 samples
+    assert set(seen.tolist()) == set(range(n))
+    assert len(seen) - n < world  # padding repeats at most world_size - 1 samples
 
 
 def test_shuffle_is_one_permutation_per_epoch_shared_by_ranks():

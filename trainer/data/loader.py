@@ -80,8 +80,7 @@ def train_batches(n: int, batch_size: int, world_size: int, rank: int, *, epoch:
     if drop_last:
         order = order[: (n // (batch_size * world_size)) * batch_size * world_size]
     else:
-        per_rank = math.ceil(n / world_size)
-        order = np.concatenate([order, order[: per_rank * world_size - n]])
+        order = np.resize(order, math.ceil(n / world_size) * world_size)  # repeats from the start
     mine = order[rank::world_size]
     return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
 

@@ -273,7 +273,8 @@ class ColorJitter:
 
     @staticmethod
     def contrast(array, factor):
-        mean = float(np.dot(cv2.mean(array)[:3], GRAY_WEIGHTS))  # blend towards the mean grey level
+        r, g, b, _ = cv2.mean(array)
+        mean = 0.299 * r + 0.587 * g + 0.114 * b  # blend towards the mean grey level
         return _colour_matrix(array, factor * np.eye(3), mean * (1 - factor))
 
     @staticmethod
