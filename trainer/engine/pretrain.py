@@ -149,7 +149,8 @@ def train(cfg: dict):
                 global_step += 1
                 window_loss, window_steps = window_loss + loss, window_steps + 1
                 last_of_epoch = step + 1 == steps_per_epoch
-                if global_step % g["print_batch_step"] == 0 or last_of_epoch or global_step >= total_steps:
+                logged = global_step % g["print_batch_step"] == 0 or last_of_epoch or global_step >= total_steps
+                if logged:
                     mean_loss = float(window_loss) / window_steps
                     epoch_loss, epoch_steps = epoch_loss + mean_loss * window_steps, epoch_steps + window_steps
                     window_loss, window_steps = paddle.zeros([]), 0
@@ -165,7 +166,13 @@ def train(cfg: dict):
                              images_per_sec, std, format_eta(eta))
                     if warning:
                         log.warning(warning)
-                stop, due = _agree(env, preemption.requested, _step_save_due(g, global_step, last_save))
+                stop, due = False, bool(g["save_interval_steps"]) and global_step % g["save_interval_steps"] == 0
+                if env.world_size == 1 or logged:
+                    # SIGTERM and the clock differ between ranks: agree (one collective) at log steps
+                    minutes_due = bool(g["save_interval_minutes"]) and \
+                        time.monotonic() - last_save >= 60 * g["save_interval_minutes"]
+                    stop, minutes_due = _agree(env, preemption.requested, minutes_due)
+                    due = due or minutes_due
                 if stop:
                     save(epoch, step + 1)
                     raise Preempted(f"stopped by SIGTERM at epoch {epoch + 1}, step {step + 1}; checkpoint "
@@ -195,12 +202,6 @@ def train(cfg: dict):
 
 def _encoder_lr(lrs: dict) -> float:
     return lrs.get("encoder", next(iter(lrs.values())))
-
-
-def _step_save_due(g: dict, global_step: int, last_save: float) -> bool:
-    by_steps = g["save_interval_steps"] and global_step % g["save_interval_steps"] == 0
-    by_minutes = g["save_interval_minutes"] and time.monotonic() - last_save >= 60 * g["save_interval_minutes"]
-    return bool(by_steps or by_minutes)
 
 
 def _agree(env, stop: bool, due: bool) -> tuple[bool, bool]:
