@@ -68,26 +68,26 @@ def _root(
 
 Backend = Annotated[Optional[BackendArg], typer.Option(
     "--backend", "-b", help="Where to run (default: SIMSIAM_JOB_BACKEND, the config file, else local).")]
-Nodes = Annotated[Optional[int], typer.Option("--nodes", "-n", help="Number of nodes (default 1).")]
-Gpus = Annotated[Optional[int], typer.Option("--gpus", "-g", help="GPUs per node; 0 runs on CPU (default 0).")]
-Procs = Annotated[int, typer.Option("--procs", help="CPU processes per node when --gpus 0.")]
+Nodes = Annotated[Optional[int], typer.Option("--nodes", "-n", metavar="N", help="Number of nodes (default 1).")]
+Gpus = Annotated[Optional[int], typer.Option("--gpus", "-g", metavar="G", help="GPUs per node; 0 runs on CPU (default 0).")]
+Procs = Annotated[int, typer.Option("--procs", metavar="P", help="CPU processes per node when --gpus 0.")]
 Config = Annotated[Optional[str], typer.Option(
-    "--config", "-c", help="Trainer config (PASSL YAML); default: the shipped recipe for the phase.")]
+    "--config", "-c", metavar="CONFIG", help="Trainer config (PASSL YAML); default: the shipped recipe for the phase.")]
 Overrides = Annotated[Optional[list[str]], typer.Option(
-    "--override", "-o", help="Config override Dotted.Key=VALUE (repeatable), e.g. -o Global.epochs=10.")]
-Image = Annotated[Optional[str], typer.Option("--image", help="Container image (kubernetes; slurm with containers).")]
+    "--override", "-o", metavar="KEY=VALUE", help="Config override Dotted.Key=VALUE (repeatable), e.g. -o Global.epochs=10.")]
+Image = Annotated[Optional[str], typer.Option("--image", metavar="IMAGE", help="Container image (kubernetes; slurm with containers).")]
 Name = Annotated[Optional[str], typer.Option(
-    "--name", help="Job name (DNS-1123 label); default simsiam-<phase>-<random>.")]
+    "--name", metavar="NAME", help="Job name (DNS-1123 label); default simsiam-<phase>-<random>.")]
 Data = Annotated[Optional[str], typer.Option(
-    "--data", help="Dataset location holding train/ (and val/ for the probe), ImageNet layout.")]
+    "--data", metavar="LOCATION", help="Dataset location holding train/ (and val/ for the probe), ImageNet layout.")]
 Output = Annotated[Optional[str], typer.Option(
-    "--output", help="Where outputs go; the job writes LOCATION/<job name>/.")]
+    "--output", metavar="LOCATION", help="Where outputs go; the job writes LOCATION/<job name>/.")]
 From = Annotated[Optional[str], typer.Option(
-    "--from", help="linear-probe: the finished pretrain job whose encoder to probe (a JOBREF).")]
+    "--from", metavar="JOBREF", help="linear-probe: the finished pretrain job whose encoder to probe (a JOBREF).")]
 Env = Annotated[Optional[list[str]], typer.Option(
-    "--env", "-e", help="Environment variable NAME=VALUE for the trainer processes (repeatable).")]
+    "--env", "-e", metavar="NAME=VALUE", help="Environment variable NAME=VALUE for the trainer processes (repeatable).")]
 Sets = Annotated[Optional[list[str]], typer.Option(
-    "--set", help="Backend option KEY=VALUE (repeatable); `simsiam-job options BACKEND` lists them.")]
+    "--set", metavar="KEY=VALUE", help="Backend option KEY=VALUE (repeatable); `simsiam-job options BACKEND` lists them.")]
 
 
 def _spec(phase, backend, nodes, gpus, procs, config, overrides, image, name, data, output,
@@ -316,7 +316,7 @@ def options(backend: Annotated[BackendArg, typer.Argument(help="local, kubernete
 @app.command()
 def quickstart(
     workdir: Annotated[str, typer.Option("--workdir", help="Where the data set and outputs go.")] = "quickstart",
-    procs: Annotated[int, typer.Option("--procs", help="Trainer processes (CPU).")] = 2,
+    procs: Annotated[int, typer.Option("--procs", metavar="P", help="Trainer processes (CPU).")] = 2,
     train: Annotated[int, typer.Option("--train", help="Training images (balanced classes).")] = 5000,
     val: Annotated[int, typer.Option("--val", help="Validation images.")] = 2000,
     override: Overrides = None,
