@@ -23,10 +23,9 @@ def test_yaml_filter_round_trips_exactly(value):
     assert yaml.safe_load(rendered)["metadata"]["note"] == value
 
 
-@pytest.mark.parametrize("value", HOSTILE)
+# (a lone surrogate cannot travel through a process's argv, so it is checked with YAML only)
+@pytest.mark.parametrize("value", [v for v in HOSTILE if "\ud800" not in v])
 def test_sh_filter_gives_bash_the_exact_word(value):
-    if "\ud800" in value:
-        pytest.skip("a lone surrogate cannot be passed in a process's argv")
     script = environment().from_string("printf '%s' {{ v | sh }}").render(v=value)
     out = subprocess.run(["bash", "-c", script], capture_output=True, check=True).stdout
     assert out == value.encode()
