@@ -12,6 +12,8 @@ RECIPE = str(REPO / "trainer/configs/simsiam_resnet50_pt_in1k_1n8c_dp_fp32.yaml"
     (["-c", RECIPE, "-o", "Global.device=tpu"], "bad value for 'Global.device'"),
     (["-c", "no/such/file.yaml"], "config file not found: no/such/file.yaml"),
     (["-o", "Global.epochs=1"], "the following arguments are required: -c/--config"),
+    (["-c", RECIPE, "-o", "Global.device=cpu", "-o", "Model.name=simsiam_resnet51_pretrain"],
+     "bad value for 'Model.name': 'simsiam_resnet51_pretrain' (did you mean 'simsiam_resnet50_pretrain'?)"),
     (["-c", RECIPE, "-o", "Global.device=cpu", "-o", "DataLoader.Train.dataset.root=/nonexistent/train"],
      "/nonexistent/train does not exist"),
 ])

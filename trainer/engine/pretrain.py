@@ -79,12 +79,12 @@ def train(cfg: dict):
     run = RunDir(cfg, env.rank)
     seed_everything(g["seed"], env.rank)
 
+    net = dist.use_sync_batch_norm(env, build_model(cfg["Model"]))   # first: a bad Model.name fails fast
     loader = build_train_loader(cfg["DataLoader"]["Train"], rank=env.rank, world_size=env.world_size,
                                 seed=g["seed"] or 0)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ConfigError("DataLoader.Train gives no batches per epoch (dataset smaller than a batch)")
-    net = dist.use_sync_batch_norm(env, build_model(cfg["Model"]))
     if g["pretrained_model"]:
         load_pretrained_encoder(net, g["pretrained_model"])
     optimizer, group_lr = build_optimizer(net, cfg["Optimizer"], epochs=g["epochs"],
