@@ -1,4 +1,6 @@
 """Fixtures for the data pipeline tests: small real image folders."""
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -6,11 +8,18 @@ from PIL import Image
 from trainer.data import fashion_mnist
 
 
+def skip_or_fail(reason: str):
+    """Skip when a prerequisite is absent; CI (SIMSIAM_REQUIRE_ALL=1) fails instead."""
+    if os.environ.get("SIMSIAM_REQUIRE_ALL") == "1":
+        pytest.fail(f"{reason} (SIMSIAM_REQUIRE_ALL=1 forbids skipping)")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def fmnist_root(tmp_path_factory):
-    """A real Fashion-MNIST ImageFolder: 60 train, 20 val images (skips if the package is absent)."""
+    """A real Fashion-MNIST ImageFolder: 60 train, 20 val images."""
     if not (fashion_mnist.source_dir() / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip("Debian package dataset-fashion-mnist is not installed")
+        skip_or_fail("Debian package dataset-fashion-mnist is not installed")
     return fashion_mnist.write_image_folder(tmp_path_factory.mktemp("fmnist"), 60, 20, seed=0)
 
 
@@ -29,3 +38,13 @@ def _write_folder(root, counts, size=(40, 30), fmt="JPEG", seed=0):
             pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
             Image.fromarray(pixels).save(d / f"{i:04d}.{fmt.lower().replace('jpeg', 'jpg')}", fmt)
     return root
+
+
+@pytest.fixture
+def torchvision_functional():
+    """torchvision's functional transforms (the reference implementation), or skip/fail."""
+    try:
+        import torchvision.transforms.functional as F
+    except ImportError:
+        skip_or_fail("torchvision is not installed (pip install -e '.[torch]')")
+    return F
