@@ -249,14 +249,14 @@ class Loader:
     labels int64. Set the epoch (and, after a resume, the first step) with set_epoch."""
 
     def __init__(self, dataset: ImageFolder, views: Views, batches_for_epoch, *, batch_size: int,
-                 num_workers: int, seed: int, train: bool, rank_samples: int):
+                 num_workers: int, seed: int, train: bool, rank_samples: int, prefetch_factor: int = 2):
         self.dataset, self.views, self.batch_size = dataset, views, batch_size
         self.num_samples = len(dataset)
         self.bad_images = 0
         self._bad_paths: set[str] = set()
         self._rank_samples = rank_samples
         self._batches_for_epoch = batches_for_epoch
-        self._num_workers = num_workers
+        self._num_workers, self._prefetch_factor = num_workers, prefetch_factor
         self._workers = None
         self.epoch, self.start_step = 0, 0
         self._affine_cache = {}
@@ -295,7 +295,7 @@ class Loader:
                 yield [o[: len(labels)] for o in out], labels
             return
         if self._workers is None:
-            self._workers = _Workers(self._job, self._num_workers)
+            self._workers = _Workers(self._job, self._num_workers, self._prefetch_factor)
         for labels, bad, out in self._workers.run(batches, self.epoch):
             self._count_bad(bad)
             # Copy out of the shared buffer: a worker refills it while the step runs.
@@ -373,15 +373,16 @@ def _parse(section: dict, where: str, rank: int, world_size: int):
     views = build_views(transform, f"{where}.dataset.transform")
     batch_size = _positive_int(sampler_cfg.get("batch_size", 1), f"{where}.sampler.batch_size")
     num_workers = _positive_int(loader_cfg.get("num_workers", 0), f"{where}.loader.num_workers", True)
+    prefetch = _positive_int(loader_cfg.get("prefetch_factor", 2), f"{where}.loader.prefetch_factor")
     _positive_int(world_size, "world_size")
     if not 0 <= rank < world_size:
         raise DataError(f"rank {rank} is outside world size {world_size}")
-    return dataset, views, sampler_cfg, batch_size, num_workers
+    return dataset, views, sampler_cfg, batch_size, dict(num_workers=num_workers, prefetch_factor=prefetch)
 
 
 def build_train_loader(section: dict, *, rank: int, world_size: int, seed: int,
                        where: str = "DataLoader.Train") -> Loader:
-    dataset, views, sampler_cfg, batch_size, num_workers = _parse(section, where, rank, world_size)
+    dataset, views, sampler_cfg, batch_size, workers = _parse(section, where, rank, world_size)
     seed = int(seed or 0) % 2**63
     shuffle, drop_last = bool(sampler_cfg.get("shuffle", False)), bool(sampler_cfg.get("drop_last", False))
     n = len(dataset)
@@ -393,16 +394,16 @@ def build_train_loader(section: dict, *, rank: int, world_size: int, seed: int,
         return train_batches(n, batch_size, world_size, rank, epoch=epoch, seed=seed,
                              shuffle=shuffle, drop_last=drop_last)
 
-    return Loader(dataset, views, batches, batch_size=batch_size, num_workers=num_workers, seed=seed,
+    return Loader(dataset, views, batches, batch_size=batch_size, **workers, seed=seed,
                   train=True, rank_samples=max(1, sum(len(b) for b in batches(0))))
 
 
 def build_eval_loader(section: dict, *, rank: int, world_size: int, where: str = "DataLoader.Eval") -> Loader:
-    dataset, views, sampler_cfg, batch_size, num_workers = _parse(section, where, rank, world_size)
+    dataset, views, sampler_cfg, batch_size, workers = _parse(section, where, rank, world_size)
     n = len(dataset)
 
     def batches(epoch):
         return eval_batches(n, batch_size, world_size, rank)
 
-    return Loader(dataset, views, batches, batch_size=batch_size, num_workers=num_workers, seed=0,
+    return Loader(dataset, views, batches, batch_size=batch_size, **workers, seed=0,
                   train=False, rank_samples=max(1, sum(len(b) for b in batches(0))))
