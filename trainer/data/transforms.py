@@ -1,10 +1,10 @@
 """Augmentation ops named as in PASSL's configs, run on uint8 HWC RGB arrays with OpenCV.
 
 Why not PIL/torchvision: the two-view SimSiam recipe is the CPU bottleneck of a GPU node. Here an
-image is decoded once for both views, at a reduced JPEG scale when the crop is large enough that
-no detail is lost, and every op works on the small cropped uint8 array (colour ops through
-lookup tables). ToTensor and Normalize are not run here: they are recorded and applied on the
-device by ``Loader.to_tensor``.
+image is decoded once for both views (at a reduced JPEG scale when the crop is large enough that
+no detail is lost), cropped before it is resized, and every later op works on the small uint8
+crop (colour changes as one OpenCV colour-matrix pass each). ToTensor and Normalize are not run
+here: they are recorded and applied on the device by ``Loader.to_tensor``.
 
 Randomness: every op draws from the ``numpy.random.Generator`` it is handed; the loader seeds one
 per (seed, epoch, sample index), so augmentations do not depend on worker count or timing.
@@ -64,8 +64,8 @@ class Source:
             return min(fits, key=lambda a: a.shape[0])
         array = None
         if self.is_jpeg:
-            # Only power-of-two reductions: libjpeg's n/8 scales in between decode no faster
-            # than the full image, and a second view would often need yet another one.
+            # Only power-of-two reductions (libjpeg's cheap IDCT scalings); n/8 scales in between
+            # save little, and a second view would often need yet another one.
             W, H = self.size
             k = 1
             while k < 8 and W >= 2 * k * min_w and H >= 2 * k * min_h:
