@@ -27,8 +27,12 @@ PRETRAIN = CONFIGS / "simsiam_cifar_resnet18_fmnist_pt_cpu.yaml"
 PROBE = CONFIGS / "simsiam_cifar_resnet18_fmnist_lp_cpu.yaml"
 
 
-def timed(label: str, argv: list[str], timings: dict) -> None:
+def timed(label: str, argv: list[str], timings: dict, done: Path | None = None) -> None:
+    """Run one stage, timing it; skipped when `done` exists (a rerun continues where it stopped)."""
     print(f"$ {' '.join(argv)}", flush=True)
+    if done is not None and done.exists():
+        print(f"[{label}] already done ({done}), skipped", flush=True)
+        return
     wall = time.monotonic()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(argv, check=True)
@@ -77,6 +81,19 @@ def logistic_regression(data: Path, model_name: str, weights: str | None) -> flo
     return float(clf.score(scaler.transform(features["val"][0]), features["val"][1]))
 
 
+def cached_logreg(probe_dir: Path, data: Path, model_name: str, weights: str | None, timings: dict,
+                  key: str) -> float:
+    """logistic_regression() once per probe directory (kept in logreg.json for reruns)."""
+    cache = probe_dir / "logreg.json"
+    if cache.exists():
+        return json.loads(cache.read_text())["top1"]
+    start = time.monotonic()
+    top1 = logistic_regression(data, model_name, weights)
+    timings[f"logreg {key}"] = {"wall_s": round(time.monotonic() - start, 1)}
+    cache.write_text(json.dumps({"top1": top1, "seconds": timings[f"logreg {key}"]["wall_s"]}) + "\n")
+    return top1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
@@ -91,32 +108,30 @@ def main() -> int:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
     timed("data", [sys.executable, "-m", "trainer.data.fashion_mnist", str(data),
-                   "--train", str(args.train), "--val", str(args.val)], timings)
+                   "--train", str(args.train), "--val", str(args.val)], timings, data / "val")
     roots = [f"DataLoader.Train.dataset.root={data / 'train'}"]
     pretrain = roots + [f"Global.output_dir={out / 'pretrain'}"]
     if args.pretrain_epochs:
         pretrain.append(f"Global.epochs={args.pretrain_epochs}")
-    timed("pretrain", train_cmd(PRETRAIN, *pretrain), timings)
+    timed("pretrain", train_cmd(PRETRAIN, *pretrain), timings, out / "pretrain" / "done")
+    (out / "pretrain" / "done").touch()
 
     encoder = out / "pretrain" / "encoder.pdparams"
-    rows = [("SimSiam-pretrained encoder", "cifar_resnet18_linearprobe", str(encoder)),
-            ("random-init encoder", "cifar_resnet18_linearprobe", None),
-            ("raw pixels", "pixels_linearprobe", None)]
+    rows = [("simsiam", "SimSiam-pretrained encoder", "cifar_resnet18_linearprobe", str(encoder)),
+            ("random", "random-init encoder", "cifar_resnet18_linearprobe", None),
+            ("raw", "raw pixels", "pixels_linearprobe", None)]
     results = []
-    for label, model_name, weights in rows:
-        key = label.split()[0].lower().replace("-", "_")
+    for key, label, model_name, weights in rows:
         overrides = roots + [f"DataLoader.Eval.dataset.root={data / 'val'}", f"Model.name={model_name}",
                              f"Global.output_dir={out / ('probe_' + key)}"]
         if weights:
             overrides.append(f"Global.pretrained_model={weights}")
-        timed(f"probe {key}", train_cmd(PROBE, *overrides), timings)
+        timed(f"probe {key}", train_cmd(PROBE, *overrides), timings, out / ("probe_" + key) / "eval.json")
         evaluation = json.loads((out / ("probe_" + key) / "eval.json").read_text())
         row = {"input": label, "probe_top1": evaluation["last"]["top1"],
                "probe_top5": evaluation["last"]["top5"], "best_top1": evaluation["best"]["top1"]}
         if not args.no_logreg:
-            start = time.monotonic()
-            row["logreg_top1"] = logistic_regression(data, model_name, weights)
-            timings[f"logreg {key}"] = {"wall_s": round(time.monotonic() - start, 1)}
+            row["logreg_top1"] = cached_logreg(out / ("probe_" + key), data, model_name, weights, timings, key)
         results.append(row)
 
     print(f"\nFashion-MNIST, {args.train} train / {args.val} val images, run {started}\n")
