@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -96,6 +97,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every variant this many times, interleaved; report the median "
+                             "(steadier on a shared machine)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
     parser.add_argument("--run", help=argparse.SUPPRESS)            # internal: one variant
     parser.add_argument("--threads-api", action="store_true", help=argparse.SUPPRESS)
@@ -106,20 +110,31 @@ def main() -> None:
         print(json.dumps({"seconds": seconds}))
         return
     print(f"SimSiam ResNet-50 step on CPU: batch {args.batch} x 2 views, {args.size} px, "
-          f"{args.threads} thread(s), mean of {args.steps} steps after one warm-up")
-    results = {}
-    for name in args.variants.split(","):
-        framework, env, flags = VARIANTS[name]
-        cmd = [sys.executable, __file__, "--run", framework, "--steps", str(args.steps),
-               "--batch", str(args.batch), "--size", str(args.size), "--threads", str(args.threads), *flags]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-        if proc.returncode or not lines:
-            print(f"  {name:<42} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+          f"{args.threads} thread(s), mean of {args.steps} steps after one warm-up, "
+          f"median of {args.rounds} round(s); load average {os.getloadavg()[0]:.1f}")
+    names = args.variants.split(",")
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(args.rounds):
+        for name in names:
+            framework, env, flags = VARIANTS[name]
+            cmd = [sys.executable, __file__, "--run", framework, "--steps", str(args.steps),
+                   "--batch", str(args.batch), "--size", str(args.size), "--threads", str(args.threads),
+                   *flags]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+            if proc.returncode or not lines:
+                print(f"  {name:<42} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+                continue
+            times[name].append(json.loads(lines[-1])["seconds"])
+    reference = statistics.median(times["torch"]) if times.get("torch") else None
+    for name in names:
+        if not times[name]:
             continue
-        results[name] = json.loads(lines[-1])["seconds"]
-        ratio = f"{results[name] / results['torch']:.2f}x torch" if "torch" in results else ""
-        print(f"  {name:<42} {results[name]:7.2f} s/step  {ratio}", flush=True)
+        seconds = statistics.median(times[name])
+        ratio = f"{seconds / reference:.2f}x torch's time" if reference else ""
+        runs = " ".join(f"{t:.2f}" for t in times[name])
+        print(f"  {name:<42} {seconds:7.2f} s/step  {ratio:<20} (runs: {runs})", flush=True)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
