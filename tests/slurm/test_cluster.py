@@ -54,17 +54,21 @@ def test_two_node_pretrain_succeeds_on_both_nodes(tmp_path, user_env, fmnist):
         f"#!/bin/sh\nexec {sys.executable} {REPO}/tests/slurm/rank_state_train.py \"$@\"\n")})
     env = {**user_env, "SIMSIAM_JOB_SLURM_VENV": str(venv)}
 
-    # Both nodes busy for a few seconds: the job must be seen waiting first.
-    subprocess.run(["sbatch", "-N2", "-o", "/dev/null", "--wrap", "sleep 4"], env=env, check=True,
-                   capture_output=True)
+    # Both nodes busy until the job has been seen waiting.
+    go = tmp_path / "go"
+    subprocess.run(["sbatch", "-N2", "--exclusive", "-o", "/dev/null", "--wrap",
+                    f"timeout 120 sh -c 'until [ -e {go} ]; do sleep 0.2; done'"],
+                   env=env, check=True, capture_output=True)
     ref = submit(env, "two-nodes", "--data", data, "--output", out_root, "-o", "Global.epochs=2",
                  "--env", f"RANK_STATE_DIR={states}")
-    first = status(ref, env)
+    first, _ = wait_for(ref, env, lambda st: st["reason"] in ("Resources", "Priority"),
+                        what="waiting for the busy nodes", timeout=30)
     assert first["state"] == "PENDING", first
+    go.touch()
     follow = subprocess.Popen([str(BIN / "simsiam-job"), "logs", "-f", "--all", ref], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     final, seen = wait_for(ref, env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED")
-    assert seen[0] == "PENDING" and "RUNNING" in seen and seen[-1] == "SUCCEEDED", seen
+    assert "RUNNING" in seen and seen[-1] == "SUCCEEDED" and "PENDING" not in seen[seen.index("RUNNING"):], seen
     assert [(n["rank"], n["host"]) for n in final["nodes"]] == [(0, "node1"), (1, "node2")]
 
     # Each rank logged from its own node, into a file named by rank and node.
@@ -124,6 +128,26 @@ def test_cancel_mid_run_checkpoints_on_term(tmp_path, user_env, fmnist):
     train_log = (tmp_path / "jobs" / "cancel-me" / "output" / "train.log").read_text()
     assert "SIGTERM received" in train_log and f"saved checkpoint {checkpoints[0]}" in train_log
     assert "Terminating with signal 15" in rank0_log(ref, user_env)   # paddle's launcher got TERM too
+
+
+def test_time_limit_warning_reaches_the_trainer(tmp_path, user_env, fmnist):
+    """--signal=B:TERM@grace signals only the batch shell; the script must pass TERM on to the
+    trainer. `scancel --batch --signal=TERM` delivers exactly that signal without waiting for a
+    real time limit (Slurm checks those only about once a minute)."""
+    ref = submit(user_env, "time-limit", "--data", fmnist, "-o", "Global.epochs=300",
+                 "-o", "Global.save_interval=300")
+    job_id = ref.removeprefix("slurm://")
+    wait_for(ref, user_env, lambda st: (st["detail"]["progress"] or {}).get("global_step", 0) >= 3,
+             what="training steps")
+    subprocess.run(["scancel", "--batch", "--signal=TERM", job_id], env=user_env, check=True)
+    final, _ = wait_for(ref, user_env, lambda st: st["state"] == "FAILED", what="FAILED", timeout=90)
+    assert "exit code" in final["reason"], final
+    job_dir = tmp_path / "jobs" / "time-limit"
+    assert "TERM received, passing it to the tasks" in "".join(
+        p.read_text() for p in (job_dir / "logs").glob("batch-*.out"))
+    checkpoints = list((job_dir / "output" / "checkpoints").glob("*.pdckpt"))
+    assert len(checkpoints) == 1, checkpoints
+    assert "SIGTERM received" in (job_dir / "output" / "train.log").read_text()
 
 
 def test_requeue_mid_run_resumes_from_the_checkpoint(tmp_path, user_env, fmnist):
