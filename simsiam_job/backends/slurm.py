@@ -174,9 +174,8 @@ def _reason(slurm_state: str, reason: str, restarts: int, exit_code: str) -> str
     common = _common_state(slurm_state)
     if common is State.PENDING and reason and reason not in ("None", "(null)"):
         parts.append(reason)
-    if state != "PENDING" and state in _STATE_MAP and common is not State.SUCCEEDED and state not in (
-            "RUNNING", "CANCELLED"):
-        parts.append(state)
+    if state in _STATE_MAP and state not in ("PENDING", "RUNNING", "COMPLETED", "CANCELLED", "FAILED"):
+        parts.append(state)  # the Slurm state says more than the common one: TIMEOUT, NODE_FAIL, ...
     if common is State.FAILED and exit_code and exit_code != "0:0":
         parts.append(f"exit code {exit_code.split(':')[0]}"
                      + (f", signal {exit_code.split(':')[1]}" if exit_code.split(":")[-1] != "0" else ""))
