@@ -258,8 +258,9 @@ class KubernetesBackend:
                          namespace, by_kind["Job"], dry_run=server_dry)
         # The Job owns the ConfigMap and Service, so deleting the Job (cancel, or kubectl) removes
         # them. Its uid exists only now, hence Job first; its pods wait for the ConfigMap to mount.
+        # (No blockOwnerDeletion: where admission enforces it, it needs rights on jobs/finalizers.)
         owner = {"apiVersion": "batch/v1", "kind": "Job", "name": spec.name, "uid": job.metadata.uid,
-                 "controller": True, "blockOwnerDeletion": True}
+                 "controller": True}
         created: list[tuple[str, Any]] = []
         try:
             for kind, create, delete in (
@@ -267,11 +268,12 @@ class KubernetesBackend:
                 ("Service", core.create_namespaced_service, core.delete_namespaced_service),
             ):
                 body = dict(by_kind[kind])
-                body["metadata"] = {**body["metadata"], "ownerReferences": [owner]}
+                if job.metadata.uid:  # a server-side dry run may return the Job without one
+                    body["metadata"] = {**body["metadata"], "ownerReferences": [owner]}
                 self._call(f"creating {kind.lower()} {spec.name}", create, namespace, body,
                            dry_run=server_dry)
                 created.append((kind, delete))
-        except BackendError:
+        except (BackendError, UsageError):
             if server_dry is None:
                 self._rollback(spec.name, namespace, created)
             raise
@@ -630,7 +632,7 @@ _HINTS = {
     401: "the API server did not accept the credentials: refresh the kubeconfig's user",
     403: "ask an admin for the Role in k8s/rbac.yaml in namespace {namespace}",
     404: "check the namespace (--set namespace=...) and the name",
-    409: "a job of that name exists: pick another --name, or `simsiam-job cancel` the old one",
+    409: "the name is taken: pick another --name, or `simsiam-job cancel` the old job",
 }
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import docs_by_kind, make_spec
 
@@ -138,7 +139,7 @@ def test_two_by_eight_waits_for_free_a100s_runs_and_succeeds(cluster, kube, ns):
                   for p in pods) == ["0", "1"]
     hosts = {p.spec.node_name for p in pods}
     assert hosts <= A100_NODES and len(hosts) == 2
-    assert all(p.spec.hostname in (f"pt-0", f"pt-1") and p.spec.subdomain == "pt" for p in pods)
+    assert all(p.spec.hostname in ("pt-0", "pt-1") and p.spec.subdomain == "pt" for p in pods)
     running = status(cluster, ref)
     assert running["state"] == "RUNNING"
     assert {n["host"] for n in running["nodes"]} == hosts
@@ -225,8 +226,7 @@ def test_render_piped_to_kubectl_apply_creates_the_same_objects(cluster, kube, n
     assert applied.returncode == 0, applied.stderr
     assert "job.batch/piped created" in applied.stdout
     job = batch.read_namespaced_job("piped", ns)
-    sent = docs_by_kind(__import__("yaml").safe_load_all(rendered) and
-                        list(__import__("yaml").safe_load_all(rendered)))["Job"]
+    sent = docs_by_kind(list(yaml.safe_load_all(rendered)))["Job"]
     container = job.spec.template.spec.containers[0]
     assert container.command == sent["spec"]["template"]["spec"]["containers"][0]["command"]
     assert job.spec.completions == 2 and job.spec.completion_mode == "Indexed"
@@ -263,6 +263,15 @@ def test_api_errors_are_one_line_with_the_servers_message(cluster, kube, ns):
     assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1
     assert 'jobs.batch "twice" already exists' in again.stderr and "pick another --name" in again.stderr
 
+    # A leftover ConfigMap of the same name: the Job created before it must be removed again.
+    core.create_namespaced_config_map(ns, client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name="clash"), data={"mine": "yes"}))
+    clash = submit(cluster, ns, "clash", "--gpus", "0", check=False)
+    assert clash.returncode == 1 and 'configmaps "clash" already exists' in clash.stderr
+    _, batch, _ = kube
+    assert "clash" not in [j.metadata.name for j in batch.list_namespaced_job(ns).items]
+    assert core.read_namespaced_config_map("clash", ns).data == {"mine": "yes"}
+
     missing = submit(cluster, "no-such-namespace", "x", "--gpus", "0", check=False)
     assert missing.returncode == 1 and 'namespaces "no-such-namespace" not found' in missing.stderr
 
@@ -288,10 +297,7 @@ def test_the_role_in_rbac_yaml_is_enough_and_without_it_the_user_is_told(cluster
     token = core.create_namespaced_service_account_token(
         "alice", ns, client.AuthenticationV1TokenRequest(
             spec=client.V1TokenRequestSpec(audiences=["https://kubernetes.default.svc"]))).status.token
-    admin = Path(cluster["KUBECONFIG"]).read_text()
-    import yaml
-
-    config = yaml.safe_load(admin)
+    config = yaml.safe_load(Path(cluster["KUBECONFIG"]).read_text())
     config["users"] = [{"name": "alice", "user": {"token": token}}]
     config["contexts"][0]["context"]["user"] = "alice"
     config["contexts"][0]["context"]["namespace"] = ns
