@@ -307,6 +307,8 @@ class SlurmBackend:
             raise UsageError(f"{ref}: a Slurm job id is a number")
         # Pending and running jobs: squeue.
         proc = _run(["squeue", "-h", "-j", job_id, "-o", "%i|%T|%N|%Z|%j|%k|%r"], check=False)
+        if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
+            raise BackendError(f"squeue: {_one_line(proc.stderr) or f'exit code {proc.returncode}'}")
         rows = [ln for ln in proc.stdout.splitlines() if ln.startswith(f"{job_id}|")]
         details = self._scontrol(job_id)
         if rows:
