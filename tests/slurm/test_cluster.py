@@ -41,7 +41,7 @@ def rank0_log(ref, env):
     return run_cli(["logs", "--rank", "0", ref], env, check=True).stdout
 
 
-def test_two_node_pretrain_succeeds_on_both_nodes(tmp_path, user_env, fmnist):
+def test_two_node_pretrain_succeeds_on_both_nodes_and_feeds_a_probe(tmp_path, user_env, fmnist):
     import paddle
 
     # Data and output under names a shell would mangle: the trainer must get them verbatim.
@@ -96,6 +96,16 @@ def test_two_node_pretrain_succeeds_on_both_nodes(tmp_path, user_env, fmnist):
     for key in rank_states[0]:
         np.testing.assert_array_equal(rank_states[0][key].numpy(), rank_states[1][key].numpy(), err_msg=key)
     assert run_cli(["status", ref], env, check=True).stdout.startswith(f"{ref}  SUCCEEDED")
+
+    # The linear probe finds the encoder through the pretrain job's reference.
+    probe = run_cli(["submit", "linear-probe", "--from", ref, "--nodes", "2", "--gpus", "0", "--name", "probe",
+                     "-c", REPO / "trainer/configs/simsiam_cifar_resnet18_fmnist_lp_cpu.yaml",
+                     "-o", "Model.width=4", "-o", "Global.epochs=1", "-o", "DataLoader.Train.sampler.batch_size=8",
+                     "--data", data, "--output", out_root], user_env, check=True).stdout.strip()
+    wait_for(probe, user_env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED")
+    evaluated = json.loads((out_root / "probe" / "eval.json").read_text())
+    assert evaluated["pretrained_model"] == str(out / "encoder.pdparams")
+    assert evaluated["last"]["images"] == 16      # every validation image once across both nodes
 
 
 def test_a_job_larger_than_the_cluster_stays_pending_with_slurms_reason(user_env):
