@@ -44,7 +44,8 @@ class Options:
     qos: str = _opt("", "quality of service (sbatch --qos)")
     time: str = _opt("", "time limit, e.g. 2-00:00:00 (sbatch --time); empty: the partition's")
     mem: str = _opt("", "memory per node, e.g. 200G, 0 = all of it (sbatch --mem)")
-    cpus_per_task: int = _opt(0, "CPUs for each node's task (sbatch --cpus-per-task); 0: Slurm's default")
+    cpus_per_task: int = _opt(
+        0, "CPUs for each node's task (sbatch --cpus-per-task); 0: --procs on CPU, else Slurm's default")
     gpu_directive: Literal["gpus-per-node", "gres"] = _opt(
         "gpus-per-node", "how GPUs are requested: --gpus-per-node=G or --gres=gpu:G")
     venv: str = _opt("", "Python environment on the nodes to activate (PATH/bin/activate)")
@@ -252,12 +253,14 @@ class SlurmBackend:
             prefix = ["apptainer", "exec"] + (["--nv"] if spec.gpus > 0 else []) + [
                 "--bind", ",".join(mounts), spec.image]
         node_command = _command_lines(["exec", *prefix], launch, train)
+        # A CPU job's processes each need a core where Slurm confines tasks to theirs (cgroups).
+        cpus_per_task = o.cpus_per_task or (spec.procs_per_node if spec.gpus == 0 and spec.procs_per_node > 1 else 0)
 
         script = templates.render_text(
             TEMPLATE,
             name=spec.name, phase=spec.phase.value, marker=f"{MARKER}:{spec.phase.value}",
             nodes=spec.nodes, gpus=spec.gpus, gpu_directive=o.gpu_directive,
-            cpus_per_task=o.cpus_per_task, mem=o.mem, time=o.time, partition=o.partition,
+            cpus_per_task=cpus_per_task, mem=o.mem, time=o.time, partition=o.partition,
             account=o.account, qos=o.qos, job_dir=job_dir, log_dir=f"{job_dir}/logs",
             signal_grace=o.signal_grace, requeue=o.requeue, venv=_abs_path(o.venv, "venv") if o.venv else "",
             env=list(spec.env), port=o.port, container=o.container, image=spec.image,

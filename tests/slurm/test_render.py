@@ -91,6 +91,7 @@ def test_cpu_job_runs_processes_instead_of_devices(tmp_path):
     assert not any("gpu" in d or "gres" in d for d in directives(rendered.text))
     body = run_node_body(rendered.text)
     assert "--nproc_per_node 2" in body and "--devices" not in body
+    assert "--cpus-per-task=2" in directives(rendered.text)         # a core for each process
     # Rendezvous with the first node; every node's rank is its own SLURM_NODEID.
     assert '--master "$MASTER_ADDR:$MASTER_PORT"' in body and '--rank "$SLURM_NODEID"' in body
     assert '--nnodes "$SLURM_NNODES"' in body
