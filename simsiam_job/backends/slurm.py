@@ -236,7 +236,7 @@ class SlurmBackend:
         if o.container != "none" and not spec.image:
             raise UsageError(f"slurm option container={o.container} needs --image")
 
-        mounts = [job_dir] + [p for p in (data_dir, output_root or None) if p] + [
+        mounts = [job_dir] + [p for p in (data_dir, output_root) if p] + [
             _abs_path(m, "slurm option container_mounts") for m in o.container_mounts]
         if o.container != "none":
             for m in mounts:
@@ -277,9 +277,7 @@ class SlurmBackend:
             return JobRef(self.name, "dry-run")
         if dry_run == "server":
             # sbatch --test-only checks the script against the cluster and queues nothing.
-            proc = _run(["sbatch", "--test-only"], input=rendered.text, check=False)
-            if proc.returncode != 0:
-                raise BackendError(f"sbatch: {_one_line(proc.stderr)}")
+            _run(["sbatch", "--test-only"], input=rendered.text)
             return JobRef(self.name, "dry-run")
 
         job_dir = Path(self.job_dir(spec))
@@ -287,7 +285,10 @@ class SlurmBackend:
             raise UsageError(
                 f"job directory {job_dir} already exists (a job named {spec.name!r} ran before): "
                 "choose another --name, or remove the directory")
-        (job_dir / "logs").mkdir(parents=True)
+        try:
+            (job_dir / "logs").mkdir(parents=True)
+        except OSError as err:
+            raise UsageError(f"cannot create the job directory {job_dir}: {err.strerror}") from None
         try:
             for fname, text in rendered.files.items():
                 tmp = job_dir / f".{fname}.tmp"

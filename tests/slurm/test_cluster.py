@@ -234,3 +234,17 @@ def test_hostile_values_reach_the_nodes_unchanged(tmp_path, user_env):
         assert f"DataLoader.Train.dataset.root={json.dumps(data + '/train')}" in overrides
     assert got[0]["argv"][got[0]["argv"].index("--master") + 1] == got[1]["argv"][got[1]["argv"].index("--master") + 1]
     assert not list(tmp_path.rglob("pwned"))
+
+
+def test_server_dry_run_asks_slurm_and_queues_nothing(tmp_path, user_env):
+    def queued():
+        return subprocess.run(["squeue", "-h", "--states=all", "-o", "%i"], env=user_env,
+                              capture_output=True, text=True, check=True).stdout.split()
+
+    before = queued()
+    ok = run_cli(["submit", "pretrain", "--nodes", "2", "--name", "dry", *TINY, "--dry-run", "server"], user_env)
+    assert ok.returncode == 0 and ok.stdout.strip() == "slurm://dry-run", ok.stderr
+    refused = run_cli(["submit", "pretrain", "--name", "dry", *TINY, "--dry-run", "server",
+                       "--set", "partition=nope"], user_env)
+    assert_one_line_error(refused, 1, "nope")
+    assert queued() == before and not (tmp_path / "jobs").exists()
