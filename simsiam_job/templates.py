@@ -102,8 +102,10 @@ def parse_yaml_stream(text: str, source: str = "<rendered>") -> list[dict]:
     must be a mapping."""
     import yaml
 
+    # libyaml's parser when present: same safe semantics, and most of render's time otherwise
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in yaml.load_all(text, Loader=loader) if d is not None]
     except yaml.YAMLError as err:
         raise TemplateError(f"{source} is not valid YAML: {' '.join(str(err).split())}") from None
     for i, doc in enumerate(docs):
