@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import BIN, REPO, TINY, assert_one_line_error, run_cli, scontrol, status, wait_for
+from slurm_util import BIN, REPO, TINY, assert_one_line_error, run_cli, scontrol, status, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
