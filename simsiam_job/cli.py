@@ -280,18 +280,29 @@ def list_(
     else:
         default = defaults.top_level_default("backend", defaults.load_user_config()) or "local"
         names = ["local"] + ([default] if default != "local" else [])
-    rows = []
+    from simsiam_job.errors import BackendError, UsageError
+
+    rows, failed = [], []
     for name in names:
         options = defaults.resolve_options(name, options_class(name))
-        rows += get_backend(name, options).list(all_jobs=all_)
+        try:
+            rows += get_backend(name, options).list(all_jobs=all_)
+        except (BackendError, UsageError) as err:  # one unreachable cluster must not hide the other jobs
+            if backend is not None:
+                raise
+            failed.append(f"error: {name}: {' '.join(str(err).split())}")
+    for line in failed:
+        _err(line)
     if not rows:
         _err("no jobs" + ("" if all_ else " (add --all for older ones)"))
-        return
+        raise typer.Exit(1 if failed else 0)
     table = [("JOBREF", "PHASE", "STATE", "AGE")] + [
         (str(r.ref), r.phase, r.state.value, _age(r.age_seconds)) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(4)]
     for row in table:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

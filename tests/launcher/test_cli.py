@@ -181,3 +181,11 @@ def test_built_wheel_ships_the_k8s_and_slurm_templates(tmp_path):
         for rel in shipped:
             assert f"simsiam_job/_templates/{rel}" in names
     assert "simsiam_job/cli.py" in names and "trainer/config.py" in names
+
+
+def test_list_reports_an_unreachable_default_cluster_but_still_lists(user_env):
+    env = {**user_env, "SIMSIAM_JOB_BACKEND": "kubernetes", "SIMSIAM_JOB_KUBERNETES_KUBECONFIG": "/nonexistent"}
+    proc = run_cli(["list"], env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "error: kubernetes:" in proc.stderr and "no jobs" in proc.stderr
+    assert run_cli(["list", "--backend", "local"], env).returncode == 0
