@@ -89,6 +89,23 @@ def read_progress(metrics_path: Path) -> dict | None:
     return None
 
 
+def _first_step(metrics_path: Path) -> dict | None:
+    """The first training-step record of the run's metrics.jsonl (its head is enough)."""
+    try:
+        with open(metrics_path, "rb") as f:
+            head = f.read(16384).decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in head:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "global_step" in record and "time" in record:
+            return record
+    return None
+
+
 class LocalBackend:
     name = "local"
 
@@ -254,10 +271,15 @@ class LocalBackend:
         progress.setdefault("epochs", plan["epochs"])
         progress.setdefault("steps", plan["steps"])
         total = min(plan["epochs"] * plan["steps"], plan.get("max_steps") or 1 << 62)
-        done = progress.get("global_step")
-        started = spec.get("created")
-        if "eta_seconds" not in progress and done and started and progress.get("time"):
-            progress["eta_seconds"] = max(0.0, (progress["time"] - started) / done * (total - done))
+        done, now = progress.get("global_step"), progress.get("time")
+        first = _first_step(Path(spec.get("output_dir", run_dir / "output")) / "metrics.jsonl")
+        if "eta_seconds" in progress or not (done and now and first):
+            return progress
+        if done > first.get("global_step", done):  # the pace since the first logged step
+            per_step = (now - first["time"]) / (done - first["global_step"])
+        else:  # one record so far: the pace since submission (includes start-up, overestimates)
+            per_step = (now - spec.get("created", now)) / done
+        progress["eta_seconds"] = max(0.0, per_step * (total - done))
         return progress
 
     def _failure_reason(self, run_dir: Path, code: int | None) -> str:
