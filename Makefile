@@ -15,19 +15,25 @@ system-packages:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+# The quick start needs only the CPU trainer; the tests also need torch (weight interchange),
+# the kubernetes client and the linters.
+$(VENV)/.installed-run: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e ".[cpu]"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed-run
 	$(VENV)/bin/pip install -q -e ".[cpu,kubernetes,test,torch]"
 	touch $@
 
-setup: system-packages $(VENV)/.installed
+setup: system-packages $(VENV)/.installed-run
 
 quickstart: setup
 	$(VENV)/bin/simsiam-job quickstart
 
-clusters: setup
+clusters: system-packages $(VENV)/.installed-test
 	bash tests/cluster/k8s.sh build
 
-test: setup clusters
+test: clusters
 	SIMSIAM_REQUIRE_ALL=1 $(PY) -m pytest -ra --timeout=900 tests
