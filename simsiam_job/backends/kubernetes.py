@@ -361,9 +361,10 @@ class KubernetesBackend:
 
     def _rank_lines(self, namespace: str, name: str, r: int, follow: bool, tail: int | None,
                     pods: dict) -> Iterator[str]:
-        """One rank's log. With follow: waits for the rank's pod to start, reconnects when the
-        server closes the stream (without repeating lines), moves on to the newer pod when the Job
-        retries the index, and ends when the job has ended."""
+        """One rank's log. With follow: waits for the rank's pod to start, reconnects after the
+        server closes the stream or after a quiet spell in which the job may have ended (without
+        repeating lines), moves on to the newer pod when the Job retries the index, and ends with
+        the job."""
         if not follow:
             pod = pods.get(r)
             if pod is not None:
@@ -384,10 +385,13 @@ class KubernetesBackend:
                 return
             time.sleep(0.5)
 
+    FOLLOW_QUIET_S: ClassVar[float] = 5.0  # silence after which -f checks whether the job ended
+
     def _stream(self, namespace: str, pod, last_stamp: dict[str, str], *, follow: bool,
                 tail: int | None) -> Iterator[str]:
         """Lines of a pod's log after the last one printed (the API has no "since this line", so
-        lines carry the kubelet's timestamps, and those already seen are skipped)."""
+        lines carry the kubelet's timestamps, and those already seen are skipped). A followed
+        stream is given up after FOLLOW_QUIET_S without a line; the caller reconnects."""
         core, _ = self._api()
         name = pod.metadata.name
         since = None
@@ -396,7 +400,8 @@ class KubernetesBackend:
         response = self._call(f"reading the log of pod {name}", core.read_namespaced_pod_log, name,
                               namespace, container="trainer", follow=follow, timestamps=True,
                               since_seconds=since, tail_lines=tail, _preload_content=False)
-        for line in _lines(response):
+        lines = _quiet_timeout(_lines(response), response, self.FOLLOW_QUIET_S) if follow else _lines(response)
+        for line in lines:
             stamp, _, text = line.partition(" ")
             stamp = _stamp_key(stamp)
             if name in last_stamp and stamp <= last_stamp[name]:
@@ -508,6 +513,35 @@ def _lines(stream) -> Iterator[str]:
             yield buffer.decode(errors="replace")
     finally:
         stream.release_conn()
+
+
+def _quiet_timeout(lines: Iterator[str], response, quiet: float) -> Iterator[str]:
+    """``lines`` until the stream ends or stays silent for ``quiet`` seconds (then the socket is
+    shut down, which ends the reader thread; close() would wait for the reader's lock)."""
+    box: queue.Queue = queue.Queue()
+    end = object()
+
+    def reader() -> None:
+        try:
+            for line in lines:
+                box.put(line)
+        except Exception:  # the response was closed under us, or the connection dropped
+            pass
+        finally:
+            box.put(end)
+
+    threading.Thread(target=reader, daemon=True).start()
+    while True:
+        try:
+            item = box.get(timeout=quiet)
+        except queue.Empty:
+            shutdown = getattr(response, "shutdown", None)  # urllib3 >= 2.3
+            if shutdown is not None:
+                shutdown()
+            return
+        if item is end:
+            return
+        yield item
 
 
 def _stamp_key(stamp: str) -> str:
@@ -644,8 +678,8 @@ def _api_error(err, what: str, namespace: str) -> Exception:
         message = body.get("message") or message
     except (TypeError, ValueError):
         pass
-    if err.status == 422:
-        # Invalid: the server rejected a value the user gave (a quantity, a name, ...).
+    if err.status in (400, 422):
+        # BadRequest / Invalid: the server rejected a value the user gave (a quantity, a name, ...).
         return UsageError(f"{what}: the API server rejected it: {message}")
     hint = _HINTS.get(err.status, "")
     if err.status == 403 and "exceeded quota" in message:

@@ -128,9 +128,10 @@ def test_two_by_eight_waits_for_free_a100s_runs_and_succeeds(cluster, kube, ns):
         assert (owner.kind, owner.name, owner.uid) == ("Job", "pt", job.metadata.uid)
 
     pending = wait_until(lambda: (s := status(cluster, ref))["state"] == "PENDING"
-                         and "Insufficient nvidia.com/gpu" in (s["reason"] or "") and s,
-                         what="one pod unschedulable")
-    assert any(n["state"] == "RUNNING" for n in pending["nodes"])
+                         and "Insufficient nvidia.com/gpu" in (s["reason"] or "")
+                         and any(n["state"] == "RUNNING" for n in s["nodes"]) and s,
+                         what="one pod running, the other unschedulable")
+    assert [n["host"] in A100_NODES for n in pending["nodes"]].count(True) == 1
 
     for pod in blockers:
         end_pod(kube, pod, "0")
@@ -322,7 +323,11 @@ def test_the_role_in_rbac_yaml_is_enough_and_without_it_the_user_is_told(cluster
     assert ref == f"kubernetes://{ns}/mine"
     wait_until(lambda: status(as_alice, ref)["state"] == "RUNNING", what="RUNNING")
     assert ref in run_cli(as_alice, "list", "--backend", "kubernetes").stdout
-    run_cli(as_alice, "logs", ref)
+    (pod,) = pods_of(kube, ns, "mine")
+    serve_log(kube, pod, tmp_path / "mine.log")
+    write_log(tmp_path / "mine.log", "hello alice")
+    assert wait_until(lambda: run_cli(as_alice, "logs", ref, check=False).stdout,
+                      what="logs") == "hello alice\n"
     assert "cancelled" in run_cli(as_alice, "cancel", ref).stdout
 
 
@@ -347,7 +352,7 @@ def test_status_makes_the_same_small_number_of_api_calls_for_1_and_6_nodes(clust
     for nodes in (1, 6):
         name = f"count-{nodes}"
         backend = KubernetesBackend(Options(namespace=ns))
-        backend.submit(make_spec(name, nodes=nodes, gpus=0, namespace=ns))
+        backend.submit(make_spec(name, nodes=nodes, gpus=0, data=None, output=None, namespace=ns))
         wait_until(lambda: running_pods(kube, ns, name, nodes), what=f"{nodes} pods running")
         monkeypatch.setattr(ApiClient, "call_api", counting)
         counted["n"] = 0
