@@ -231,9 +231,13 @@ class KubernetesBackend:
         except ApiException as err:
             raise _api_error(err, what, self.namespace()) from None
         except HTTPError as err:
-            host = fn.__self__.api_client.configuration.host if hasattr(fn, "__self__") else "?"
-            raise BackendError(f"{what}: cannot reach the API server at {host} ({err}); "
-                               "check the kubeconfig context and that the cluster is up") from None
+            core, _ = self._api()
+            cause = str(getattr(err, "reason", None) or err)
+            errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", cause)  # e.g. "Connection refused"
+            raise BackendError(
+                f"{what}: cannot reach the API server at {core.api_client.configuration.host} "
+                f"({errno.group(1) if errno else cause}); check the kubeconfig context and that "
+                "the cluster is up") from None
 
     def _split(self, ref: JobRef) -> tuple[str, str]:
         namespace, sep, name = ref.id.partition("/")

@@ -162,7 +162,7 @@ cmd_up() {
     --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" \
     --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
     --initial-cluster "simsiam-test=http://127.0.0.1:$etcd_peer_port" --unsafe-no-fsync
-  wait_for etcd 30 curl -fsS "http://127.0.0.1:$etcd_port/health"
+  wait_for etcd 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$etcd_port"
 
   # No kubelet reaches this API server, so the endpoint reconciler (which would publish the
   # loopback address as the "kubernetes" Service) is off.

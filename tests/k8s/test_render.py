@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 import sys
 
 import kubernetes_validate
@@ -142,3 +143,20 @@ def test_namespace_comes_from_kubeconfig_context(tmp_path):
     assert KubernetesBackend(Options(kubeconfig=str(kubeconfig), namespace="x")).namespace() == "x"
     with pytest.raises(UsageError, match="no context 'nope'"):
         KubernetesBackend(Options(kubeconfig=str(kubeconfig), context="nope")).namespace()
+
+
+def test_unreachable_api_server_is_one_line_with_a_hint(tmp_path):
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: a\nclusters: [{name: c, cluster: {server: "
+        "'https://127.0.0.1:9'}}]\nusers: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: a, context: {cluster: c, user: u}}]\n")
+    cli = str(Path(sys.executable).parent / "simsiam-job")
+    out = subprocess.run([cli, "status", "kubernetes://ns/job"], capture_output=True, text=True,
+                         env={"KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path),
+                              "SIMSIAM_JOB_CONFIG": "/nonexistent", "PATH": "/usr/bin:/bin"},
+                         timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        "error: reading job job: cannot reach the API server at https://127.0.0.1:9 (Connection "
+        "refused); check the kubeconfig context and that the cluster is up")
