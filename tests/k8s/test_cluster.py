@@ -163,6 +163,15 @@ def test_more_gpus_than_any_node_has_stays_pending_with_the_schedulers_reason(cl
     assert status(cluster, ref)["state"] == "PENDING"
 
 
+def test_gpu_pods_tolerate_the_gpu_taint_and_the_product_selector_picks_the_node(cluster, kube, ns):
+    submit(cluster, ns, "h100", "--gpus", "8", "--set", "gpu_product=NVIDIA-H100-80GB-HBM3")
+    (pod,) = wait_until(lambda: running_pods(kube, ns, "h100", 1), what="pod running")
+    assert pod.spec.node_name == "h100-0"  # the only H100 node, and it carries the nvidia.com/gpu taint
+    submit(cluster, ns, "cpu", "--gpus", "0", "--nodes", "3")
+    pods = wait_until(lambda: running_pods(kube, ns, "cpu", 3), what="CPU pods running")
+    assert "h100-0" not in {p.spec.node_name for p in pods}  # no toleration without GPUs
+
+
 def test_exit_code_2_fails_the_job_without_retries(cluster, kube, ns):
     ref = submit(cluster, ns, "badcfg", "--gpus", "1").stdout.strip()
     (pod,) = wait_until(lambda: running_pods(kube, ns, "badcfg", 1), what="pod running")
