@@ -8,7 +8,7 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import REPO, tiny_run_args
+from trainer_helpers import REPO, tiny_run_args
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from paddle.vision.models import resnet18
 
-from conftest import REPO, run_cli, tiny_run_args, write_pngs
+from trainer_helpers import REPO, run_cli, tiny_run_args, write_pngs
 from trainer import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
