@@ -14,6 +14,10 @@ RECIPE = str(REPO / "trainer/configs/simsiam_resnet50_pt_in1k_1n8c_dp_fp32.yaml"
     (["-o", "Global.epochs=1"], "the following arguments are required: -c/--config"),
     (["-c", RECIPE, "-o", "Global.device=cpu", "-o", "Model.name=simsiam_resnet51_pretrain"],
      "bad value for 'Model.name': 'simsiam_resnet51_pretrain' (did you mean 'simsiam_resnet50_pretrain'?)"),
+    (["-c", RECIPE, "-o", "Global.device=cpu", "-o", "Model.name=simsiam_resnet18_pretrain",
+      "-o", "Global.checkpoint=/nonexistent/epoch_001_step_00000004.pdckpt",
+      "-o", "DataLoader.Train.dataset.root=/nonexistent/train"],
+     "Global.checkpoint: checkpoint /nonexistent/epoch_001_step_00000004.pdckpt does not exist"),
     (["-c", RECIPE, "-o", "Global.device=cpu", "-o", "DataLoader.Train.dataset.root=/nonexistent/train"],
      "/nonexistent/train does not exist"),
 ])

@@ -78,6 +78,7 @@ def train(cfg: dict):
     threads = set_cpu_threads(g["num_threads"]) if env.device == "cpu" else None
     run = RunDir(cfg, env.rank)
     seed_everything(g["seed"], env.rank)
+    resumed = resume_state(g, run)          # early: a bad Global.checkpoint fails before slow set-up
 
     net = dist.use_sync_batch_norm(env, build_model(cfg["Model"]))   # first: a bad Model.name fails fast
     loader = build_train_loader(cfg["DataLoader"]["Train"], rank=env.rank, world_size=env.world_size,
@@ -93,7 +94,6 @@ def train(cfg: dict):
     net, optimizer = amp.decorate(net, optimizer)
 
     start_epoch, start_step, global_step = 0, 0, 0
-    resumed = resume_state(g, run)
     if resumed is not None:
         path, state = resumed
         net.set_state_dict(state["model"])
