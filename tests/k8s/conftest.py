@@ -71,5 +71,7 @@ def cluster(tmp_path_factory) -> dict[str, str]:
     env = dict(line.removeprefix("export ").split("=", 1)
                for line in subprocess.run([str(CLUSTER_SCRIPT), "env"], capture_output=True,
                                           text=True, check=True).stdout.split("\n") if line)
+    # kubectl keeps a discovery cache under $HOME/.kube: a scratch HOME keeps the user's untouched.
+    env["HOME"] = str(tmp_path_factory.mktemp("home"))
     yield env
     subprocess.run([str(CLUSTER_SCRIPT), "down"], capture_output=True, text=True, timeout=120)
