@@ -105,3 +105,12 @@ def test_sync_batch_norm_keeps_the_parameter_names():
     assert type(converted.encoder.fc[7]).__name__ == "SyncBatchNorm"
     assert [n for n, p in converted.named_parameters() if n.startswith("encoder.fc.7")] == [
         "encoder.fc.7._mean", "encoder.fc.7._variance"]
+
+
+def test_initialisation_follows_the_official_code():
+    model = build_model({"name": "simsiam_resnet50_pretrain"})
+    expansion = model.encoder.layer1[0].conv3.weight.numpy()              # 64 -> 256, 1x1
+    assert np.std(expansion) == pytest.approx(np.sqrt(2 / 256), rel=0.05)  # He normal over fan-out
+    hidden = model.encoder.fc[0].weight.numpy()
+    assert np.abs(hidden).max() <= 1 / np.sqrt(2048) and np.abs(hidden).max() > 0.9 / np.sqrt(2048)
+    assert float(model.encoder.fc[6].bias.abs().max()) > 0                # frozen where it was drawn

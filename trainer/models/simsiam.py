@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import math
+
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
@@ -36,6 +38,21 @@ def negative_cosine(p: paddle.Tensor, z: paddle.Tensor) -> paddle.Tensor:
     return -F.cosine_similarity(p, z.detach(), axis=-1).mean()
 
 
+def init_like_official(model: nn.Layer) -> None:
+    """The official SimSiam code's initialisation (PyTorch's defaults as torchvision's ResNet uses
+    them), where paddle's defaults differ: convs He-normal over fan-out, Linear weights and biases
+    uniform in +-1/sqrt(fan_in). BN layers keep gamma=1/beta=0 (and the zero-initialised last ones)."""
+    for layer in model.sublayers():
+        if isinstance(layer, nn.Conv2D):
+            out_channels, _, kh, kw = layer.weight.shape
+            nn.initializer.Normal(0.0, math.sqrt(2.0 / (out_channels * kh * kw)))(layer.weight)
+        elif isinstance(layer, nn.Linear):
+            bound = 1.0 / math.sqrt(layer.weight.shape[0])          # paddle's Linear weight is [in, out]
+            nn.initializer.Uniform(-bound, bound)(layer.weight)
+            if layer.bias is not None:
+                nn.initializer.Uniform(-bound, bound)(layer.bias)
+
+
 class SimSiam(nn.Layer):
     """Parameter names follow PASSL: encoder.* (backbone, with the projector as encoder.fc.*), predictor.*."""
 
@@ -45,6 +62,7 @@ class SimSiam(nn.Layer):
         self.encoder = backbone
         self.predictor = predictor(dim, pred_dim)
         self.dim = dim
+        init_like_official(self)
 
     def forward(self, x1: paddle.Tensor, x2: paddle.Tensor):
         """Returns (loss, z1, z2); z is returned for the collapse monitor."""
