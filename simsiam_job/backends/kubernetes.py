@@ -466,7 +466,8 @@ class KubernetesBackend:
                     raise _api_error(err, f"reading job {name}", namespace) from None
                 job_gone = True
             if job_gone and not pods:
-                return f"cancelled {ref}: job, pods, service and config map deleted"
+                return (f"cancelled {ref}: the job and its pods are gone (its service and config "
+                        "map are removed with it)")
             if time.monotonic() > deadline:
                 left = ", ".join(p.metadata.name for p in pods) or "the job object"
                 return (f"cancel of {ref} requested; still terminating after {timeout:.0f}s: {left} "
