@@ -4,7 +4,7 @@
 
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
-APT_PKGS  := dataset-fashion-mnist slurm-wlm munge shellcheck etcd-server openssl iproute2
+APT_PKGS  := dataset-fashion-mnist slurm-wlm munge shellcheck openssl iproute2
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-packages quickstart test clusters

@@ -68,6 +68,8 @@ class Options:
     memory: str = field(default="", metadata=_help(
         "memory request per pod (default: 32Gi per GPU, 8Gi without GPUs)"))
     port: int = field(default=6768, metadata=_help("rendezvous port of rank 0"))
+    termination_grace: int = field(default=120, metadata=_help(
+        "seconds between SIGTERM and SIGKILL on preemption or cancel (the trainer checkpoints then)"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +142,7 @@ class KubernetesBackend:
             "gpus": spec.gpus,
             "port": opts.port,
             "backoff_limit": opts.backoff_limit,
+            "termination_grace": opts.termination_grace,
             "image": spec.image,
             "command": argv,
             "env": env,
