@@ -1,25 +1,18 @@
 """Fixtures for the data pipeline tests: small real image folders."""
-import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from testlib import unavailable
 from trainer.data import fashion_mnist
-
-
-def skip_or_fail(reason: str):
-    """Skip when a prerequisite is absent; CI (SIMSIAM_REQUIRE_ALL=1) fails instead."""
-    if os.environ.get("SIMSIAM_REQUIRE_ALL") == "1":
-        pytest.fail(f"{reason} (SIMSIAM_REQUIRE_ALL=1 forbids skipping)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
 def fmnist_root(tmp_path_factory):
     """A real Fashion-MNIST ImageFolder: 60 train, 20 val images."""
     if not (fashion_mnist.source_dir() / "train-images-idx3-ubyte.gz").is_file():
-        skip_or_fail("Debian package dataset-fashion-mnist is not installed")
+        unavailable("Debian package dataset-fashion-mnist is not installed")
     return fashion_mnist.write_image_folder(tmp_path_factory.mktemp("fmnist"), 60, 20, seed=0)
 
 
@@ -46,5 +39,5 @@ def torchvision_functional():
     try:
         import torchvision.transforms.functional as F
     except ImportError:
-        skip_or_fail("torchvision is not installed (pip install -e '.[torch]')")
+        unavailable("torchvision is not installed (pip install -e '.[torch]')")
     return F

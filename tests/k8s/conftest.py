@@ -8,37 +8,14 @@ fail instead when SIMSIAM_REQUIRE_ALL=1 (CI).
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from simsiam_job.backends.kubernetes import KubernetesBackend, Options
-from simsiam_job.spec import JobSpec, Phase
-
-REPO = Path(__file__).resolve().parents[2]
-CLUSTER_SCRIPT = REPO / "tests" / "cluster" / "k8s.sh"
-RECIPE = REPO / "trainer" / "configs" / "simsiam_resnet50_pt_in1k_1n8c_dp_fp32.yaml"
-
-
-def make_spec(name: str = "demo", *, nodes: int = 2, gpus: int = 8, data: str | None = "imagenet",
-              output: str | None = "results", phase: Phase = Phase.PRETRAIN,
-              env: tuple = (), **options) -> JobSpec:
-    import yaml
-
-    text = RECIPE.read_text()
-    return JobSpec(
-        name=name, phase=phase, backend="kubernetes", nodes=nodes, gpus=gpus,
-        image="registry.example.com/simsiam:0.1", config_source=str(RECIPE),
-        config=yaml.safe_load(text), config_yaml=text, data=data, output=output, env=env,
-        options=Options(**options),
-    )
-
-
-def docs_by_kind(docs: list[dict]) -> dict[str, dict]:
-    return {doc["kind"]: doc for doc in docs}
+from k8s_util import CLUSTER_SCRIPT, make_spec
+from simsiam_job.backends.kubernetes import KubernetesBackend
+from simsiam_job.spec import JobSpec
+from testlib import unavailable
 
 
 @pytest.fixture
@@ -53,18 +30,12 @@ def render():
     return _render
 
 
-def _unavailable(reason: str):
-    if os.environ.get("SIMSIAM_REQUIRE_ALL") == "1":
-        pytest.fail(f"{reason} (SIMSIAM_REQUIRE_ALL=1)")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory) -> dict[str, str]:
     """The running control plane: {"KUBECONFIG": path, "PATH": with kubectl first}."""
     built = subprocess.run([str(CLUSTER_SCRIPT), "built"], capture_output=True, text=True)
     if built.returncode != 0:
-        _unavailable("Kubernetes binaries are not built: run tests/cluster/k8s.sh build")
+        unavailable("Kubernetes binaries are not built: run tests/cluster/k8s.sh build")
     up = subprocess.run([str(CLUSTER_SCRIPT), "up"], capture_output=True, text=True, timeout=300)
     if up.returncode != 0:
         pytest.fail(f"tests/cluster/k8s.sh up failed:\n{up.stdout}\n{up.stderr}")

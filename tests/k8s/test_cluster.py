@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import docs_by_kind, make_spec
+from k8s_util import docs_by_kind, make_spec
 
 pytestmark = pytest.mark.k8s
 

@@ -12,7 +12,7 @@ import pytest
 from simsiam_job.backends.kubernetes import KubernetesBackend, Options, parse_claim
 from simsiam_job.errors import UsageError
 
-from conftest import docs_by_kind, make_spec
+from k8s_util import docs_by_kind, make_spec
 
 K8S_VERSIONS = [f"1.{minor}.0" for minor in range(28, 38)]
 SHAPES = [(1, 1), (2, 8), (16, 8)]
@@ -121,10 +121,11 @@ def test_render_needs_no_cluster_and_no_kubernetes_client(tmp_path):
     code = (
         "import sys; import simsiam_job.backends.kubernetes as k;"
         "assert 'kubernetes' not in sys.modules, 'client imported at module import';"
-        "import conftest; s = conftest.make_spec(namespace='ns');"
+        "import k8s_util; s = k8s_util.make_spec(namespace='ns');"
         "print(k.KubernetesBackend(s.options).render(s).text)"
     )
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "missing")}
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "missing"),
+           "PYTHONPATH": __file__.rsplit("/", 2)[0]}  # conftest imports tests/testlib.py
     out = subprocess.run([sys.executable, "-c", code], cwd=__file__.rsplit("/", 1)[0], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -10,7 +10,7 @@ import zipfile
 import pytest
 import yaml
 
-from launcher_util import CPU_CONFIG, REPO, assert_one_line_error, run_cli
+from testlib import CPU_CONFIG, REPO, assert_one_line_error, run_cli
 
 CFG = ["-c", CPU_CONFIG]
 

@@ -6,12 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from launcher_util import CPU_CONFIG, REPO, assert_one_line_error, run_cli
+from testlib import CPU_CONFIG, REPO, assert_one_line_error, job_status as status, run_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -33,23 +32,6 @@ def home(tmp_path_factory):
     return env, root / "fm"
 
 
-def status(ref, env):
-    return json.loads(run_cli(["status", "--json", ref], env, check=True).stdout)
-
-
-def wait_until(ref, env, predicate, timeout=180):
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        st = status(ref, env)
-        if not seen or seen[-1] != st["state"]:
-            seen.append(st["state"])
-        if predicate(st):
-            return st, seen
-        time.sleep(0.3)
-    raise AssertionError(f"{ref}: timed out; states seen {seen}, last {st}")
-
-
 def submit(env, data, *args, timeout=60):
     proc = run_cli(["submit", *args, "--data", data], env, check=True, timeout=timeout)
     return proc.stdout.strip().splitlines()[0], proc
@@ -63,7 +45,7 @@ def pretrain(home):
                        *TINY, "-o", "Global.epochs=2")
     assert ref == "local://pt"
     assert f"simsiam-job logs -f {ref}" in proc.stderr
-    st, seen = wait_until(ref, env, lambda s: s["state"] not in ("PENDING", "RUNNING"))
+    st, seen = wait_for(ref, env, lambda s: s["state"] not in ("PENDING", "RUNNING"))
     return ref, st, seen
 
 
@@ -115,7 +97,7 @@ def test_cancel_mid_run_checkpoints_and_reports_cancelled(home):
     env, data = home
     ref, _ = submit(env, data, "pretrain", "-c", CPU_CONFIG, "--procs", "2", "--name", "long",
                     *TINY, "-o", "Global.epochs=500")
-    wait_until(ref, env, lambda s: (s["detail"]["progress"] or {}).get("global_step", 0) >= 2)
+    wait_for(ref, env, lambda s: (s["detail"]["progress"] or {}).get("global_step", 0) >= 2)
     proc = run_cli(["cancel", ref], env, check=True, timeout=120)
     assert "cancelled" in proc.stdout
     st = status(ref, env)
@@ -129,13 +111,13 @@ def test_cancel_mid_run_checkpoints_and_reports_cancelled(home):
 def test_a_vanished_run_is_reported_not_guessed(home):
     env, data = home
     ref, _ = submit(env, data, "pretrain", "-c", CPU_CONFIG, "--name", "gone", *TINY, "-o", "Global.epochs=500")
-    st, _ = wait_until(ref, env, lambda s: s["state"] == "RUNNING")
+    st, _ = wait_for(ref, env, lambda s: s["state"] == "RUNNING")
     for pid in _run_processes("gone") + [int(Path(st["detail"]["run_dir"], "pid").read_text())]:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    st, _ = wait_until(ref, env, lambda s: s["state"] != "RUNNING", timeout=30)
+    st, _ = wait_for(ref, env, lambda s: s["state"] != "RUNNING", timeout=30)
     assert st["state"] == "UNKNOWN" and "gone" in st["reason"]
 
 
@@ -144,7 +126,7 @@ def test_a_trainer_error_fails_the_job_with_its_message(home, tmp_path):
     empty = tmp_path / "empty"
     (empty / "train").mkdir(parents=True)
     ref, _ = submit(env, empty, "pretrain", "-c", CPU_CONFIG, "--name", "bad-data", *TINY)
-    st, _ = wait_until(ref, env, lambda s: s["state"] not in ("PENDING", "RUNNING"))
+    st, _ = wait_for(ref, env, lambda s: s["state"] not in ("PENDING", "RUNNING"))
     assert st["state"] == "FAILED" and st["detail"]["exit_code"] != 0
     assert str(empty / "train") in st["reason"]
 

@@ -8,7 +8,7 @@ import pytest
 from simsiam_job.defaults import load_user_config, resolve_options
 from simsiam_job.errors import UsageError
 
-from launcher_util import assert_one_line_error, run_cli
+from testlib import assert_one_line_error, run_cli
 
 
 @dataclasses.dataclass(frozen=True)

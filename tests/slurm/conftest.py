@@ -14,7 +14,8 @@ import sys
 
 import pytest
 
-from slurm_util import CLUSTER, unavailable
+from slurm_util import CLUSTER
+from testlib import unavailable
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from slurm_util import BIN, REPO, TINY, assert_one_line_error, run_cli, scontrol, status, wait_for
+from slurm_util import TINY, scontrol
+from testlib import BIN, REPO, assert_one_line_error, job_status as status, run_cli, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

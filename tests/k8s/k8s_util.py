@@ -1,0 +1,30 @@
+"""Helpers of the Kubernetes tests (a uniquely named module; conftest.py names clash across areas)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from simsiam_job.backends.kubernetes import Options
+from simsiam_job.spec import JobSpec, Phase
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER_SCRIPT = REPO / "tests" / "cluster" / "k8s.sh"
+RECIPE = REPO / "trainer" / "configs" / "simsiam_resnet50_pt_in1k_1n8c_dp_fp32.yaml"
+
+
+def make_spec(name: str = "demo", *, nodes: int = 2, gpus: int = 8, data: str | None = "imagenet",
+              output: str | None = "results", phase: Phase = Phase.PRETRAIN,
+              env: tuple = (), **options) -> JobSpec:
+    import yaml
+
+    text = RECIPE.read_text()
+    return JobSpec(
+        name=name, phase=phase, backend="kubernetes", nodes=nodes, gpus=gpus,
+        image="registry.example.com/simsiam:0.1", config_source=str(RECIPE),
+        config=yaml.safe_load(text), config_yaml=text, data=data, output=output, env=env,
+        options=Options(**options),
+    )
+
+
+def docs_by_kind(docs: list[dict]) -> dict[str, dict]:
+    return {doc["kind"]: doc for doc in docs}
