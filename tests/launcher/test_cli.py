@@ -10,7 +10,7 @@ import zipfile
 import pytest
 import yaml
 
-from testlib import CPU_CONFIG, REPO, assert_one_line_error, run_cli
+from testlib import BIN, CPU_CONFIG, REPO, assert_one_line_error, run_cli
 
 CFG = ["-c", CPU_CONFIG]
 
@@ -130,7 +130,11 @@ def test_help_of_every_command_shows_an_example(user_env):
 
 
 def test_shell_completion_script_is_available(user_env):
-    proc = run_cli(["--show-completion", "bash"], {**user_env, "SHELL": "/bin/bash"}, check=True)
+    # Typer detects the shell from the parent process, as in a user's terminal: run it under bash
+    # (the trailing `true` keeps bash from exec-ing the command, which would hide bash).
+    proc = subprocess.run(["bash", "-c", f"{BIN / 'simsiam-job'} --show-completion; true"],
+                          env=user_env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
     assert "complete" in proc.stdout and "simsiam-job" in proc.stdout.lower().replace("_", "-")
 
 
