@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -42,8 +41,13 @@ def timed(label: str, argv: list[str], timings: dict, done: Path | None = None) 
     print(f"[{label}] wall {timings[label]['wall_s']} s, CPU {timings[label]['cpu_s']} s", flush=True)
 
 
-def train_cmd(config: Path, *overrides: str) -> list[str]:
-    args = [sys.executable, "-m", "trainer.cli", "-c", str(config)]
+PROCS = 2  # CPU processes per run, as the quick start runs them (the configs' batches are per process)
+
+
+def train_cmd(config: Path, log_dir: Path, *overrides: str) -> list[str]:
+    trainer = Path(sys.executable).with_name("simsiam-train")
+    args = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(PROCS),
+            "--log_dir", str(log_dir), str(trainer), "-c", str(config)]
     for item in overrides:
         args += ["-o", item]
     return args
@@ -113,7 +117,7 @@ def main() -> int:
     pretrain = roots + [f"Global.output_dir={out / 'pretrain'}"]
     if args.pretrain_epochs:
         pretrain.append(f"Global.epochs={args.pretrain_epochs}")
-    timed("pretrain", train_cmd(PRETRAIN, *pretrain), timings, out / "pretrain" / "done")
+    timed("pretrain", train_cmd(PRETRAIN, out / "logs" / "pretrain", *pretrain), timings, out / "pretrain" / "done")
     (out / "pretrain" / "done").touch()
 
     encoder = out / "pretrain" / "encoder.pdparams"
@@ -126,7 +130,7 @@ def main() -> int:
                              f"Global.output_dir={out / ('probe_' + key)}"]
         if weights:
             overrides.append(f"Global.pretrained_model={weights}")
-        timed(f"probe {key}", train_cmd(PROBE, *overrides), timings, out / ("probe_" + key) / "eval.json")
+        timed(f"probe {key}", train_cmd(PROBE, out / "logs" / key, *overrides), timings, out / ("probe_" + key) / "eval.json")
         evaluation = json.loads((out / ("probe_" + key) / "eval.json").read_text())
         row = {"input": label, "probe_top1": evaluation["last"]["top1"],
                "probe_top5": evaluation["last"]["top5"], "best_top1": evaluation["best"]["top1"]}
@@ -149,5 +153,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
     sys.exit(main())
