@@ -91,6 +91,13 @@ def _optional(check: Check) -> Check:
     return wrapped
 
 
+def _none_or(check: Check) -> Check:
+    """Like _optional, also accepting the string "None" (Python spelling in PASSL's YAML files)."""
+    def wrapped(value, path):
+        return None if value in (None, "None") else check(value, path)
+    return wrapped
+
+
 def _list_of(check: Check, length: int | None = None) -> Check:
     def wrapped(value, path):
         if not isinstance(value, (list, tuple)) or (length is not None and len(value) != length):
@@ -364,7 +371,8 @@ SCHEMA = Section({
     "LRScheduler": _scheduler,
     "Loss": Section({"Train": _loss_list, "Eval": _loss_list}),
     "Metric": Section({"Train": _list_of(_any), "Eval": _list_of(_any)}),
-    "Export": Section({"export_type": _str(), "input_shape": _list_of(_optional(_int(1)))}),
+    # PASSL writes the batch dimension as `None`, which YAML reads as the string "None".
+    "Export": Section({"export_type": _str(), "input_shape": _list_of(_none_or(_int(1)))}),
     "DataLoader": Section({"Train": _data_split, "Eval": _data_split}),
     "Infer": _any,                              # PASSL, unused
 })

@@ -100,7 +100,7 @@ Optimizer: {name: MomentumLARC, momentum: 0.9, weight_decay: 0.0, trust_coeffici
 Metric:
   Train: [{TopkAcc: {topk: [1, 5]}}]
   Eval: [{TopkAcc: {topk: [1, 5]}}]
-Export: {export_type: paddle, input_shape: [null, 3, 224, 224]}
+Export: {export_type: paddle, input_shape: [None, 3, 224, 224]}
 DataLoader:
   Train:
     dataset:
@@ -123,6 +123,7 @@ def test_linear_probe_sections_are_part_of_the_schema(tmp_path):
     cfg = load_config(path)
     assert cfg["Optimizer"]["trust_coefficient"] == 0.001
     assert cfg["DataLoader"]["Eval"]["dataset"]["transform"][1] == {"CenterCrop": {"size": 224}}
+    assert cfg["Export"]["input_shape"] == [None, 3, 224, 224]   # PASSL's `None` batch dimension
 
 
 @pytest.mark.parametrize("text,message", [

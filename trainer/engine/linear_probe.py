@@ -21,9 +21,8 @@ from trainer import dist
 from trainer.config import ConfigError, dump
 from trainer.data import build_eval_loader, build_train_loader
 from trainer.engine.evaluate import evaluate, topk_correct
-from trainer.engine.pretrain import _agree, resume_state
-from trainer.engine.run import (Preempted, PreemptionSignal, Progress, RunDir, format_eta,
-                                seed_everything, set_cpu_threads)
+from trainer.engine.run import (Preempted, PreemptionSignal, Progress, RunDir, agree_to_stop,
+                                format_eta, resume_state, seed_everything, set_cpu_threads)
 from trainer.models import build_model
 from trainer.optim.lars import MomentumLARC
 from trainer.optim.schedule import LRSchedule
@@ -207,7 +206,7 @@ def train(cfg: dict):
                     log.info("epoch %d/%d  step %d/%d  loss %.4f  top-%d %.4f  lr %.5f  %.1f img/s  ETA %s",
                              epoch + 1, g["epochs"], step + 1, steps_per_epoch, sums[0] / counted, train_ks[0],
                              accs[f"top{train_ks[0]}"], lr, images_per_sec, format_eta(eta))
-                stop, _ = _agree(env, preemption.requested, False)
+                stop, _ = agree_to_stop(env, preemption.requested, False)
                 if stop:
                     save(epoch, step + 1)
                     raise Preempted(f"stopped by SIGTERM at epoch {epoch + 1}, step {step + 1}; checkpoint "

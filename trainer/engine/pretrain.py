@@ -15,11 +15,12 @@ from trainer import checkpoint as ckpt
 from trainer import dist
 from trainer.config import ConfigError, dump
 from trainer.data import build_train_loader
-from trainer.engine.run import (Preempted, PreemptionSignal, Progress, RunDir, format_eta,
-                                seed_everything, set_cpu_threads)
+from trainer.engine.run import (Preempted, PreemptionSignal, Progress, RunDir, agree_to_stop,
+                                format_eta, resume_state, seed_everything, set_cpu_threads)
 from trainer.models import build_model
 from trainer.models.simsiam import z_std
 from trainer.optim import build_optimizer
+from trainer.weights import WeightsError, load_into
 
 log = logging.getLogger("trainer")
 
@@ -87,7 +88,10 @@ def train(cfg: dict):
     if steps_per_epoch == 0:
         raise ConfigError("DataLoader.Train gives no batches per epoch (dataset smaller than a batch)")
     if g["pretrained_model"]:
-        load_pretrained_encoder(net, g["pretrained_model"])
+        try:
+            load_into(net.encoder, g["pretrained_model"])   # the backbone; the projector (fc) stays fresh
+        except WeightsError as e:
+            raise ConfigError(f"Global.pretrained_model: {e}") from None
     optimizer, group_lr = build_optimizer(net, cfg["Optimizer"], epochs=g["epochs"],
                                           steps_per_epoch=steps_per_epoch)
     amp = Amp(cfg.get("FP16") or {})
@@ -171,7 +175,7 @@ def train(cfg: dict):
                     # SIGTERM and the clock differ between ranks: agree (one collective) at log steps
                     minutes_due = bool(g["save_interval_minutes"]) and \
                         time.monotonic() - last_save >= 60 * g["save_interval_minutes"]
-                    stop, minutes_due = _agree(env, preemption.requested, minutes_due)
+                    stop, minutes_due = agree_to_stop(env, preemption.requested, minutes_due)
                     due = due or minutes_due
                 if stop:
                     save(epoch, step + 1)
@@ -202,12 +206,6 @@ def train(cfg: dict):
 
 def _encoder_lr(lrs: dict) -> float:
     return lrs.get("encoder", next(iter(lrs.values())))
-
-
-def _agree(env, stop: bool, due: bool) -> tuple[bool, bool]:
-    """Every rank must save (a collective) and stop at the same step: take the max over ranks."""
-    stop, due = dist.all_reduce_max([stop, due], env)
-    return stop > 0, due > 0
 
 
 def make_train_step(model, optimizer, amp: Amp, to_static: bool):
@@ -243,32 +241,3 @@ class CollapseMonitor:
             return (f"WARNING: possible collapse: z_std {std:.5f} has been below {self.threshold:.5f} "
                     f"for {self.low} logs (healthy is about {self.healthy:.5f}); check the lr and the predictor")
         return None
-
-
-def resume_state(g: dict, run: RunDir):
-    """(path, state) to resume from: Global.checkpoint if set, else the newest valid checkpoint in
-    the output directory when Global.auto_resume is on; None for a fresh start."""
-    if g["checkpoint"]:
-        try:
-            return g["checkpoint"], ckpt.load_checkpoint(g["checkpoint"])
-        except ValueError as e:
-            raise ConfigError(f"Global.checkpoint: {e}") from None
-    if g["auto_resume"]:
-        found = ckpt.latest_valid_checkpoint(run.checkpoints)
-        if found is None:
-            log.info("auto_resume: no valid checkpoint in %s, starting fresh", run.checkpoints)
-        return found
-    return None
-
-
-def load_pretrained_encoder(net, path: str) -> None:
-    """Initialise the backbone from an encoder.pdparams-style file (paddle.vision names)."""
-    try:
-        weights = paddle.load(path)
-    except Exception as e:
-        raise ConfigError(f"Global.pretrained_model: cannot load {path} ({type(e).__name__})") from None
-    missing, unexpected = net.encoder.set_state_dict(weights)
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing:
-        raise ConfigError(f"Global.pretrained_model: {path} lacks {len(missing)} encoder weights "
-                          f"(first: {missing[0]})")

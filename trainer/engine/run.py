@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer import checkpoint as ckpt
+from trainer import dist
 from trainer.config import ConfigError, dump
 
 log = logging.getLogger("trainer")
@@ -154,3 +156,25 @@ class PreemptionSignal:
 
     def restore(self) -> None:
         signal.signal(signal.SIGTERM, self._previous)
+
+
+def agree_to_stop(env, stop: bool, due: bool) -> tuple[bool, bool]:
+    """Every rank must save (a collective) and stop at the same step: take the max over ranks."""
+    stop, due = dist.all_reduce_max([stop, due], env)
+    return stop > 0, due > 0
+
+
+def resume_state(g: dict, run: RunDir):
+    """(path, state) to resume from: Global.checkpoint if set, else the newest valid checkpoint in
+    the output directory when Global.auto_resume is on; None for a fresh start."""
+    if g["checkpoint"]:
+        try:
+            return g["checkpoint"], ckpt.load_checkpoint(g["checkpoint"])
+        except ValueError as e:
+            raise ConfigError(f"Global.checkpoint: {e}") from None
+    if g["auto_resume"]:
+        found = ckpt.latest_valid_checkpoint(run.checkpoints)
+        if found is None:
+            log.info("auto_resume: no valid checkpoint in %s, starting fresh", run.checkpoints)
+        return found
+    return None
