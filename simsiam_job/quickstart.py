@@ -106,4 +106,5 @@ def run(*, workdir: str, procs: int, echo: Callable[[str], None], err: Callable[
     for label, top1, ref in results:
         shown = f"{100 * top1:5.1f} %" if top1 is not None else "  n/a"
         echo(f"  {label.ljust(width)}  {shown}   {ref}")
+    echo(f"Training curves (open in a browser): {Path(get_backend('local').output_location(pretrain), 'curves.svg')}")
     return 0

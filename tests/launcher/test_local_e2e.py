@@ -152,8 +152,10 @@ def test_quickstart_pretrains_probes_three_encoders_and_prints_the_table(home, t
                     "-o", "Global.epochs=1", "-o", "Global.eval_interval=1",
                     "-o", "DataLoader.Train.sampler.batch_size=32"], env, timeout=400, check=True)
     table = proc.stdout.splitlines()
-    assert table[-4].startswith("Linear probe on Fashion-MNIST (200 train / 100 val images)")
-    rows = {line.split("  ")[1].strip(): line for line in table[-3:]}
+    assert table[-5].startswith("Linear probe on Fashion-MNIST (200 train / 100 val images)")
+    rows = {line.split("  ")[1].strip(): line for line in table[-4:-1]}
+    curves = Path(table[-1].split(": ", 1)[1])
+    assert table[-1].startswith("Training curves") and curves.name == "curves.svg" and curves.is_file()
     assert set(rows) == {"SimSiam encoder (pretrained)", "random-init encoder", "raw pixels (logistic regression)"}
     for line in rows.values():
         assert 0.0 <= float(line.split("%")[0].split()[-1]) <= 100.0

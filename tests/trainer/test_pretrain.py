@@ -1,5 +1,6 @@
 """End-to-end pretraining runs on CPU with real paddle: the output contract, resume, preemption."""
 import json
+from xml.etree import ElementTree
 import signal
 import subprocess
 import sys
@@ -21,8 +22,8 @@ def test_tiny_run_writes_the_output_contract(tmp_path, image_root):
     out = tmp_path / "run"
     result = run_cli(tiny_run_args(out, image_root))
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.yaml", "encoder.pdparams",
-                                                     "metrics.jsonl", "train.log"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.yaml", "curves.svg",
+                                                     "encoder.pdparams", "metrics.jsonl", "train.log"]
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["Global"]["output_dir"] == str(out) and config["Model"]["width"] == 4
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -38,6 +39,9 @@ def test_tiny_run_writes_the_output_contract(tmp_path, image_root):
     log_text = (out / "train.log").read_text()
     assert "epoch 2/2  step 4/4  loss" in log_text and "img/s" in log_text and "ETA" in log_text
     assert "epoch 2/2  step 4/4" in result.stdout                # the progress line reaches the console
+    curves = ElementTree.parse(out / "curves.svg").getroot()    # the plot covers every logged step
+    lines = curves.findall("{http://www.w3.org/2000/svg}polyline")
+    assert len(lines) == 3 and all(len(line.get("points").split()) == 8 for line in lines)  # loss, z_std, lr
 
 
 def test_exported_encoder_loads_into_a_paddle_vision_model(tmp_path, image_root):

@@ -17,6 +17,7 @@ import numpy as np
 from trainer import checkpoint as ckpt
 from trainer import dist
 from trainer.config import ConfigError, dump
+from trainer.plot import curves_svg, read_metrics
 
 log = logging.getLogger("trainer")
 
@@ -81,11 +82,19 @@ class RunDir:
             return
         fields.setdefault("time", round(time.time(), 3))
         self._metrics.write(json.dumps(fields) + "\n")
+        if fields.get("type") in ("epoch", "eval"):
+            self.write_curves()
         if self._visualdl is not None and "global_step" in fields:
             for key, value in fields.items():
                 if isinstance(value, (int, float)) and key not in ("global_step", "time", "epoch", "step"):
                     self._visualdl.add_scalar(tag=f"{fields.get('type', 'train')}/{key}", value=value,
                                               step=fields["global_step"])
+
+    def write_curves(self) -> None:
+        """OUTPUT_DIR/curves.svg from metrics.jsonl so far (loss, z_std, lr, val top-1)."""
+        svg = curves_svg(read_metrics(self.path / "metrics.jsonl"), title=str(self.path.name))
+        if svg is not None:
+            ckpt.atomic_write(self.path / "curves.svg", svg.encode())
 
     def close(self) -> None:
         if self._metrics:
