@@ -300,7 +300,7 @@ _optimizer = Section({
     "tensor_fusion": _bool,                     # PASSL, unused
 }, required=("name",))
 
-_loss_list = _list_of(_any)                     # [{CELoss: {weight: 1.0}}]; T-probe interprets
+_loss_list = _list_of(_any)                     # [{CELoss: {weight: 1.0}}]; the linear-probe loop interprets it
 
 SCHEMA = Section({
     "Global": Section({
