@@ -107,13 +107,6 @@ def _list_of(check: Check, length: int | None = None) -> Check:
     return wrapped
 
 
-def _number_or_pair(value, path):
-    """A size/sigma-like value: one number or a list of two."""
-    if isinstance(value, (list, tuple)):
-        return _list_of(_float(0), 2)(value, path)
-    return _float(0)(value, path)
-
-
 def _size(value, path):
     if isinstance(value, (list, tuple)):
         return _list_of(_int(1), 2)(value, path)

@@ -11,7 +11,7 @@ import pytest
 
 from trainer.data import fashion_mnist
 from trainer.models import build_model
-from .conftest import require
+from testlib import unavailable
 
 HERE = Path(__file__).parent
 N_VAL = 23  # 2 ranks x batch 4: shards of 11 and 12, each ending in a partial batch
@@ -19,8 +19,8 @@ N_VAL = 23  # 2 ranks x batch 4: shards of 11 and 12, each ending in a partial b
 
 @pytest.fixture(scope="module")
 def val_root(tmp_path_factory):
-    require((fashion_mnist.source_dir() / "t10k-images-idx3-ubyte.gz").is_file(),
-            "Debian package dataset-fashion-mnist is not installed")
+    if not (fashion_mnist.source_dir() / "t10k-images-idx3-ubyte.gz").is_file():
+        unavailable("Debian package dataset-fashion-mnist is not installed")
     return fashion_mnist.write_image_folder(tmp_path_factory.mktemp("fmnist"), 0, N_VAL, seed=1) / "val"
 
 

@@ -13,7 +13,7 @@ from trainer.config import shipped_config
 from trainer.data import fashion_mnist
 from trainer.models import build_model
 
-from .conftest import require
+from testlib import unavailable
 
 PRETRAIN = {"name": "simsiam_cifar_resnet18_pretrain", "width": 8, "dim": 32, "pred_dim": 8}
 CONFIG = shipped_config("simsiam_cifar_resnet18_fmnist_lp_cpu.yaml")
@@ -21,8 +21,8 @@ CONFIG = shipped_config("simsiam_cifar_resnet18_fmnist_lp_cpu.yaml")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    require((fashion_mnist.source_dir() / "train-images-idx3-ubyte.gz").is_file(),
-            "Debian package dataset-fashion-mnist is not installed")
+    if not (fashion_mnist.source_dir() / "train-images-idx3-ubyte.gz").is_file():
+        unavailable("Debian package dataset-fashion-mnist is not installed")
     return fashion_mnist.write_image_folder(tmp_path_factory.mktemp("fmnist"), 64, 23, seed=2)
 
 
