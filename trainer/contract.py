@@ -1,0 +1,86 @@
+"""The launcher–trainer contract, written down once. Paddle-free: the launcher imports it too.
+
+The trainer writes; the launcher (status, --wait, logs, chaining) only reads. Nothing the launcher
+shows about training is computed on the launcher's side: every fact comes from these records.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+
+# ---- OUTPUT_DIR layout --------------------------------------------------------------------------
+CONFIG = "config.yaml"          # resolved config after overrides
+METRICS = "metrics.jsonl"       # one JSON object per logged step, epoch and evaluation
+TRAIN_LOG = "train.log"         # rank 0's log
+CHECKPOINTS = "checkpoints"     # atomic checkpoints; auto-resume picks the newest valid one
+ENCODER = "encoder.pdparams"    # float32 encoder weights, paddle.vision ResNet names, no fc
+EVAL = "eval.json"              # linear probe: best and last top-k
+CURVES = "curves.svg"           # loss / z_std / lr / val top-1, redrawn every epoch
+
+# ---- phases ---------------------------------------------------------------------------------------
+# The launcher's phase (what a user types after `submit`) and the config's Global.task_type.
+PHASE_TASKS = {
+    "pretrain": "ContrastiveLearning",
+    "linear-probe": "Classification",
+}
+TASK_PHASES = {task: phase for phase, task in PHASE_TASKS.items()}
+
+# ---- progress records -----------------------------------------------------------------------------
+# A record with type "step" in metrics.jsonl carries everything a follower shows:
+#   epoch, epochs            1-based epoch and the run's epochs
+#   step, steps_per_epoch    1-based step within the epoch
+#   global_step, total_steps steps done over the whole run (resumes included) and planned
+#   loss, lr, images_per_sec, eta_seconds, time (unix seconds)
+PROGRESS_FIELDS = ("epoch", "epochs", "step", "steps_per_epoch", "global_step", "total_steps",
+                   "loss", "lr", "images_per_sec", "eta_seconds", "time")
+# Rank 0 also prints each step record on stdout as one line, so a follower that can read only the
+# job's log (a pod's log through the API server) sees the same record.
+PROGRESS_PREFIX = "simsiam-progress "
+
+
+def progress_line(record: dict) -> str:
+    """The stdout line for a step record."""
+    return PROGRESS_PREFIX + json.dumps(record, separators=(",", ":"))
+
+
+def parse_progress_line(line: str) -> dict | None:
+    """The record in a progress line, None for any other line (log lines may carry a prefix such as
+    a timestamp, so the marker is searched, not required at the start)."""
+    at = line.find(PROGRESS_PREFIX)
+    if at < 0:
+        return None
+    try:
+        record = json.loads(line[at + len(PROGRESS_PREFIX):])
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def last_progress(lines: Iterable[str]) -> dict | None:
+    """The newest progress record among log lines."""
+    found = None
+    for line in lines:
+        record = parse_progress_line(line)
+        if record is not None:
+            found = record
+    return found
+
+
+def read_last_step(metrics_path: str | os.PathLike, tail_bytes: int = 65536) -> dict | None:
+    """The newest step record of a metrics.jsonl (reads only its tail)."""
+    try:
+        with open(metrics_path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - tail_bytes))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line being written, or the cut-off head of the tail
+        if isinstance(record, dict) and record.get("type") == "step":
+            return record
+    return None
+
