@@ -29,7 +29,7 @@ kwok_port=20247
 log() { printf 'k8s.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-components=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+components=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
 
 built() {
   local b
