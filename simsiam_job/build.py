@@ -31,6 +31,14 @@ MAX_GPUS_PER_NODE = 16
 MAX_NODES = 4096
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+# Config keys every backend sets on the trainer's command line (simsiam_job/command.py), which
+# would silently win over an -o of the same key: the flag that sets each one instead.
+LAUNCHER_KEYS = {
+    "Global.output_dir": "--output (the job writes LOCATION/<job name>/)",
+    "Global.device": "--gpus (0 runs on CPU)",
+    "Global.auto_resume": "no flag: jobs always resume from their newest checkpoint",
+}
+DATA_KEYS = {"DataLoader.Train.dataset.root": "train", "DataLoader.Eval.dataset.root": "val"}
 
 
 def generated_name(phase: Phase) -> str:
@@ -58,27 +66,35 @@ class Request:
     sets: Sequence[str] = ()
 
 
-def _int_default(key: str, given: int | None, user: Mapping[str, Any], fallback: int) -> int:
+def _int_default(key: str, given: int | None, user: Mapping[str, Any], fallback: int,
+                 environ: Mapping[str, str]) -> int:
     if given is not None:
         return given
-    value = defaults.top_level_default(key, user)
+    value = defaults.top_level_default(key, user, environ)
     if value is None:
         return fallback
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"default {key} from the environment or config file is not an integer: {value!r}") from None
+    text = str(value).strip()
+    if isinstance(value, bool) or not (isinstance(value, int) or text.lstrip("+-").isdigit()):
+        raise UsageError(f"default {key} from the environment or config file is not an integer: {value!r}")
+    return int(text)
 
 
-def _check_overrides(overrides: Sequence[str]) -> None:
+def _check_overrides(overrides: Sequence[str], data: str | None) -> None:
     for item in overrides:
         key, sep, _ = item.partition("=")
-        if not sep or not _OVERRIDE_KEY.match(key.strip()):
+        key = key.strip()
+        if not sep or not _OVERRIDE_KEY.match(key):
             raise UsageError(f"malformed -o {item!r}: expected Dotted.Key=VALUE, e.g. -o Global.epochs=10")
         if any(c in item for c in "\n\r\0"):
             # A YAML plain scalar would fold the line break silently: say how to keep it instead.
-            raise UsageError(f"-o {key.strip()}: the value contains a line break or NUL; write a "
+            raise UsageError(f"-o {key}: the value contains a line break or NUL; write a "
                              'YAML string to keep it, e.g. -o Key="line 1\\nline 2"')
+        for owned, flag in LAUNCHER_KEYS.items():
+            if owned == key or owned.startswith(key + "."):
+                raise UsageError(f"-o {key}: the launcher sets {owned}; use {flag}")
+        if data is not None and key in DATA_KEYS:
+            raise UsageError(f"-o {key}: --data {data} sets it (to {data}/{DATA_KEYS[key]}); "
+                             "give one or the other")
 
 
 def _env_pairs(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
@@ -104,8 +120,8 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
     backend = req.backend or defaults.top_level_default("backend", user, environ) or "local"
     options = defaults.resolve_options(backend, options_class(backend), req.sets, user_config=user, environ=environ)
 
-    nodes = _int_default("nodes", req.nodes, user, 1)
-    gpus = _int_default("gpus", req.gpus, user, 0)
+    nodes = _int_default("nodes", req.nodes, user, 1, environ)
+    gpus = _int_default("gpus", req.gpus, user, 0, environ)
     if not 1 <= nodes <= MAX_NODES:
         raise UsageError(f"--nodes must be between 1 and {MAX_NODES}, got {nodes}")
     if not 0 <= gpus <= MAX_GPUS_PER_NODE:
@@ -117,7 +133,8 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
 
     name = validate_name(req.name) if req.name is not None else generated_name(phase)
     overrides = list(req.overrides)
-    _check_overrides(overrides)
+    data = req.data or defaults.top_level_default("data", user, environ)
+    _check_overrides(overrides, data)
 
     if req.from_ref is not None:
         if phase is not Phase.LINEAR_PROBE:
@@ -147,7 +164,7 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
         name=name, phase=phase, backend=backend, nodes=nodes, gpus=gpus,
         image=req.image or defaults.top_level_default("image", user, environ) or DEFAULT_IMAGE,
         config_source=config_path, config=config, config_yaml=dump(config),
-        data=req.data or defaults.top_level_default("data", user, environ),
+        data=data,
         output=req.output or defaults.top_level_default("output", user, environ),
         from_ref=req.from_ref, env=_env_pairs(req.env), options=options, procs_per_node=req.procs,
     )

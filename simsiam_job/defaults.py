@@ -47,16 +47,22 @@ def _closest(word: str, choices: Sequence[str]) -> str:
 
 
 def load_user_config(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    """The config file as a dict ({} if there is none), its keys checked."""
+    """The config file as a dict ({} if there is none), its keys checked. A file named by
+    SIMSIAM_JOB_CONFIG must exist: a typo there would silently drop every setting."""
     path = config_path(environ)
     if not path.is_file():
+        if environ.get("SIMSIAM_JOB_CONFIG"):
+            raise UsageError(f"SIMSIAM_JOB_CONFIG names {path}, which "
+                             + ("is not a regular file" if path.exists() else "does not exist"))
         return {}
-    import yaml  # lazily: not needed for --help
+    from trainer.config import ConfigError, read_yaml  # lazily: YAML is not needed for --help
 
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise UsageError(f"{path}: cannot read: {' '.join(str(err).split())}") from None
+        data = read_yaml(path)
+    except ConfigError as err:
+        raise UsageError(f"user config: {err}") from None
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
     valid = TOP_LEVEL_KEYS + BACKEND_NAMES

@@ -58,15 +58,28 @@ def eval_main(argv: list[str]) -> int:
 def _config_command(argv: list[str], prog: str, description: str, target: str | None) -> int:
     parser = _Parser(prog=prog, description=description,
                      epilog=("subcommands: " + ", ".join(SUBCOMMANDS)) if SUBCOMMANDS and not target else None)
-    parser.add_argument("-c", "--config", required=True, help="PASSL-schema YAML config")
+    parser.add_argument("-c", "--config", help="PASSL-schema YAML config (required)")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. -o Global.epochs=1 (repeatable)")
-    args = parser.parse_args(argv)
+    # Unknown options first: argparse would report the missing -c and hide a mistyped flag.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized argument{'s' if len(unknown) > 1 else ''}: {' '.join(unknown)}"
+                     + _closest_option(unknown[0], parser))
+    if args.config is None:
+        parser.error("the following arguments are required: -c/--config")
     try:
         cfg = load_config(args.config, args.override)
         return run(cfg, target)
     except ConfigError as e:
         return _fail(str(e))
+
+
+def _closest_option(word: str, parser: argparse.ArgumentParser) -> str:
+    import difflib
+    options = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    close = difflib.get_close_matches(word.partition("=")[0], options, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def run(cfg: dict, target: str | None = None) -> int:

@@ -84,14 +84,22 @@ def paddle_to_torch(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _save_paddle(state: dict[str, np.ndarray], path: Path) -> None:
-    """paddle.save to a temporary name, then rename: a crash never leaves a half file."""
     import paddle
 
+    _write_atomic(path, lambda tmp: paddle.save({k: paddle.to_tensor(v) for k, v in state.items()}, tmp))
+
+
+def _write_atomic(path: Path, save) -> None:
+    """save(tmp) to a temporary name, then rename: a crash never leaves a half file. The file gets
+    the mode every other output of the trainer gets (0644 under the usual umask), not mkstemp's 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        paddle.save({k: paddle.to_tensor(v) for k, v in state.items()}, tmp)
+        save(tmp)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -158,15 +166,7 @@ def export_torchvision(weights: str | os.PathLike, out: str | os.PathLike) -> Pa
         if key.endswith(".running_mean"):  # torchvision's BatchNorm also carries this counter
             tensors[key[: -len("running_mean")] + "num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(tensors, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _write_atomic(out, lambda tmp: torch.save(tensors, tmp))
     return out
 
 

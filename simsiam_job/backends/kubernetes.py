@@ -21,7 +21,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from simsiam_job import command, templates
+from simsiam_job import command, templates, validate
 from simsiam_job.backends.base import (
     JobRef, JobStatus, JobSummary, NodeStatus, Rendered, State,
 )
@@ -53,7 +53,8 @@ class Options:
         "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else the in-cluster service account)"))
     gpu_product: str = field(default="NVIDIA-A100-SXM4-80GB", metadata=_help(
         "nodeSelector nvidia.com/gpu.product for GPU jobs; empty for any GPU node"))
-    shm_size: str = field(default="16Gi", metadata=_help("size limit of the memory-backed /dev/shm"))
+    shm_size: str = field(default="", metadata=_help(
+        "size limit of the memory-backed /dev/shm (default: 16Gi, at most half the memory limit)"))
     data_pvc: str = field(default="", metadata=_help(
         "data claim used when --data is not given (CLAIM or CLAIM/SUBPATH), mounted read-only at /data"))
     output_pvc: str = field(default="", metadata=_help(
@@ -70,6 +71,22 @@ class Options:
     port: int = field(default=6768, metadata=_help("rendezvous port of rank 0"))
     termination_grace: int = field(default=120, metadata=_help(
         "seconds between SIGTERM and SIGKILL on preemption or cancel (the trainer checkpoints then)"))
+
+    def __post_init__(self) -> None:  # a bad --set fails at render time, not in the API server
+        if self.namespace:
+            validate.dns1123_label("namespace", self.namespace)
+        for name in ("service_account", "priority_class"):
+            if getattr(self, name):
+                validate.dns1123_subdomain(name, getattr(self, name))
+        for secret in self.image_pull_secrets:
+            validate.dns1123_subdomain("image_pull_secrets", secret)
+        validate.label_value("gpu_product", self.gpu_product)
+        for name in ("shm_size", "cpu", "memory"):
+            if getattr(self, name):
+                validate.quantity(name, getattr(self, name))
+        validate.port("port", self.port)
+        validate.at_least_zero("backoff_limit", self.backoff_limit)
+        validate.at_least_zero("termination_grace", self.termination_grace)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +171,7 @@ class KubernetesBackend:
             "priority_class": opts.priority_class,
             "image_pull_secrets": [{"name": s} for s in opts.image_pull_secrets],
             "uid": IMAGE_UID,
-            "shm_size": opts.shm_size,
+            "shm_size": validate.shm_size(opts.shm_size, limits["memory"]),
             "config_dir": CONFIG_DIR,
             "data": data and dataclasses.asdict(data),
             "data_mount": DATA_MOUNT,
