@@ -19,6 +19,7 @@ from simsiam_job import defaults
 from simsiam_job.backends import get_backend, options_class
 from simsiam_job.backends.base import JobRef, State
 from simsiam_job.errors import UsageError
+from simsiam_job.locate import located_options
 from simsiam_job.spec import JobSpec, Phase, validate_name
 
 # The shipped recipe each phase runs when no -c is given (trainer/configs/).
@@ -93,7 +94,7 @@ def _check_overrides(overrides: Sequence[str], data: str | None) -> None:
             if owned == key or owned.startswith(key + "."):
                 raise UsageError(f"-o {key}: the launcher sets {owned}; use {flag}")
         if data is not None and key in DATA_KEYS:
-            raise UsageError(f"-o {key}: --data {data} sets it (to {data}/{DATA_KEYS[key]}); "
+            raise UsageError(f"-o {key}: the data location {data} sets it (to {data}/{DATA_KEYS[key]}); "
                              "give one or the other")
 
 
@@ -134,7 +135,8 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
     name = validate_name(req.name) if req.name is not None else generated_name(phase)
     overrides = list(req.overrides)
     data = req.data or defaults.top_level_default("data", user, environ)
-    _check_overrides(overrides, data)
+    # A backend's default data location (Kubernetes' data_pvc) sets the roots as --data does.
+    _check_overrides(overrides, data or getattr(options, "data_pvc", None) or None)
 
     if req.from_ref is not None:
         if phase is not Phase.LINEAR_PROBE:
@@ -142,7 +144,8 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
         ref = JobRef.parse(req.from_ref)
         source_options = options if ref.backend == backend else defaults.resolve_options(
             ref.backend, options_class(ref.backend), (), user_config=user, environ=environ)
-        pretrained = _pretrained_path(ref, get_backend(ref.backend, source_options), check_from)
+        source = get_backend(ref.backend, located_options(ref, source_options, environ))
+        pretrained = _pretrained_path(ref, source, check_from)
         overrides.append("Global.pretrained_model=" + json.dumps(pretrained))
 
     from trainer.config import ConfigError, dump, load_config, shipped_config

@@ -124,15 +124,20 @@ def submit(
 
     spec = _spec(phase, backend, nodes, gpus, procs, config, override, image, name, data, output,
                  from_, env, set_, check_from=dry_run is None)
-    ref = get_backend(spec.backend, spec.options).submit(spec, dry_run=dry_run.value if dry_run else None)
+    job_backend = get_backend(spec.backend, spec.options)
+    ref = job_backend.submit(spec, dry_run=dry_run.value if dry_run else None)
     if dry_run:
         _err(f"dry run ({dry_run.value}): {ref} would be created; nothing was started")
         typer.echo(str(ref))
         return
+    if hasattr(job_backend, "runs_dir"):  # local: later commands find the run by its JOBREF alone
+        from simsiam_job.locate import remember
+
+        remember(ref, job_backend.runs_dir)
     typer.echo(str(ref))
     if wait:
-        raise typer.Exit(_follow(ref))
-    _err(f"follow it:  simsiam-job status {ref}   |   simsiam-job logs -f {ref}   |   simsiam-job cancel {ref}")
+        raise typer.Exit(_follow(ref, job_backend))
+    _err(f"follow it:  {_follow_hint(ref)}")
 
 
 @app.command()
@@ -181,12 +186,11 @@ JobRefArg = Annotated[str, typer.Argument(
 
 
 def _backend_for(ref_text: str):
-    from simsiam_job import defaults
-    from simsiam_job.backends import get_backend, options_class
     from simsiam_job.backends.base import JobRef
+    from simsiam_job.locate import backend_for
 
     ref = JobRef.parse(ref_text)
-    return ref, get_backend(ref.backend, defaults.resolve_options(ref.backend, options_class(ref.backend)))
+    return ref, backend_for(ref)
 
 
 @app.command()
@@ -362,13 +366,22 @@ def _age(seconds: float | None) -> str:
     return f"{int(seconds)}s"
 
 
-def _follow(ref) -> int:
-    """--wait: follow the job to its end; exit 0 only if it SUCCEEDED."""
+def _follow_hint(ref) -> str:
+    return f"simsiam-job status {ref}   |   simsiam-job logs -f {ref}   |   simsiam-job cancel {ref}"
+
+
+def _follow(ref, backend) -> int:
+    """--wait: follow the job to its end; exit 0 only if it SUCCEEDED. Ctrl-C stops following only."""
     from simsiam_job.backends.base import State
     from simsiam_job.progress import follow
 
-    _, backend = _backend_for(str(ref))
-    state = follow(backend, ref)
+    try:
+        state = follow(backend, ref)
+    except KeyboardInterrupt:
+        # The job runs detached (its own session, or a cluster): say so, or a user thinks it stopped.
+        _err(("\n" if sys.stderr.isatty() else "") + f"stopped waiting; {ref} keeps running. "
+             f"Follow or stop it:  {_follow_hint(ref)}")
+        return 130
     if state is State.SUCCEEDED:
         _err(f"{ref} SUCCEEDED; output: {backend.output_location(ref)}")
         return 0

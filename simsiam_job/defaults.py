@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -117,11 +118,15 @@ def _convert(value: Any, tp: Any, what: str) -> Any:
     if tp in (int, float):
         if isinstance(value, bool):
             raise UsageError(f"{what}: expected a number, got {value!r}")
+        kind = "an integer" if tp is int else "a finite number"
         try:
-            return tp(value)
-        except (TypeError, ValueError):
-            kind = "an integer" if tp is int else "a number"
+            number = tp(value)
+        except (TypeError, ValueError, OverflowError):
             raise UsageError(f"{what}: expected {kind}, got {value!r}") from None
+        if (isinstance(value, float) and tp is int and number != value) or \
+                (tp is float and not math.isfinite(number)):
+            raise UsageError(f"{what}: expected {kind}, got {value!r}")  # 2.5 or .inf from the config file
+        return number
     if tp is str:
         if isinstance(value, (dict, list)):
             raise UsageError(f"{what}: expected a string, got {value!r}")
