@@ -232,15 +232,16 @@ def test_model_names_the_schema_knows_are_the_models_that_exist():
 
 # ---- configs cannot hang us -----------------------------------------------------------------
 
-def billion_laughs(levels=9):
-    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
-    for i in range(1, levels + 1):
-        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
-    return "\n".join(lines) + "\nGlobal: {epochs: 1}\nModel: *a%d\n" % levels
+def alias_bomb(levels=9):
+    """A "billion laughs" file: a valid config whose free-form Infer section (PASSL, unused) holds
+    aliases nesting 10 deep per level, 10**levels strings once expanded."""
+    lines = ["Infer:", "  l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, levels + 1)]
+    return shipped_config(RECIPE).read_text() + "\n".join(lines) + "\n"
 
 
 @pytest.mark.parametrize("text,message", [
-    (billion_laughs(), "YAML aliases expand it beyond"),
+    (alias_bomb(), "YAML aliases expand it beyond"),
     ("Global: &g {epochs: 1, seed: *g}\n", "recursive alias"),
     ("Model: &m [1, *m]\n", "recursive alias"),
     ("Global: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),

@@ -57,10 +57,11 @@ def test_passl_formatted_config_runs_as_written(tmp_path):
 
 
 def test_alias_bomb_is_refused_at_once(tmp_path):
-    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
-    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    """9 levels of 10 aliases: 10**9 strings once expanded, in a section nothing else checks."""
+    levels = ["Infer:", "  l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 10)]
     path = tmp_path / "laughs.yaml"
-    path.write_text("\n".join(levels) + "\nModel: *a9\n")
+    path.write_text(open(RECIPE).read() + "\n".join(levels) + "\n")
     result = run_cli(["-c", str(path)], timeout=60)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
