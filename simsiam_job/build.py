@@ -152,8 +152,6 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
 
     try:
         config_path = req.config if req.config is not None else str(shipped_config(DEFAULT_CONFIGS[phase]))
-        if req.config is not None and not os.path.isfile(req.config):
-            raise UsageError(f"config file not found: {req.config}")
         config = load_config(config_path, overrides)
     except ConfigError as err:
         raise UsageError(f"config: {err}") from None

@@ -18,6 +18,7 @@ LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 # A Kubernetes quantity: a decimal number and an optional binary (Ki..Ei), decimal (m, k..E) or
 # exponent suffix, e.g. 16Gi, 500m, 2, 1.5G, 1e9.
 _QUANTITY = re.compile(r"^(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)(?P<suffix>[KMGTPE]i|[mkMGTPE]|[eE][-+]?[0-9]+)?$")
+MAX_QUANTITY = 2**63 - 1    # what Kubernetes stores (an int64)
 _SUFFIX = {"": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
            "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 
@@ -56,6 +57,8 @@ def quantity(name: str, value: str) -> Decimal:
         raise ValueError(f"{name} {value!r} is not a Kubernetes quantity (e.g. 16Gi, 512Mi, 8, 500m)") from None
     if amount <= 0:
         raise ValueError(f"{name} {value!r} must be more than zero")
+    if amount > MAX_QUANTITY:
+        raise ValueError(f"{name} {value!r} is more than any machine has")
     return amount
 
 

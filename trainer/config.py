@@ -510,6 +510,7 @@ def _check_expansion(root) -> None:
             raise ConfigError("a YAML alias refers to a value that contains it (a recursive alias)")
         open_nodes.add(key)
         if isinstance(node, yaml.MappingNode):
+            _check_unique_keys(node)
             children = [child for pair in node.value for child in pair]
         elif isinstance(node, yaml.SequenceNode):
             children = node.value
@@ -524,6 +525,17 @@ def _check_expansion(root) -> None:
         return total
 
     size(root)
+
+
+def _check_unique_keys(node) -> None:
+    """YAML keeps the last of two equal keys and drops the first without a word: refuse that."""
+    seen = set()
+    for key, _ in node.value:
+        if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+            if key.value in seen:
+                raise ConfigError(f"key '{key.value}' appears twice in one mapping "
+                                  f"(line {key.start_mark.line + 1})")
+            seen.add(key.value)
 
 
 def safe_load(text: str, source: str = "value") -> Any:

@@ -246,6 +246,7 @@ def alias_bomb(levels=9):
     ("Model: &m [1, *m]\n", "recursive alias"),
     ("Global: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
     ("Global: {seed: 2024-13-45}\n", "cannot parse"),
+    ("Global:\n  epochs: 100\n  seed: 1\n  epochs: 1\n", "key 'epochs' appears twice in one mapping (line 4)"),
     ("Global: {seed: !!python/object:os.system x}\n", "cannot parse"),
 ])
 def test_hostile_yaml_is_refused_in_one_line(tmp_path, text, message):
