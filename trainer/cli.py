@@ -10,6 +10,7 @@ saving a checkpoint; 1 anything else.
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 
 from trainer.config import ConfigError, load_config
@@ -33,6 +34,31 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):           # one line, exit 2 (argparse's default prints usage too)
         print(f"simsiam-train: error: {message} (see simsiam-train --help)", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+
+    def parse_args(self, args=None, namespace=None):
+        """Unknown options first: argparse reports a missing -c or positional before them, which
+        hides the mistyped flag that caused it."""
+        args = sys.argv[1:] if args is None else list(args)
+        known = [o for action in self._actions for o in action.option_strings]
+        for token in args:
+            if token == "--":
+                break
+            name = token.partition("=")[0]
+            if not token.startswith("-") or token == "-" or _is_number(token) or name in known \
+                    or (not token.startswith("--") and token[:2] in known) \
+                    or (token.startswith("--") and any(o.startswith(name) for o in known)):
+                continue
+            close = difflib.get_close_matches(name, known, n=1)
+            self.error(f"unrecognized argument: {token}" + (f" (did you mean {close[0]}?)" if close else ""))
+        return super().parse_args(args, namespace)
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
 
 
 def _resolve(target: str):
@@ -58,28 +84,15 @@ def eval_main(argv: list[str]) -> int:
 def _config_command(argv: list[str], prog: str, description: str, target: str | None) -> int:
     parser = _Parser(prog=prog, description=description,
                      epilog=("subcommands: " + ", ".join(SUBCOMMANDS)) if SUBCOMMANDS and not target else None)
-    parser.add_argument("-c", "--config", help="PASSL-schema YAML config (required)")
+    parser.add_argument("-c", "--config", required=True, help="PASSL-schema YAML config")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. -o Global.epochs=1 (repeatable)")
-    # Unknown options first: argparse would report the missing -c and hide a mistyped flag.
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        parser.error(f"unrecognized argument{'s' if len(unknown) > 1 else ''}: {' '.join(unknown)}"
-                     + _closest_option(unknown[0], parser))
-    if args.config is None:
-        parser.error("the following arguments are required: -c/--config")
+    args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.override)
         return run(cfg, target)
     except ConfigError as e:
         return _fail(str(e))
-
-
-def _closest_option(word: str, parser: argparse.ArgumentParser) -> str:
-    import difflib
-    options = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
-    close = difflib.get_close_matches(word.partition("=")[0], options, n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def run(cfg: dict, target: str | None = None) -> int:

@@ -34,7 +34,8 @@ PASSL_PRETRAIN = str(REPO / "tests/passl/pretrain.yaml")
 
 @pytest.mark.parametrize("args,message", [
     (["--bogus"], "unrecognized argument: --bogus"),
-    (["--confg", "x.yaml"], "unrecognized arguments: --confg x.yaml (did you mean --config?)"),
+    (["--confg", "x.yaml"], "unrecognized argument: --confg (did you mean --config?)"),
+    (["convert", "--bogus"], "unrecognized argument: --bogus"),
     (["-c", RECIPE, "--bogus"], "unrecognized argument: --bogus"),
     (["-c", RECIPE, "-o", "Optimizer.lr.learning_rate=.nan"], "bad value for 'Optimizer.lr.learning_rate'"),
     (["-c", RECIPE, "-o", "Optimizer.weight_decay=.inf"], "expected a finite number"),
