@@ -49,8 +49,11 @@ def _closest(word: str, choices: Sequence[str]) -> str:
 
 def load_user_config(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """The config file as a dict ({} if there is none), its keys checked. A file named by
-    SIMSIAM_JOB_CONFIG must exist: a typo there would silently drop every setting."""
+    SIMSIAM_JOB_CONFIG must exist (a typo there would silently drop every setting); /dev/null
+    says "no settings"."""
     path = config_path(environ)
+    if str(path) == os.devnull:     # SIMSIAM_JOB_CONFIG=/dev/null: no settings, on purpose
+        return {}
     if not path.is_file():
         if environ.get("SIMSIAM_JOB_CONFIG"):
             raise UsageError(f"SIMSIAM_JOB_CONFIG names {path}, which "

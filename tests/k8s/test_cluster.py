@@ -57,7 +57,7 @@ def ns(kube, request):
 
 
 def run_cli(cluster, *args, input: str | None = None, check: bool = True, extra_env=None):
-    env = {**cluster, "SIMSIAM_JOB_CONFIG": "/nonexistent", **(extra_env or {})}
+    env = {**cluster, "SIMSIAM_JOB_CONFIG": "/dev/null", **(extra_env or {})}
     out = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, input=input,
                          timeout=120)
     if check:
@@ -416,7 +416,7 @@ def test_logs_rank_all_and_follow(cluster, kube, ns, tmp_path):
     bad = run_cli(cluster, "logs", ref, "--rank", "5", check=False)
     assert bad.returncode == 2 and "ranks 0..1" in bad.stderr
 
-    env = {**cluster, "SIMSIAM_JOB_CONFIG": "/nonexistent"}
+    env = {**cluster, "SIMSIAM_JOB_CONFIG": "/dev/null"}
     follower = subprocess.Popen([CLI, "logs", "-f", ref], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert follower.stdout.readline().strip() == "epoch 0 step 1 loss 0.5"

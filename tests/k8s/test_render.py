@@ -155,7 +155,7 @@ def test_unreachable_api_server_is_one_line_with_a_hint(tmp_path):
     cli = str(Path(sys.executable).parent / "simsiam-job")
     out = subprocess.run([cli, "status", "kubernetes://ns/job"], capture_output=True, text=True,
                          env={"KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path),
-                              "SIMSIAM_JOB_CONFIG": "/nonexistent", "PATH": "/usr/bin:/bin"},
+                              "SIMSIAM_JOB_CONFIG": "/dev/null", "PATH": "/usr/bin:/bin"},
                          timeout=120)
     assert out.returncode == 1
     assert out.stderr.strip() == (

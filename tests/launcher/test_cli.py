@@ -232,6 +232,7 @@ def test_missing_file_named_by_simsiam_job_config_is_an_error(user_env, tmp_path
     env = {**user_env, "SIMSIAM_JOB_CONFIG": str(tmp_path / "my-settings.yaml")}
     assert_one_line_error(run_cli(["render", "pretrain", *CFG], env), 2,
                           f"SIMSIAM_JOB_CONFIG names {tmp_path / 'my-settings.yaml'}, which does not exist")
+    run_cli(["render", "pretrain", *CFG], {**user_env, "SIMSIAM_JOB_CONFIG": "/dev/null"}, check=True)  # no settings
 
 
 def test_shm_is_never_larger_than_the_memory_limit(user_env):
