@@ -122,7 +122,7 @@ def run(cfg: dict) -> dict:
         **peak_memory(on_gpu),
     }
     ranks = _gather(env, mine)
-    report = summarize(ranks, cfg, steps=steps, batch=batch, size=size, amp=amp)
+    report = summarize(ranks, cfg, steps=steps, batch=batch, size=size, amp_level=amp.level)
     if env.is_main:
         ckpt.atomic_write(run_dir.path / SMOKE, (json.dumps(report, indent=2) + "\n").encode())
         print(format_report(report), flush=True)
@@ -192,7 +192,7 @@ def peak_memory(on_gpu: bool) -> dict:
             "peak_memory_kind": "rss"}
 
 
-def summarize(ranks: list[dict], cfg: dict, *, steps: int, batch: int, size: int, amp: Amp) -> dict:
+def summarize(ranks: list[dict], cfg: dict, *, steps: int, batch: int, size: int, amp_level: str) -> dict:
     """Totals over the ranks and the verdict with its reason (the first problem found)."""
     n = len(ranks)
     buses = [r["bus_bandwidth_mbps"] for r in ranks if r["bus_bandwidth_mbps"] is not None]
@@ -208,9 +208,9 @@ def summarize(ranks: list[dict], cfg: dict, *, steps: int, batch: int, size: int
         "peak_memory_mb": max(r["peak_memory_mb"] for r in ranks),
         "bn_synchronized": all(r["bn_synchronized"] for r in ranks),
     }
-    reason = _problem(ranks, amp, steps)
+    reason = _problem(ranks, amp_level, steps)
     figures = (f"{n} rank(s) on {total['nodes']} node(s), "
-               f"{_fmt(total['images_per_sec'], '.1f')} images/s, AMP {amp.level}, "
+               f"{_fmt(total['images_per_sec'], '.1f')} images/s, AMP {amp_level}, "
                f"BN {'synchronized' if total['bn_synchronized'] else 'per device'}, "
                f"all-reduce {_bus(total['bus_bandwidth_mbps'], total['allreduce_bytes'])}, "
                f"loss {total['loss_first']:.4f} -> {total['loss_last']:.4f} over {steps} steps, "
@@ -224,7 +224,7 @@ def summarize(ranks: list[dict], cfg: dict, *, steps: int, batch: int, size: int
     }
 
 
-def _problem(ranks: list[dict], amp: Amp, steps: int) -> str | None:
+def _problem(ranks: list[dict], amp_level: str, steps: int) -> str | None:
     bad = [r for r in ranks if not r["loss_finite"]]
     if bad:
         r = min(bad, key=lambda r: r["first_bad_step"])
@@ -234,8 +234,8 @@ def _problem(ranks: list[dict], amp: Amp, steps: int) -> str | None:
         r = flat[0]
         return (f"loss did not fall on a fixed batch (rank {r['rank']}: {r['loss_first']:.4f} -> "
                 f"{r['loss_last']:.4f} over {steps} steps); check Optimizer.lr")
-    if amp.level != "O0" and any(r["compute_dtype"] == "float32" for r in ranks):
-        return f"FP16.level {amp.level} is set but convolutions ran in float32 (AMP not in effect)"
+    if amp_level != "O0" and any(r["compute_dtype"] == "float32" for r in ranks):
+        return f"FP16.level {amp_level} is set but convolutions ran in float32 (AMP not in effect)"
     multi_gpu = len(ranks) > 1 and all(r["device"].startswith("gpu") for r in ranks)
     if multi_gpu and not all(r["bn_synchronized"] for r in ranks):
         return "BatchNorm is not synchronized across GPUs (each GPU would keep its own statistics)"
