@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,3 +110,19 @@ def test_two_slurm_nodes_pass_and_report_each_node(slurm_env):
         assert_sane_rank_figures(rank)
     assert report["total"]["nodes"] == 2
     assert "smoke PASS: 2 rank(s) on 2 node(s)" in proc.stderr
+
+
+def test_amp_that_does_not_take_effect_fails_instead_of_passing_silently(tmp_path):
+    """FP16 O1 (float16) on a CPU: paddle's CPU build runs the convolutions in float32 anyway (it
+    only warns), so a config meant for GPUs would train without AMP unnoticed; the smoke says so."""
+    out = tmp_path / "amp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.cli", "-c", str(shipped_config("simsiam_smoke_cpu")),
+         "-o", f"Global.output_dir={out}", "-o", "FP16.level=O1", "-o", "Global.max_train_step=3"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    assert proc.returncode == 1
+    reason = "FP16.level O1 is set but convolutions ran in float32 (AMP not in effect)"
+    assert f"simsiam-train: error: smoke FAIL: {reason}" in proc.stderr
+    report = json.loads((out / SMOKE).read_text())
+    assert report["reason"] == reason and report["ranks"][0]["compute_dtype"] == "float32"
