@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import resource
 import socket
 import sys
@@ -65,13 +64,16 @@ def run(cfg: dict) -> dict:
     if "Train" not in cfg["DataLoader"]:
         raise ConfigError("missing required section 'DataLoader.Train' (the smoke test reads its batch "
                           "size and crop size)")
+    steps = g["max_train_step"] or DEFAULT_STEPS
+    if steps < 2:
+        raise ConfigError(f"bad value for 'Global.max_train_step': {steps} (the smoke test needs at least 2 "
+                          f"steps to see the loss fall; default {DEFAULT_STEPS})")
     env = dist.init(g["device"])
     on_gpu = paddle.get_device().startswith("gpu")
     if not on_gpu:
         set_cpu_threads(g["num_threads"])
     run_dir = RunDir(cfg, env.rank)
     seed_everything(g["seed"], env.rank)
-    steps = g["max_train_step"] or DEFAULT_STEPS
     batch = cfg["DataLoader"]["Train"]["sampler"]["batch_size"]
     size = image_size(cfg["DataLoader"]["Train"])
 
