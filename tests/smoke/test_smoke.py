@@ -126,3 +126,12 @@ def test_amp_that_does_not_take_effect_fails_instead_of_passing_silently(tmp_pat
     assert f"simsiam-train: error: smoke FAIL: {reason}" in proc.stderr
     report = json.loads((out / SMOKE).read_text())
     assert report["reason"] == reason and report["ranks"][0]["compute_dtype"] == "float32"
+
+
+def test_a_kubernetes_smoke_job_is_labelled_with_its_phase_and_runs_the_smoke_task(user_env):
+    proc = run_cli(["render", "smoke", "--backend", "kubernetes", "--nodes", "2", "--gpus", "8", "--name", "smk"],
+                   user_env, check=True)
+    objects = [o for o in yaml.safe_load_all(proc.stdout) if o]
+    assert {o["metadata"]["labels"]["simsiam-job/phase"] for o in objects} == {"smoke"}
+    config = next(o for o in objects if o["kind"] == "ConfigMap")["data"]["config.yaml"]
+    assert yaml.safe_load(config)["Global"]["task_type"] == "Smoke"

@@ -170,7 +170,7 @@ def all_reduce_bandwidth(env: dist.DistEnv, net: nn.Layer, on_gpu: bool) -> dict
     size = 4 * numel
     if env.world_size == 1:
         return {"allreduce_bytes": size, "allreduce_seconds": None, "bus_bandwidth_mbps": None}
-    tensor = paddle.ones([numel], dtype="float32")
+    tensor = paddle.zeros([numel], dtype="float32")   # zeros: repeated sums stay finite at any scale
     for _ in range(ALL_REDUCE_WARMUP):
         pdist.all_reduce(tensor)
     _synchronize(on_gpu)
