@@ -19,6 +19,7 @@ from simsiam_job.errors import UsageError
 class Phase(str, enum.Enum):
     PRETRAIN = "pretrain"
     LINEAR_PROBE = "linear-probe"
+    SMOKE = "smoke"
 
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

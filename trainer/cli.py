@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, str] = {
 TASKS = {
     "ContrastiveLearning": "trainer.engine.pretrain:train",
     "Classification": "trainer.engine.linear_probe:train",
+    "Smoke": "trainer.engine.smoke:run",
 }
 
 EXIT_BAD_INPUT, EXIT_PREEMPTED = 2, 143
