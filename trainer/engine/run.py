@@ -173,9 +173,43 @@ def agree_to_stop(env, stop: bool, due: bool) -> tuple[bool, bool]:
     return stop > 0, due > 0
 
 
-def resume_state(g: dict, run: RunDir):
-    """(path, state) to resume from: Global.checkpoint if set, else the newest valid checkpoint in
-    the output directory when Global.auto_resume is on; None for a fresh start."""
+def resume_state(g: dict, run: RunDir, env):
+    """(path, state) to resume from, or None for a fresh start: Global.checkpoint if set, else the
+    newest valid checkpoint in the output directory when Global.auto_resume is on.
+
+    Rank 0 chooses and every rank loads its choice: ranks choosing for themselves could resume from
+    different steps after a restart (a checkpoint written by only some, a newest file one rank
+    cannot read yet) and then train out of step. A rank that cannot read rank 0's choice stops
+    with one line: its output directory is not the one rank 0 sees.
+    """
+    decision = None
+    if env.is_main:
+        try:
+            chosen = _choose_checkpoint(g, run)
+            decision = ("path", None if chosen is None else str(chosen[0]))
+        except ConfigError as e:            # every rank stops with rank 0's reason, none waits
+            decision = ("error", str(e))
+    kind, path = dist.broadcast_from_main(decision, env)
+    if kind == "error":
+        raise ConfigError(path)
+    if path is None:
+        return None
+    problem, resumed = "", None
+    if env.is_main:
+        resumed = chosen
+    else:
+        try:
+            resumed = path, ckpt.load_checkpoint(path)
+        except ValueError as e:
+            problem = str(e)
+    if max(dist.all_reduce_max([bool(problem)], env)):
+        who = f"rank {env.rank} cannot load it: {problem}" if problem else "another rank cannot load it"
+        raise ConfigError(f"rank 0 resumes from {path} but {who}; every rank needs the same "
+                          "Global.output_dir (shared storage)")
+    return resumed
+
+
+def _choose_checkpoint(g: dict, run: RunDir):
     if g["checkpoint"]:
         try:
             return g["checkpoint"], ckpt.load_checkpoint(g["checkpoint"])
