@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer import checkpoint as ckpt
-from trainer import dist
+from trainer import contract, dist
 from trainer.config import ConfigError, dump
 from trainer.plot import curves_svg, read_metrics
 
@@ -56,18 +56,18 @@ class RunDir:
 
     def __init__(self, cfg: dict, rank: int):
         self.path = Path(cfg["Global"]["output_dir"])
-        self.checkpoints = self.path / "checkpoints"
+        self.checkpoints = self.path / contract.CHECKPOINTS
         self.is_main = rank == 0
         self._metrics = None
         self._visualdl = None
         if self.is_main:
             try:
                 self.checkpoints.mkdir(parents=True, exist_ok=True)
-                (self.path / "config.yaml").write_text(dump(cfg))
-                self._metrics = open(self.path / "metrics.jsonl", "a", buffering=1)
+                (self.path / contract.CONFIG).write_text(dump(cfg))
+                self._metrics = open(self.path / contract.METRICS, "a", buffering=1)
             except OSError as e:
                 raise ConfigError(f"cannot write to Global.output_dir {self.path}: {e.strerror}") from None
-        setup_logging(self.path / "train.log" if self.is_main else None, rank)
+        setup_logging(self.path / contract.TRAIN_LOG if self.is_main else None, rank)
         if self.is_main and cfg["Global"].get("use_visualdl"):
             try:
                 from visualdl import LogWriter
@@ -92,9 +92,9 @@ class RunDir:
 
     def write_curves(self) -> None:
         """OUTPUT_DIR/curves.svg from metrics.jsonl so far (loss, z_std, lr, val top-1)."""
-        svg = curves_svg(read_metrics(self.path / "metrics.jsonl"), title=str(self.path.name))
+        svg = curves_svg(read_metrics(self.path / contract.METRICS), title=str(self.path.name))
         if svg is not None:
-            ckpt.atomic_write(self.path / "curves.svg", svg.encode())
+            ckpt.atomic_write(self.path / contract.CURVES, svg.encode())
 
     def close(self) -> None:
         if self._metrics:
