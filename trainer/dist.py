@@ -107,13 +107,6 @@ def broadcast_from_main(value, env: DistEnv):
     return box[0]
 
 
-def all_reduce_sum(tensor, env: DistEnv):
-    """The element-wise sum over ranks, on the device (no host copy)."""
-    if env.world_size > 1:
-        pdist.all_reduce(tensor, op=pdist.ReduceOp.SUM)
-    return tensor
-
-
 def barrier(env: DistEnv) -> None:
     if env.world_size > 1:
         pdist.barrier()
