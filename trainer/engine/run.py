@@ -1,5 +1,5 @@
 """What every training loop shares: the output directory, logs, metrics, progress line, seeding,
-CPU threads and preemption (SIGTERM). The pretraining and linear-probe loops both use these."""
+CPU threads, preemption (SIGTERM) and the resume choice; the Engine (loop.py) puts them together."""
 from __future__ import annotations
 
 import json
@@ -51,6 +51,11 @@ def seed_everything(seed: int | None, rank: int) -> None:
     random.seed(seed + rank)
 
 
+# Where a record is in the run, not a measurement: no VisualDL curve for these.
+POSITION_FIELDS = ("global_step", "time", "epoch", "epochs", "step", "steps_per_epoch", "total_steps",
+                   "eta_seconds")
+
+
 class RunDir:
     """OUTPUT_DIR with config.yaml, train.log, metrics.jsonl (written by rank 0 only)."""
 
@@ -86,7 +91,7 @@ class RunDir:
             self.write_curves()
         if self._visualdl is not None and "global_step" in fields:
             for key, value in fields.items():
-                if isinstance(value, (int, float)) and key not in ("global_step", "time", "epoch", "step"):
+                if isinstance(value, (int, float)) and key not in POSITION_FIELDS:
                     self._visualdl.add_scalar(tag=f"{fields.get('type', 'train')}/{key}", value=value,
                                               step=fields["global_step"])
 
