@@ -82,7 +82,8 @@ class LinearProbe(Task):
         self.cfg, self.pretrained = cfg, g["pretrained_model"]
         self.loader = engine.train_loader()
         eval_cfg = cfg["DataLoader"].get("Eval")
-        self.eval_loader = build_eval_loader(eval_cfg, rank=env.rank, world_size=env.world_size) if eval_cfg else None
+        if eval_cfg:
+            self.eval_loader = build_eval_loader(eval_cfg, rank=env.rank, world_size=env.world_size)
         if not g["pretrained_model"]:
             log.warning("WARNING: Global.pretrained_model is not set: probing a randomly initialised encoder")
         self.net = build_probe(cfg, g["pretrained_model"], with_head=False)
@@ -90,7 +91,6 @@ class LinearProbe(Task):
                                                         steps_per_epoch=len(self.loader),
                                                         lr_cfg=cfg.get("LRScheduler"))
         self.weight, self.train_ks, self.eval_ks = loss_weight(cfg, "Train"), topk(cfg, "Train"), topk(cfg, "Eval")
-        self.eval_during_train, self.eval_interval = g["eval_during_train"], g["eval_interval"]
         self.world_size, self.history = env.world_size, {}
 
     def make_step(self, model, optimizer, amp):
@@ -112,11 +112,11 @@ class LinearProbe(Task):
         return f"top-{k} {fields[f'top{k}']:.4f}"
 
     def after_epoch(self, engine, epoch, finished, last):
-        if self.eval_loader is None or not (last or (finished and self.eval_during_train
-                                                     and epoch % self.eval_interval == 0)):
+        if self.eval_loader is None or not engine.evaluation_due(epoch, finished, last):
             return
         ks = self.eval_ks
-        result = evaluate(self.net, self.eval_loader, ks, self.world_size)
+        with engine.amp.autocast():         # O2's float16 weights need their inputs cast
+            result = evaluate(self.net, self.eval_loader, ks, self.world_size)
         record = {"epoch": epoch, **result}
         self.history["last"] = record
         if "best" not in self.history or record[f"top{ks[0]}"] > self.history["best"][f"top{ks[0]}"]:
@@ -142,11 +142,6 @@ class LinearProbe(Task):
     def done_text(self, output_dir):
         return f"probe weights in {output_dir / PROBE}" + \
             (f"; eval in {output_dir / contract.EVAL}" if self.history else "")
-
-    def close(self):
-        self.loader.close()
-        if self.eval_loader is not None:
-            self.eval_loader.close()
 
 
 def train(cfg: dict):

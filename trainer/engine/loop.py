@@ -36,6 +36,7 @@ class Task:
 
     name = "training"
     train_mode = True            # model.train() every epoch; the probe keeps its frozen BN in eval mode
+    eval_loader = None           # DataLoader.Eval, when the task evaluates after epochs
 
     def make_step(self, model, optimizer, amp: Amp):
         """step(views, labels) -> (sums, latest): dicts of device tensors. The Engine adds up
@@ -69,6 +70,8 @@ class Task:
 
     def close(self) -> None:
         self.loader.close()
+        if self.eval_loader is not None:
+            self.eval_loader.close()
 
 
 class Engine:
@@ -95,6 +98,10 @@ class Engine:
 
     def metric(self, **fields) -> None:
         self.run.metric(**fields)
+
+    def evaluation_due(self, epoch: int, finished: bool, last: bool) -> bool:
+        """After the last epoch, and every Global.eval_interval epochs with Global.eval_during_train."""
+        return last or (finished and self.g["eval_during_train"] and epoch % self.g["eval_interval"] == 0)
 
     # ------------------------------------------------------------------------------------------
 

@@ -43,11 +43,9 @@ class Pretraining(Task):
                                                         steps_per_epoch=len(self.loader))
         self.to_static = g["to_static"]
         self.collapse = CollapseMonitor(self.net.dim, g["collapse_warn_fraction"], g["collapse_patience"])
-        # DataLoader.Eval (a small labelled folder): the kNN monitor's split
-        eval_cfg = cfg["DataLoader"].get("Eval")
-        self.knn_loader = build_eval_loader(eval_cfg, rank=engine.env.rank, world_size=engine.env.world_size) \
-            if eval_cfg else None
-        self.eval_during_train, self.eval_interval = g["eval_during_train"], g["eval_interval"]
+        eval_cfg = cfg["DataLoader"].get("Eval")        # a small labelled folder: the kNN monitor's split
+        if eval_cfg:
+            self.eval_loader = build_eval_loader(eval_cfg, rank=engine.env.rank, world_size=engine.env.world_size)
 
     def make_step(self, model, optimizer, amp):
         train_step = make_train_step(model, optimizer, amp, self.to_static)
@@ -68,18 +66,12 @@ class Pretraining(Task):
         return f"z_std {fields['z_std']:.4f}"
 
     def after_epoch(self, engine, epoch, finished, last):
-        if self.knn_loader is None or not (last or (finished and self.eval_during_train
-                                                    and epoch % self.eval_interval == 0)):
+        if self.eval_loader is None or not engine.evaluation_due(epoch, finished, last):
             return
-        result = evaluate_knn(self.net.encoder, self.knn_loader, engine.amp, engine.env.world_size)
+        result = evaluate_knn(self.net.encoder, self.eval_loader, engine.amp, engine.env.world_size)
         engine.metric(type="eval", epoch=epoch, global_step=engine.global_step, **result)
         log.info("kNN monitor epoch %d: top-1 %.4f (%d held-out images)", epoch, result["knn_top1"],
                  result["images"])
-
-    def close(self):
-        self.loader.close()
-        if self.knn_loader is not None:
-            self.knn_loader.close()
 
     def export(self, output_dir):
         ckpt.export_encoder(self.net, output_dir / contract.ENCODER)
