@@ -13,7 +13,7 @@ import pytest
 from trainer import checkpoint as ckpt
 from trainer.models import build_model
 
-from trainer_helpers import REPO, TINY_MODEL, run_cli, tiny_run_args
+from trainer_helpers import REPO, run_cli, tiny_run_args
 
 pytestmark = pytest.mark.slow
 
