@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import paddle
@@ -73,3 +74,18 @@ def test_ranks_resume_from_rank_0s_checkpoint_and_split_the_cpu(tmp_path, image_
     assert f"resumed from {base / 'rank0' / 'checkpoints' / after_epoch_2.name}" in logs
     cores = len(os.sched_getaffinity(0))
     assert f"2 process(es) on cpu ({max(1, cores // 2)} threads)" in (base / "rank0" / "train.log").read_text()
+
+
+def test_a_bad_resume_checkpoint_stops_every_rank_with_one_line(tmp_path, image_root):
+    """Rank 0 decides; the others must stop with its reason rather than wait for it forever."""
+    logs = tmp_path / "logs"
+    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(logs),
+           str(Path(sys.executable).parent / "simsiam-train"), *tiny_run_args(tmp_path / "out", image_root, "-o", "DataLoader.Train.sampler.batch_size=2",
+                                                 "-o", f"Global.checkpoint={tmp_path / 'missing.pdckpt'}")]
+    result = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                            text=True, timeout=180)
+    assert result.returncode != 0
+    for rank in (0, 1):
+        text = (logs / f"workerlog.{rank}").read_text()
+        assert "simsiam-train: error: Global.checkpoint: checkpoint" in text and "does not exist" in text, text[-2000:]
+        assert "Traceback" not in text
