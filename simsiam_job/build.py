@@ -21,12 +21,16 @@ from simsiam_job.backends.base import JobRef, State
 from simsiam_job.errors import UsageError
 from simsiam_job.locate import located_options
 from simsiam_job.spec import JobSpec, Phase, validate_name
+from trainer.contract import PHASE_TASKS
 
 # The shipped recipe each phase runs when no -c is given (trainer/configs/).
 DEFAULT_CONFIGS = {
     Phase.PRETRAIN: "simsiam_resnet50_pt_in1k_1n8c_dp_fp32",
     Phase.LINEAR_PROBE: "simsiam_resnet50_lp_in1k_1n8c_dp_fp32",
+    Phase.SMOKE: "simsiam_smoke_gpu",
 }
+# ... and where --gpus 0 (CPU) needs a smaller one to finish in minutes.
+CPU_DEFAULT_CONFIGS = {Phase.SMOKE: "simsiam_smoke_cpu"}
 DEFAULT_IMAGE = "ghcr.io/simsiam-job/simsiam:0.1.0"
 MAX_GPUS_PER_NODE = 16
 MAX_NODES = 4096
@@ -116,7 +120,8 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
     try:
         phase = Phase(req.phase)
     except ValueError:
-        raise UsageError(f"unknown phase {req.phase!r}; choose pretrain or linear-probe") from None
+        raise UsageError(f"unknown phase {req.phase!r}; choose "
+                         f"{', '.join(p.value for p in Phase)}") from None
     user = defaults.load_user_config(environ)
     backend = req.backend or defaults.top_level_default("backend", user, environ) or "local"
     options = defaults.resolve_options(backend, options_class(backend), req.sets, user_config=user, environ=environ)
@@ -151,12 +156,13 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
     from trainer.config import ConfigError, dump, load_config, shipped_config
 
     try:
-        config_path = req.config if req.config is not None else str(shipped_config(DEFAULT_CONFIGS[phase]))
+        default = (gpus == 0 and CPU_DEFAULT_CONFIGS.get(phase)) or DEFAULT_CONFIGS[phase]
+        config_path = req.config if req.config is not None else str(shipped_config(default))
         config = load_config(config_path, overrides)
     except ConfigError as err:
         raise UsageError(f"config: {err}") from None
     task = config["Global"]["task_type"]
-    expected = "ContrastiveLearning" if phase is Phase.PRETRAIN else "Classification"
+    expected = PHASE_TASKS[phase.value]
     if task != expected:
         raise UsageError(f"{config_path} is a {task} config, but the phase {phase.value} needs "
                          f"Global.task_type {expected}")

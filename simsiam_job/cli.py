@@ -29,6 +29,7 @@ app = typer.Typer(
 class PhaseArg(str, Enum):
     pretrain = "pretrain"
     linear_probe = "linear-probe"
+    smoke = "smoke"
 
 
 class BackendArg(str, Enum):
@@ -102,7 +103,7 @@ def _spec(phase, backend, nodes, gpus, procs, config, overrides, image, name, da
 
 @app.command()
 def submit(
-    phase: Annotated[PhaseArg, typer.Argument(help="pretrain or linear-probe.")],
+    phase: Annotated[PhaseArg, typer.Argument(help="pretrain, linear-probe or smoke (a short check of the cluster).")],
     backend: Backend = None, nodes: Nodes = None, gpus: Gpus = None, procs: Procs = 1,
     config: Config = None, override: Overrides = None, image: Image = None, name: Name = None,
     data: Data = None, output: Output = None, from_: From = None, env: Env = None, set_: Sets = None,
@@ -142,7 +143,7 @@ def submit(
 
 @app.command()
 def render(
-    phase: Annotated[PhaseArg, typer.Argument(help="pretrain or linear-probe.")],
+    phase: Annotated[PhaseArg, typer.Argument(help="pretrain, linear-probe or smoke (a short check of the cluster).")],
     backend: Backend = None, nodes: Nodes = None, gpus: Gpus = None, procs: Procs = 1,
     config: Config = None, override: Overrides = None, image: Image = None, name: Name = None,
     data: Data = None, output: Output = None, from_: From = None, env: Env = None, set_: Sets = None,

@@ -31,6 +31,8 @@ def format_progress(p: dict | None) -> str:
         parts.append(f"{ips:.1f} img/s")
     if isinstance(p.get("eta_seconds"), (int, float)):
         parts.append(f"ETA {_duration(p['eta_seconds'])}")
+    if isinstance(p.get("summary"), str):   # a run's closing verdict, e.g. the smoke test's PASS/FAIL
+        parts.append(p["summary"])
     return "  ".join(parts)
 
 

@@ -19,6 +19,7 @@ from simsiam_job.validate import DNS1123_LABEL
 class Phase(str, enum.Enum):
     PRETRAIN = "pretrain"
     LINEAR_PROBE = "linear-probe"
+    SMOKE = "smoke"
 
 
 MAX_NAME_LEN = 52  # 63 minus room for the suffixes Kubernetes adds to pods of an indexed Job

@@ -14,6 +14,7 @@ import difflib
 import sys
 
 from trainer.config import ConfigError, load_config
+from trainer.contract import PHASE_TASKS
 
 # name -> "module:function"; the function takes the remaining argv and returns an exit code.
 SUBCOMMANDS: dict[str, str] = {
@@ -23,8 +24,9 @@ SUBCOMMANDS: dict[str, str] = {
 
 # Global.task_type -> "module:function" taking the validated config.
 TASKS = {
-    "ContrastiveLearning": "trainer.engine.pretrain:train",
-    "Classification": "trainer.engine.linear_probe:train",
+    PHASE_TASKS["pretrain"]: "trainer.engine.pretrain:train",
+    PHASE_TASKS["linear-probe"]: "trainer.engine.linear_probe:train",
+    PHASE_TASKS["smoke"]: "trainer.engine.smoke:run",
 }
 
 EXIT_BAD_INPUT, EXIT_PREEMPTED = 2, 143

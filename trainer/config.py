@@ -348,7 +348,7 @@ _loss_list = _list_of(_any)                     # [{CELoss: {weight: 1.0}}]; the
 
 SCHEMA = Section({
     "Global": Section({
-        "task_type": _str("ContrastiveLearning", "Classification"),
+        "task_type": _str("ContrastiveLearning", "Classification", "Smoke"),
         "train_loop": _str(),                   # PASSL, unused (the task type picks the loop)
         "validate_loop": _str(),                # PASSL, unused
         "checkpoint": _optional(_str()),
