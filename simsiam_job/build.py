@@ -34,6 +34,7 @@ CPU_DEFAULT_CONFIGS = {Phase.SMOKE: "simsiam_smoke_cpu"}
 DEFAULT_IMAGE = "ghcr.io/simsiam-job/simsiam:0.1.0"
 MAX_GPUS_PER_NODE = 16
 MAX_NODES = 4096
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,1023}$")   # [registry/]name[:tag][@digest]
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
 # Config keys every backend sets on the trainer's command line (simsiam_job/command.py), which
@@ -100,6 +101,13 @@ def _check_overrides(overrides: Sequence[str], data: str | None) -> None:
         if data is not None and key in DATA_KEYS:
             raise UsageError(f"-o {key}: the data location {data} sets it (to {data}/{DATA_KEYS[key]}); "
                              "give one or the other")
+
+
+def _image(image: str) -> str:
+    if not _IMAGE.match(image):
+        raise UsageError(f"--image {image!r} is not an image reference (e.g. registry.example.com/simsiam:1.0; "
+                         "no spaces or control characters)")
+    return image
 
 
 def _env_pairs(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
@@ -169,7 +177,7 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
 
     return JobSpec(
         name=name, phase=phase, backend=backend, nodes=nodes, gpus=gpus,
-        image=req.image or defaults.top_level_default("image", user, environ) or DEFAULT_IMAGE,
+        image=_image(req.image or defaults.top_level_default("image", user, environ) or DEFAULT_IMAGE),
         config_source=config_path, config=config, config_yaml=dump(config),
         data=data,
         output=req.output or defaults.top_level_default("output", user, environ),

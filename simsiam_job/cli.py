@@ -182,6 +182,8 @@ def render(
     _err(f"wrote {', '.join(sorted(rendered.files))} to {out_dir}")
 
 
+MAX_TAIL = 10**7   # lines; more is "everything", which logs without --tail prints
+
 JobRefArg = Annotated[str, typer.Argument(
     metavar="JOBREF", help="local://ID, kubernetes://NAMESPACE/NAME or slurm://JOBID.")]
 
@@ -245,8 +247,8 @@ def logs(
 
     if all_ and rank is not None:
         raise UsageError("--rank and --all exclude each other")
-    if tail is not None and tail < 0:
-        raise UsageError(f"--tail must be 0 or more, got {tail}")
+    if tail is not None and not 0 <= tail <= MAX_TAIL:
+        raise UsageError(f"--tail must be between 0 and {MAX_TAIL}, got {tail}")
     ref, backend = _backend_for(jobref)
     for line in backend.logs(ref, rank=rank if rank is not None else 0, all_ranks=all_, follow=follow, tail=tail):
         typer.echo(line)
@@ -398,6 +400,10 @@ def main(argv: list[str] | None = None) -> None:
     except (UsageError, NotFoundError, BackendError, TemplateError) as err:
         _err(f"error: {' '.join(str(err).split())}")
         code = err.code
+    except OSError as err:  # a path the user gave (--set runs_dir, --output) that cannot be written
+        where = f"{err.filename}: " if err.filename else ""
+        _err(f"error: {where}{err.strerror or err}")
+        code = 2
     except KeyboardInterrupt:
         code = 130
     except Exception as err:  # noqa: BLE001  (the one place that turns any failure into one line)
