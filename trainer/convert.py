@@ -180,6 +180,9 @@ DIRECTIONS = {
 def main(argv: list[str]) -> int:
     """simsiam-train convert DIRECTION INPUT OUTPUT; exit 2 with one line on bad input."""
     import sys
+    import warnings
+
+    warnings.filterwarnings("ignore", message="No ccache found")   # paddle's import-time notice
 
     from trainer.cli import _Parser
 
@@ -194,6 +197,9 @@ def main(argv: list[str]) -> int:
         written = DIRECTIONS[args.direction][0](args.input, args.output)
     except WeightsError as e:
         print(f"simsiam-train: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:        # the output path: an existing directory, a missing or read-only parent
+        print(f"simsiam-train: error: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
         return 2
     for path in (written.values() if isinstance(written, dict) else [written]):
         print(f"wrote {path}")

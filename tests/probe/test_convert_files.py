@@ -41,3 +41,19 @@ def test_converted_files_are_readable_by_others(torch, tmp_path):
     convert("torch-lincls", tmp_path / "lincls.pth.tar", tmp_path / "out" / "probe.pdparams")
     assert mode(tmp_path / "out" / "probe.pdparams") == 0o644
     assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")] == []   # no temporaries left
+
+
+@pytest.mark.parametrize("output, message", [("out-is-a-dir", "Is a directory"),
+                                             ("/proc/nope/x.pth", "No such file or directory")])
+def test_an_output_that_cannot_be_written_is_one_line(torch, tmp_path, output, message):
+    encoder = build_backbone("resnet18")
+    encoder.fc = paddle.nn.Identity()
+    paddle.save(encoder.state_dict(), str(tmp_path / "encoder.pdparams"))
+    (tmp_path / "out-is-a-dir").mkdir()
+    target = tmp_path / output   # an absolute output replaces tmp_path
+    proc = subprocess.run([sys.executable, "-m", "trainer.cli", "convert", "to-torch",
+                           str(tmp_path / "encoder.pdparams"), str(target)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0] == f"simsiam-train: error: cannot write {target}: {message}"
