@@ -294,6 +294,10 @@ def list_(
         options = defaults.resolve_options(name, options_class(name))
         try:
             rows += get_backend(name, options).list(all_jobs=all_)
+            if name == "local":  # and the runs submit recorded in other runs directories
+                from simsiam_job.locate import runs_elsewhere
+
+                rows += runs_elsewhere(options, all_jobs=all_)
         except (BackendError, UsageError) as err:  # one unreachable cluster must not hide the other jobs
             if backend is not None:
                 raise

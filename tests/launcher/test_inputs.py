@@ -71,6 +71,8 @@ def test_run_made_elsewhere_is_found_by_its_jobref_and_ctrl_c_leaves_it_running(
     # No --set runs_dir below: the reference alone finds the run.
     assert job_status(ref, user_env)["state"] == "RUNNING"
     assert "epoch" in run_cli(["logs", ref], user_env, check=True).stdout
+    assert any(row.split()[:3] == [ref, "pretrain", "RUNNING"]
+               for row in run_cli(["list"], user_env, check=True).stdout.splitlines())
     run_cli(["render", "linear-probe", "--from", ref, "-c", PROBE_CONFIG, "--out", tmp_path / "probe"],
             user_env, check=True)
     probe = yaml.safe_load((tmp_path / "probe" / "config.yaml").read_text())
