@@ -34,7 +34,9 @@ CPU_DEFAULT_CONFIGS = {Phase.SMOKE: "simsiam_smoke_cpu"}
 DEFAULT_IMAGE = "ghcr.io/simsiam-job/simsiam:0.1.0"
 MAX_GPUS_PER_NODE = 16
 MAX_NODES = 4096
-_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,1023}$")   # [registry/]name[:tag][@digest]
+# A registry reference, or an image file for Slurm's containers (/images/simsiam.sif): no spaces or
+# control characters, and no leading '-' that a command line would read as an option.
+_IMAGE = re.compile(r"^[^\s\x00-\x1f\x7f-][^\s\x00-\x1f\x7f]{0,1023}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
 # Config keys every backend sets on the trainer's command line (simsiam_job/command.py), which
