@@ -107,8 +107,8 @@ def _check_overrides(overrides: Sequence[str], data: str | None) -> None:
 
 def _image(image: str) -> str:
     if not _IMAGE.match(image):
-        raise UsageError(f"--image {image!r} is not an image reference (e.g. registry.example.com/simsiam:1.0; "
-                         "no spaces or control characters)")
+        raise UsageError(f"--image {image!r} is not an image reference (e.g. registry.example.com/simsiam:1.0, "
+                         "or an image file; no spaces, control characters or leading '-')")
     return image
 
 
