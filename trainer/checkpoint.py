@@ -148,10 +148,17 @@ def latest_valid_checkpoint(directory: Path) -> tuple[Path, dict] | None:
     return None
 
 
+def float32_state(state: dict) -> dict:
+    """Floating tensors as float32: AMP O2 trains float16/bfloat16 weights, and what a run exports
+    must load into a float32 model (the linear probe, paddle.vision, PASSL)."""
+    low = (paddle.float16, paddle.bfloat16)
+    return {k: v.astype("float32") if v.dtype in low else v for k, v in state.items()}
+
+
 def encoder_state(model: nn.Layer) -> dict:
     """The backbone's weights under paddle.vision ResNet names (conv1.weight, layer1.0.bn1._mean, ...),
-    without fc: what a linear probe (ours or PASSL's) loads."""
-    return {k: v for k, v in model.encoder.state_dict().items() if not k.startswith("fc.")}
+    without fc, in float32: what a linear probe (ours or PASSL's) loads."""
+    return float32_state({k: v for k, v in model.encoder.state_dict().items() if not k.startswith("fc.")})
 
 
 def export_encoder(model: nn.Layer, path: Path) -> None:

@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from trainer.config import ConfigError, load_config
+from trainer.contract import PHASE_TASKS
 
 # name -> "module:function"; the function takes the remaining argv and returns an exit code.
 SUBCOMMANDS: dict[str, str] = {
@@ -22,9 +23,9 @@ SUBCOMMANDS: dict[str, str] = {
 
 # Global.task_type -> "module:function" taking the validated config.
 TASKS = {
-    "ContrastiveLearning": "trainer.engine.pretrain:train",
-    "Classification": "trainer.engine.linear_probe:train",
-    "Smoke": "trainer.engine.smoke:run",
+    PHASE_TASKS["pretrain"]: "trainer.engine.pretrain:train",
+    PHASE_TASKS["linear-probe"]: "trainer.engine.linear_probe:train",
+    PHASE_TASKS["smoke"]: "trainer.engine.smoke:run",
 }
 
 EXIT_BAD_INPUT, EXIT_PREEMPTED = 2, 143

@@ -15,6 +15,7 @@ METRICS = "metrics.jsonl"       # one JSON object per logged step, epoch and eva
 TRAIN_LOG = "train.log"         # rank 0's log
 CHECKPOINTS = "checkpoints"     # atomic checkpoints; auto-resume picks the newest valid one
 ENCODER = "encoder.pdparams"    # float32 encoder weights, paddle.vision ResNet names, no fc
+PROBE = "probe.pdparams"        # the trained linear probe: backbone + fc, paddle.vision names
 EVAL = "eval.json"              # linear probe: best and last top-k
 CURVES = "curves.svg"           # loss / z_std / lr / val top-1, redrawn every epoch
 SMOKE = "smoke.json"            # smoke test: per-rank and total figures, PASS/FAIL with the reason

@@ -36,13 +36,14 @@ def init(device: str) -> DistEnv:
                           "(install paddlepaddle-gpu, or use -o Global.device=cpu)")
     local_rank = int(os.environ.get("PADDLE_LOCAL_RANK", os.environ.get("PADDLE_RANK_IN_NODE", "0")))
     # paddle.distributed.launch gives each process its own GPU through FLAGS_selected_gpus.
-    place = paddle.set_device("gpu" if device == "gpu" else "cpu")
+    paddle.set_device("gpu" if device == "gpu" else "cpu")
     world_size = launched_world_size()
     if world_size > 1:
         from paddle.distributed import fleet
         fleet.init(is_collective=True)
     rank = pdist.get_rank() if world_size > 1 else 0
-    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=str(place))
+    # "cpu" or "gpu:N" (str() of the place would be "Place(gpu:N)", which no device test matches)
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=paddle.device.get_device())
 
 
 def wrap(env: DistEnv, model: nn.Layer, optimizer):
@@ -95,6 +96,15 @@ def average_buffers(env: DistEnv, model: nn.Layer) -> None:
         if tensor.stop_gradient and tensor.dtype in (paddle.float32, paddle.float16, paddle.bfloat16):
             pdist.all_reduce(tensor, op=pdist.ReduceOp.SUM)
             tensor.set_value(tensor / env.world_size)
+
+
+def broadcast_from_main(value, env: DistEnv):
+    """Rank 0's `value` (any picklable object) on every rank: one decision for the whole group."""
+    if env.world_size == 1:
+        return value
+    box = [value]
+    pdist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier(env: DistEnv) -> None:

@@ -216,6 +216,10 @@ def load_into(model, spec: str | os.PathLike, with_head: bool = False) -> list[s
         state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
         expected = {k: s for k, s in expected.items() if not k.startswith(HEAD_PREFIX)}
     check_keys(expected, state, str(source))
+    # A checkpoint of an AMP O2 run holds float16 weights; the model here decides the dtype.
+    import paddle
+    float32 = {k for k, v in model.state_dict().items() if v.dtype == paddle.float32}
+    state = {k: v.astype(np.float32) if k in float32 and v.dtype == np.float16 else v for k, v in state.items()}
     with warnings.catch_warnings():  # paddle warns about the fc it skips; check_keys vetted the rest
         warnings.simplefilter("ignore")
         model.set_state_dict(state)

@@ -37,3 +37,24 @@ def run_cli(args, timeout=240, env=None, **kw):
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "trainer.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=REPO, **kw)
+
+
+class HostReads:
+    """Counts reads of tensor values back to the host (numpy(), float(), int(), item(), tolist()):
+    each one waits for the device to finish all queued work."""
+
+    METHODS = ("numpy", "__float__", "__int__", "item", "tolist")
+
+    def __init__(self, monkeypatch):
+        import paddle
+
+        self.count = 0
+        for name in self.METHODS:
+            original = getattr(paddle.Tensor, name)
+            monkeypatch.setattr(paddle.Tensor, name, self._counting(original))
+
+    def _counting(self, original):
+        def read(tensor, *args, **kwargs):
+            self.count += 1
+            return original(tensor, *args, **kwargs)
+        return read

@@ -1,5 +1,5 @@
 """What every training loop shares: the output directory, logs, metrics, progress line, seeding,
-CPU threads and preemption (SIGTERM). The pretraining and linear-probe loops both use these."""
+CPU threads, preemption (SIGTERM) and the resume choice; the Engine (loop.py) puts them together."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer import checkpoint as ckpt
-from trainer import dist
+from trainer import contract, dist
 from trainer.config import ConfigError, dump
 from trainer.plot import curves_svg, read_metrics
 
@@ -51,23 +51,28 @@ def seed_everything(seed: int | None, rank: int) -> None:
     random.seed(seed + rank)
 
 
+# Where a record is in the run, not a measurement: no VisualDL curve for these.
+POSITION_FIELDS = ("global_step", "time", "epoch", "epochs", "step", "steps_per_epoch", "total_steps",
+                   "eta_seconds")
+
+
 class RunDir:
     """OUTPUT_DIR with config.yaml, train.log, metrics.jsonl (written by rank 0 only)."""
 
     def __init__(self, cfg: dict, rank: int):
         self.path = Path(cfg["Global"]["output_dir"])
-        self.checkpoints = self.path / "checkpoints"
+        self.checkpoints = self.path / contract.CHECKPOINTS
         self.is_main = rank == 0
         self._metrics = None
         self._visualdl = None
         if self.is_main:
             try:
                 self.checkpoints.mkdir(parents=True, exist_ok=True)
-                (self.path / "config.yaml").write_text(dump(cfg))
-                self._metrics = open(self.path / "metrics.jsonl", "a", buffering=1)
+                (self.path / contract.CONFIG).write_text(dump(cfg))
+                self._metrics = open(self.path / contract.METRICS, "a", buffering=1)
             except OSError as e:
                 raise ConfigError(f"cannot write to Global.output_dir {self.path}: {e.strerror}") from None
-        setup_logging(self.path / "train.log" if self.is_main else None, rank)
+        setup_logging(self.path / contract.TRAIN_LOG if self.is_main else None, rank)
         if self.is_main and cfg["Global"].get("use_visualdl"):
             try:
                 from visualdl import LogWriter
@@ -86,15 +91,15 @@ class RunDir:
             self.write_curves()
         if self._visualdl is not None and "global_step" in fields:
             for key, value in fields.items():
-                if isinstance(value, (int, float)) and key not in ("global_step", "time", "epoch", "step"):
+                if isinstance(value, (int, float)) and key not in POSITION_FIELDS:
                     self._visualdl.add_scalar(tag=f"{fields.get('type', 'train')}/{key}", value=value,
                                               step=fields["global_step"])
 
     def write_curves(self) -> None:
         """OUTPUT_DIR/curves.svg from metrics.jsonl so far (loss, z_std, lr, val top-1)."""
-        svg = curves_svg(read_metrics(self.path / "metrics.jsonl"), title=str(self.path.name))
+        svg = curves_svg(read_metrics(self.path / contract.METRICS), title=str(self.path.name))
         if svg is not None:
-            ckpt.atomic_write(self.path / "curves.svg", svg.encode())
+            ckpt.atomic_write(self.path / contract.CURVES, svg.encode())
 
     def close(self) -> None:
         if self._metrics:
@@ -173,9 +178,43 @@ def agree_to_stop(env, stop: bool, due: bool) -> tuple[bool, bool]:
     return stop > 0, due > 0
 
 
-def resume_state(g: dict, run: RunDir):
-    """(path, state) to resume from: Global.checkpoint if set, else the newest valid checkpoint in
-    the output directory when Global.auto_resume is on; None for a fresh start."""
+def resume_state(g: dict, run: RunDir, env):
+    """(path, state) to resume from, or None for a fresh start: Global.checkpoint if set, else the
+    newest valid checkpoint in the output directory when Global.auto_resume is on.
+
+    Rank 0 chooses and every rank loads its choice: ranks choosing for themselves could resume from
+    different steps after a restart (a checkpoint written by only some, a newest file one rank
+    cannot read yet) and then train out of step. A rank that cannot read rank 0's choice stops
+    with one line: its output directory is not the one rank 0 sees.
+    """
+    decision = None
+    if env.is_main:
+        try:
+            chosen = _choose_checkpoint(g, run)
+            decision = ("path", None if chosen is None else str(chosen[0]))
+        except ConfigError as e:            # every rank stops with rank 0's reason, none waits
+            decision = ("error", str(e))
+    kind, path = dist.broadcast_from_main(decision, env)
+    if kind == "error":
+        raise ConfigError(path)
+    if path is None:
+        return None
+    problem, resumed = "", None
+    if env.is_main:
+        resumed = chosen
+    else:
+        try:
+            resumed = path, ckpt.load_checkpoint(path)
+        except ValueError as e:
+            problem = str(e)
+    if max(dist.all_reduce_max([bool(problem)], env)):
+        who = f"rank {env.rank} cannot load it: {problem}" if problem else "another rank cannot load it"
+        raise ConfigError(f"rank 0 resumes from {path} but {who}; every rank needs the same "
+                          "Global.output_dir (shared storage)")
+    return resumed
+
+
+def _choose_checkpoint(g: dict, run: RunDir):
     if g["checkpoint"]:
         try:
             return g["checkpoint"], ckpt.load_checkpoint(g["checkpoint"])

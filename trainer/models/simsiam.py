@@ -34,8 +34,13 @@ def predictor(dim: int, pred_dim: int) -> nn.Sequential:
 
 
 def negative_cosine(p: paddle.Tensor, z: paddle.Tensor) -> paddle.Tensor:
-    """D(p, z) with the stop-gradient on z: the target branch gets no gradient."""
-    return -F.cosine_similarity(p, z.detach(), axis=-1).mean()
+    """D(p, z) with the stop-gradient on z: the target branch gets no gradient.
+
+    In float32 whatever the AMP level: in float16 the product of the sums of squares overflows
+    (2048 entries of size 1 give 4e6 > 65504), the cosine becomes 0 and the gradient vanishes unnoticed."""
+    with paddle.amp.auto_cast(enable=False):
+        p, z = p.astype("float32"), z.detach().astype("float32")
+        return -F.cosine_similarity(p, z, axis=-1).mean()
 
 
 def init_like_official(model: nn.Layer) -> None:

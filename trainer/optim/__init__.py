@@ -1,4 +1,4 @@
-"""The pretraining optimizer: momentum SGD with per-group learning rates.
+"""The optimizer of every task: momentum SGD or LARS, with per-group learning rates.
 
 The paper fixes the predictor's lr while the encoder follows the cosine schedule. Paddle scales a
 parameter's lr by `param.optimize_attr['learning_rate']`, so the optimizer's own lr is kept at 1.0
@@ -13,6 +13,7 @@ import paddle
 from paddle import nn
 
 from trainer.config import ConfigError
+from trainer.optim.lars import MomentumLARC
 from trainer.optim.schedule import LRSchedule
 
 
@@ -65,22 +66,35 @@ class GroupLR:
         return lrs
 
 
-def build_optimizer(model: nn.Layer, opt_cfg: dict, *, epochs: int, steps_per_epoch: int):
-    """(paddle optimizer, GroupLR) for the config's Optimizer section."""
-    if opt_cfg["name"] != "Momentum":
-        raise ConfigError(f"bad value for 'Optimizer.name': {opt_cfg['name']!r} "
-                          "(pretraining uses 'Momentum')")
-    if "lr" not in opt_cfg:
-        raise ConfigError("missing required key 'Optimizer.lr'")
+def build_optimizer(model: nn.Layer, opt_cfg: dict, *, epochs: int, steps_per_epoch: int,
+                    lr_cfg: dict | None = None):
+    """(paddle optimizer, GroupLR) for an Optimizer section, the one factory of every task.
+
+    The schedule is Optimizer.lr, else `lr_cfg` (PASSL's top-level LRScheduler section, which the
+    linear-probe configs use). Names: Momentum and SGD (momentum 0) with L2 weight decay;
+    MomentumLARC or LARS (the linear-probe recipe), which fold weight decay into the trust ratio.
+    """
+    lr_section = opt_cfg.get("lr") or lr_cfg
+    if not lr_section:
+        raise ConfigError("missing required section 'LRScheduler' (or 'Optimizer.lr')")
     groups = param_groups(model, opt_cfg.get("param_groups"))
-    schedule = LRSchedule.from_config(opt_cfg["lr"], epochs=epochs, steps_per_epoch=steps_per_epoch,
+    schedule = LRSchedule.from_config(lr_section, epochs=epochs, steps_per_epoch=steps_per_epoch,
                                       decay_unit=opt_cfg.get("lr_decay_unit"))
-    optimizer = paddle.optimizer.Momentum(
-        learning_rate=1.0,
-        momentum=opt_cfg.get("momentum", 0.9),
-        parameters=[{"params": g.params} for g in groups],
-        weight_decay=paddle.regularizer.L2Decay(opt_cfg.get("weight_decay", 1e-4)),
-        use_nesterov=opt_cfg.get("use_nesterov", False),
-        multi_precision=opt_cfg.get("multi_precision", False),
-    )
+    name, decay = opt_cfg["name"], opt_cfg.get("weight_decay", 0.0)
+    parameters = [{"params": g.params} for g in groups]
+    if name in ("MomentumLARC", "LARS"):
+        optimizer = MomentumLARC(1.0, parameters, momentum=opt_cfg.get("momentum", 0.9), weight_decay=decay,
+                                 trust_coefficient=opt_cfg.get("trust_coefficient", 0.001),
+                                 clip=opt_cfg.get("clip", False), eps=opt_cfg.get("epsilon", 1e-8))
+    elif name in ("Momentum", "SGD"):
+        optimizer = paddle.optimizer.Momentum(
+            learning_rate=1.0,
+            momentum=opt_cfg.get("momentum", 0.9) if name == "Momentum" else 0.0,
+            parameters=parameters,
+            weight_decay=paddle.regularizer.L2Decay(decay) if decay else None,
+            use_nesterov=opt_cfg.get("use_nesterov", False),
+            multi_precision=opt_cfg.get("multi_precision", False),
+        )
+    else:
+        raise ConfigError(f"bad value for 'Optimizer.name': {name!r} (Momentum, SGD, MomentumLARC or LARS)")
     return optimizer, GroupLR(schedule, groups)

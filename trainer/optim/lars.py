@@ -48,20 +48,26 @@ class MomentumLARC(paddle.optimizer.Momentum):
         """Biases and BatchNorm/LayerNorm scales and shifts: all the 1-D parameters."""
         return len(param.shape) <= 1
 
+    def _parameters(self):
+        """Every parameter, whether the optimizer was given a list or parameter groups."""
+        for item in self._param_groups:
+            yield from (item["params"] if isinstance(item, dict) else [item])
+
     @paddle.no_grad()
     def step(self) -> None:
-        for param in self._parameter_list:
+        # The trust ratio stays on the device: reading norms back to the host would wait for
+        # the GPU at every parameter of every step. Norms in float32 (AMP O2 has float16 weights).
+        for param in self._parameters():
             grad = param.grad
             if param.stop_gradient or grad is None or self.is_excluded(param):
                 continue
             update = grad + self.lars_weight_decay * param if self.lars_weight_decay else grad
-            w_norm = float(paddle.linalg.norm(param))
-            u_norm = float(paddle.linalg.norm(update))
-            trust = 1.0
-            if w_norm > 0.0 and u_norm > 0.0:
-                trust = self.trust_coefficient * w_norm / (u_norm + self.eps)
-                if self.clip:  # the lr this parameter will see, incl. its per-parameter factor
-                    lr = self.get_lr() * param.optimize_attr.get("learning_rate", 1.0)
-                    trust = min(trust / lr, 1.0)
-            paddle.assign(update * trust, output=grad)
+            w_norm = paddle.linalg.norm(param.astype("float32"))
+            u_norm = paddle.linalg.norm(update.astype("float32"))
+            trust = self.trust_coefficient * w_norm / (u_norm + self.eps)
+            if self.clip:  # the lr this parameter will see, incl. its per-parameter factor
+                lr = self.get_lr() * param.optimize_attr.get("learning_rate", 1.0)
+                trust = paddle.minimum(trust / lr, paddle.ones_like(trust))
+            trust = paddle.where((w_norm > 0) & (u_norm > 0), trust, paddle.ones_like(trust))
+            paddle.assign((update * trust.astype(update.dtype)).astype(grad.dtype), output=grad)
         super().step()
