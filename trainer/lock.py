@@ -147,3 +147,40 @@ class RunLock:
         current = read_json(self.path)
         if current is not None and current.get("token") == self.record["token"]:
             self.path.unlink(missing_ok=True)
+
+
+# The lock this process holds (rank 0 of a run), released by the CLI however the run ends.
+_held: RunLock | None = None
+
+
+def claim(cfg: dict, env) -> str | None:
+    """As the group forms: rank 0 takes OUTPUT_DIR's lock and chooses this start's heartbeat
+    generation; every rank learns the outcome from one broadcast (a refused lock stops every rank
+    with rank 0's line, none waits) and starts its watchdog. Returns rank 0's takeover warning, to
+    log once logging is set up."""
+    global _held
+    from trainer import dist, watchdog
+    output_dir = Path(cfg["Global"]["output_dir"])
+    decision = None
+    if env.is_main:
+        try:
+            lock = RunLock(output_dir)
+            note = lock.acquire()
+            _held = lock
+            generation = watchdog.new_generation()
+            watchdog.remove_old_generations(output_dir, generation)
+            decision = ("ok", generation, note)
+        except ConfigError as e:
+            decision = ("error", str(e), None)
+    kind, value, note = dist.broadcast_from_main(decision, env)
+    if kind == "error":
+        raise LockError(value)
+    watchdog.start(output_dir, value, env.rank, env.world_size, cfg["Global"]["peer_timeout_seconds"])
+    return note
+
+
+def release_held() -> None:
+    global _held
+    if _held is not None:
+        _held.release()
+        _held = None

@@ -13,6 +13,11 @@ lost when
 A rank that ends with a deliberate exit (done, SIGTERM checkpoint, diverged) marks itself "left",
 and its peers stop watching it: a clean stop never makes the others exit with the peer-lost code.
 
+A collective that fails outright (gloo raises at once when a peer's connection drops, inside the
+backward pass, where paddle turns it into std::terminate and SIGABRT) does not end the rank either:
+a C-level SIGABRT handler first asks the watchdog whether a peer is lost, and exits with the
+peer-lost code if so; otherwise the abort goes on as before.
+
 The generation (one per start of the group, chosen by rank 0 and broadcast as the group forms)
 keeps a restarted group from reading the files of the start before it. The thread exits with
 os._exit: the main thread may be blocked inside a gloo/NCCL collective, in C++, where no exception
@@ -20,10 +25,12 @@ can reach it (paddle releases the GIL there, so the thread keeps running).
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import threading
@@ -229,7 +236,30 @@ def start(output_dir, generation: str, rank: int, world_size: int, timeout: floa
     if world_size < 2 or not timeout:
         return None
     _current = Watchdog(output_dir, generation, rank, world_size, timeout).start()
+    _catch_aborts()
     return _current
+
+
+_ABORT_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_int)
+
+
+@_ABORT_HANDLER
+def _on_abort(signum):
+    """SIGABRT, raised synchronously by abort() after a C++ error escaped (e.g. gloo's exception in
+    the backward pass): if a peer is lost, that is the cause, so exit with the peer-lost code.
+    Returning lets abort() end the process with SIGABRT as it would have."""
+    if _current is not None:
+        _current.wait_for_lost_peer()
+
+
+def _catch_aborts() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.signal.restype = ctypes.c_void_p
+        libc.signal.argtypes = (ctypes.c_int, _ABORT_HANDLER)
+        libc.signal(signal.SIGABRT, _on_abort)
+    except (OSError, AttributeError):       # no libc signal(): gloo errors then end with SIGABRT
+        pass
 
 
 def finish(exit_code: int) -> None:
