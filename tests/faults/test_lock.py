@@ -83,3 +83,31 @@ def test_the_holder_refreshes_its_heartbeat_and_release_leaves_a_successors_lock
     (tmp_path / contract.LOCK).write_text(json.dumps({**machine(), "token": "successor", "time": time.time()}))
     lock.release()
     assert json.loads((tmp_path / contract.LOCK).read_text())["token"] == "successor"
+
+
+@pytest.mark.slow
+def test_two_runs_on_one_output_directory(tmp_path, image_root):
+    """A second simsiam-train on a directory a live run writes fails at once naming it; once that
+    run is killed (its lock left behind), the next run takes the directory over with a warning."""
+    from faults_helpers import wait_for_step
+    from trainer_helpers import REPO, run_cli, tiny_run_args
+    out = tmp_path / "out"
+    first = subprocess.Popen([sys.executable, "-m", "trainer.cli",
+                              *tiny_run_args(out, image_root, "-o", "Global.epochs=500")],
+                             cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_step(out, 2)
+        second = run_cli(tiny_run_args(out, image_root, "-o", "Global.epochs=1"))
+        assert second.returncode == contract.EXIT_BAD_INPUT, second.stderr[-3000:]
+        assert second.stderr.strip().splitlines() == [second.stderr.strip()]        # one line
+        assert f"in use by a run on host {os.uname().nodename}, pid {first.pid}" in second.stderr
+        assert first.poll() is None                                 # the holder trains on, untouched
+    finally:
+        first.kill()
+        first.wait()
+    third = run_cli(tiny_run_args(out, image_root, "-o", "Global.auto_resume=True", "-o", "Global.max_train_step=2"))
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"took over the lock of a run on host {os.uname().nodename}, pid {first.pid}" in \
+        (out / contract.TRAIN_LOG).read_text()
+    assert not (out / contract.LOCK).exists()
