@@ -66,6 +66,8 @@ def test_a_frozen_rank_stops_the_other_while_it_waits_in_a_collective(tmp_path, 
 
 
 def test_a_clean_run_and_a_sigterm_on_one_rank_end_without_a_peer_lost_exit(tmp_path, nodes):
+    """No false alarm: ranks that end together (done, or the agreed SIGTERM stop) leave cleanly, even
+    with a peer timeout shorter than the time between their exits."""
     run = nodes(29633, "-o", "Global.epochs=3", "-o", "Global.peer_timeout_seconds=3")
     assert (run.wait(0), run.wait(1)) == (0, 0), run.log(0)[-3000:] + run.log(1)[-3000:]
     again = nodes(29634, "-o", "Global.auto_resume=True", "-o", "Global.peer_timeout_seconds=3")
