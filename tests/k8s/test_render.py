@@ -70,7 +70,7 @@ def test_job_shape_two_nodes_eight_gpus(render):
     assert argv[argv.index("--master") + 1] == "pt-0.pt:6768"
     assert argv[argv.index("--nnodes") + 1] == "2"
     assert argv[argv.index("--rank") + 1] == "$(JOB_COMPLETION_INDEX)"
-    assert argv[argv.index("--devices") + 1] == "0,1,2,3,4,5,6,7"
+    assert argv[argv.index("--nproc_per_node") + 1] == "8" and "--devices" not in argv
     trainer = argv[argv.index("simsiam-train"):]
     assert trainer[1:3] == ["-c", "/etc/simsiam/config.yaml"]
     assert 'Global.output_dir="/output/pt"' in trainer and "Global.auto_resume=true" in trainer
