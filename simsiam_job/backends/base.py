@@ -228,6 +228,7 @@ class BaseBackend:
     # ---- cancel: TERM, the grace period, KILL ---------------------------------------------------
 
     grace_seconds: float = 60.0  # overridden from the backend's options
+    stopped_after_term: ClassVar[str] = "stopped after TERM"
 
     def cancel(self, ref: JobRef) -> str:
         """TERM first, so the trainer writes a checkpoint; KILL what is still there after the grace
@@ -236,7 +237,7 @@ class BaseBackend:
         if already is not None:
             return already
         if poll(lambda: self._stopped(ref), timeout=self.grace_seconds, interval=0.5):
-            return f"cancelled {ref}: stopped after TERM"
+            return f"cancelled {ref}: {self.stopped_after_term}"
         return f"cancelled {ref}: " + self._kill(ref)
 
     def _stop(self, ref: JobRef) -> str | None:
