@@ -19,7 +19,7 @@ from simsiam_job.backends.base import BaseBackend, JobRef, JobStatus, JobSummary
 from simsiam_job.backends.kubernetes import render as _render
 from simsiam_job.backends.kubernetes.client import Api, namespace
 from simsiam_job.backends.kubernetes.logs import PodLogs
-from simsiam_job.backends.kubernetes.render import OUTPUT_MOUNT, Volume, parse_claim  # noqa: F401
+from simsiam_job.backends.kubernetes.render import IMAGE_UID, OUTPUT_MOUNT, Volume, parse_claim  # noqa: F401
 from simsiam_job.backends.kubernetes.status import (  # noqa: F401  (read by the tests)
     job_state, job_status, newest_pods, progress_of,
 )
