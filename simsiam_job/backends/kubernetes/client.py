@@ -81,10 +81,10 @@ class Api:
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
 
-    def call(self, what: str, fn, *args, missing: str | None = None, stream: bool = False, **kwargs):
+    def call(self, what: str, fn, *args, missing: str | None = None, **kwargs):
         """One API call; its errors become one line with the server's own message and a hint.
-        ``missing``: the NotFoundError message for a 404. ``stream``: the read timeout bounds the
-        wait for each chunk of a followed log, which the caller reconnects after."""
+        ``missing``: the NotFoundError message for a 404. On a followed log the read timeout bounds
+        the wait for each chunk; the follower reconnects after it as after any closed stream."""
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
