@@ -74,3 +74,28 @@ def test_a_missing_slurm_configuration_gets_a_hint_at_once(tmp_path):
            "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
     proc = run_cli(["status", "slurm://1"], env, timeout=20)
     assert_one_line_error(proc, 1, f"SLURM_CONF={tmp_path / 'slurm.conf'} does not exist")
+
+
+def test_progress_comes_from_metrics_else_from_rank_0s_log(tmp_path):
+    """On the shared filesystem status reads the output directory's metrics.jsonl; where the login
+    node cannot see the output directory, rank 0's progress lines in its log file."""
+    import json
+
+    from simsiam_job.backends.slurm import SlurmBackend, SlurmJob
+    from trainer import contract
+
+    def record(step):
+        return {"type": "step", "epoch": 1, "epochs": 2, "step": step, "steps_per_epoch": 4,
+                "global_step": step, "total_steps": 8, "loss": -0.5, "lr": 0.05,
+                "images_per_sec": 40.0, "eta_seconds": 12.0, "time": 1.7e9}
+
+    job_dir, output = tmp_path / "demo", tmp_path / "out"
+    (job_dir / "logs").mkdir(parents=True)
+    output.mkdir()
+    (job_dir / "logs" / "rank0-node1.log").write_text(
+        "simsiam-job: rank 0 on node1\n" + contract.progress_line(record(2)) + "\nepoch 1/2  step 2/4\n")
+    (output / contract.METRICS).write_text(json.dumps(record(3)) + "\n" + json.dumps({"type": "epoch"}) + "\n")
+    job = SlurmJob("5", "RUNNING", "None", "node[1-2]", str(job_dir), "demo", "simsiam-job:pretrain")
+    backend = SlurmBackend()
+    assert backend._progress(job, str(output)) == record(3)
+    assert backend._progress(job, str(tmp_path / "not-visible-here")) == record(2)
