@@ -122,7 +122,7 @@ class LocalBackend(BaseBackend):
         path_prefix = str(Path(python).parent)
         text = "\n".join([
             f"# local run {spec.name}: {spec.phase.value}, {procs} process(es)"
-            + (f" on GPUs 0-{spec.gpus - 1}" if spec.gpus else " on CPU"),
+            + (" on the first visible GPUs (CUDA_VISIBLE_DEVICES)" if spec.gpus else " on CPU"),
             f"# run directory: {run_dir}",
             f"cd {shlex.quote(str(run_dir))}",
             f"PATH={shlex.quote(path_prefix)}:\"$PATH\" "
