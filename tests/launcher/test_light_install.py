@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from testlib import REPO, unavailable
+from testlib import REPO, assert_one_line_error, unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -60,3 +60,10 @@ def test_help_and_render_work_with_only_the_base_install(base_venv, tmp_path, ba
                                "--name", "demo"], capture_output=True, text=True, env=env, timeout=60)
     assert rendered.returncode == 0, rendered.stderr
     assert expect in rendered.stdout
+
+
+def test_cluster_commands_without_the_kubernetes_client_name_the_extra(base_venv, tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = subprocess.run([str(base_venv / "bin" / "simsiam-job"), "status", "kubernetes://ns/job"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert_one_line_error(proc, 2, "pip install 'simsiam-job[kubernetes]'")

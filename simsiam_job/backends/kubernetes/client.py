@@ -57,7 +57,11 @@ class Api:
     timeouts (a server behind a dead VPN accepts the connection and never answers)."""
 
     def __init__(self, options) -> None:
-        from kubernetes import client, config
+        try:
+            from kubernetes import client, config
+        except ModuleNotFoundError:
+            raise UsageError("the Kubernetes client is not installed: pip install 'simsiam-job[kubernetes]' "
+                             "(render works without it)") from None
 
         kubeconfig = kubeconfig_path(options.kubeconfig)
         cfg = client.Configuration()
