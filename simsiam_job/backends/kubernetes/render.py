@@ -20,6 +20,9 @@ CONFIG_DIR = "/etc/simsiam"      # the ConfigMap's mount
 DATA_MOUNT = "/data"             # the data claim, read-only
 OUTPUT_MOUNT = "/output"         # the output claim; each job writes OUTPUT_MOUNT/<job name>/
 IMAGE_UID = 1000                 # the non-root user of docker/Dockerfile
+# Phases that resume from checkpoints after a restart (a smoke job does not): on several nodes
+# their ranks must share the checkpoints, on an output claim.
+RESUMING_PHASES = ("pretrain", "linear-probe")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -59,7 +62,7 @@ def render(spec: JobSpec, options, namespace: str) -> Rendered:
 def context(spec: JobSpec, opts, namespace: str) -> dict[str, Any]:
     data = parse_claim(spec.data or opts.data_pvc, "--data") if (spec.data or opts.data_pvc) else None
     output = output_volume(spec, opts)
-    if output is None and spec.nodes > 1:
+    if output is None and spec.nodes > 1 and spec.phase.value in RESUMING_PHASES:
         raise UsageError(
             f"a job on {spec.nodes} nodes needs an output claim (--output CLAIM or --set output_pvc=CLAIM): "
             "without one each pod keeps its checkpoints in its own emptyDir, and after a restart the "
