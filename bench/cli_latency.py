@@ -69,7 +69,7 @@ def main() -> int:
 
     torchx = ensure_torchx(args.torchx_venv)
     ours = Path(sys.executable).parent / "simsiam-job"
-    backend = "kubernetes" if (REPO / "simsiam_job" / "backends" / "kubernetes.py").exists() else "local"
+    backend = "kubernetes" if (REPO / "simsiam_job" / "backends" / "kubernetes").is_dir() else "local"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "app.py").write_text("print('hello')\n")

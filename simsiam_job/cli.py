@@ -220,9 +220,11 @@ def status(
     typer.echo(f"{st.ref}  {st.state.value}" + (f"  ({st.reason})" if st.reason else ""))
     from simsiam_job.progress import format_progress
 
-    progress = format_progress(st.detail.get("progress"))
+    progress = format_progress(st.progress)
     if progress:
         typer.echo(f"  progress: {progress}")
+    if st.output:
+        typer.echo(f"  output: {st.output}")
     for node in st.nodes:
         extra = [f"host {node.host}" if node.host else "", f"restarts {node.restarts}" if node.restarts else "",
                  f"exit {node.exit_code}" if node.exit_code is not None else "", node.reason or ""]

@@ -49,9 +49,9 @@ def launch_args(
     if master is not None:
         args += ["--master", master]
     args += ["--nnodes", str(nnodes), "--rank", str(node_rank)]
-    if spec.gpus > 0:
-        args += ["--devices", ",".join(str(i) for i in range(spec.gpus))]
-    else:
-        args += ["--nproc_per_node", str(spec.procs_per_node)]
+    # One process per GPU (or per CPU share). No --devices: paddle reads --devices as entries of
+    # CUDA_VISIBLE_DEVICES, so "0,1" fails where Slurm or a shared machine made GPUs 4-7 visible;
+    # with the count alone, process i gets the i-th visible GPU.
+    args += ["--nproc_per_node", str(spec.gpus or spec.procs_per_node)]
     args += ["--log_dir", log_dir, "--job_id", spec.name]
     return args

@@ -16,14 +16,15 @@ def _duration(seconds: float) -> str:
 
 
 def format_progress(p: dict | None) -> str:
-    """One line from a metrics.jsonl step record: epoch, step, loss, images/s, ETA."""
+    """One line from the trainer's step record (trainer.contract.PROGRESS_FIELDS), shown as the
+    trainer wrote it: epoch, step, loss, images/s, ETA."""
     if not p:
         return ""
     parts = []
     if "epoch" in p:
         parts.append(f"epoch {p['epoch']}" + (f"/{p['epochs']}" if p.get("epochs") else ""))
     if "step" in p:
-        parts.append(f"step {p['step']}" + (f"/{p['steps']}" if p.get("steps") else ""))
+        parts.append(f"step {p['step']}" + (f"/{p['steps_per_epoch']}" if p.get("steps_per_epoch") else ""))
     if isinstance(p.get("loss"), (int, float)):
         parts.append(f"loss {p['loss']:.4f}")
     ips = p.get("images_per_sec")
@@ -45,7 +46,7 @@ def follow(backend, ref: JobRef, *, label: str = "", interval: float = 2.0, stre
     while True:
         st = backend.status(ref)
         waiting = "waiting for the first logged step" if st.state is State.RUNNING else ""
-        line = f"{label}{st.state.value:9} " + (format_progress(st.detail.get("progress")) or st.reason or waiting)
+        line = f"{label}{st.state.value:9} " + (format_progress(st.progress) or st.reason or waiting)
         if line != last:
             stream.write(("\r\033[K" + line) if tty else line + "\n")
             stream.flush()

@@ -27,6 +27,19 @@ def unavailable(reason: str):
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="session")
+def fmnist(tmp_path_factory) -> Path:
+    """The one small real data set of the end-to-end tests: a Fashion-MNIST ImageFolder with 64
+    train images (train/<class>/) and 16 validation images (val/<class>/), balanced over the
+    classes. Import it into an area's conftest.py (``from testlib import fmnist``) to use it."""
+    from trainer.data import fashion_mnist
+
+    if not all((fashion_mnist.source_dir() / f"{split}-images-idx3-ubyte.gz").is_file()
+               for split in ("train", "t10k")):
+        unavailable("Debian package dataset-fashion-mnist is not installed")
+    return fashion_mnist.write_image_folder(tmp_path_factory.mktemp("fmnist"), 64, 16, seed=0)
+
+
 def run_cli(args, env, *, timeout=120, cwd=None, check=False):
     """``simsiam-job ARGS`` in a fresh process; returns the CompletedProcess (text)."""
     proc = subprocess.run([str(BIN / "simsiam-job"), *map(str, args)], capture_output=True, text=True,

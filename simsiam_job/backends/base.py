@@ -1,16 +1,23 @@
-"""The one interface every backend implements (local, kubernetes, slurm).
+"""The one interface every backend implements (local, kubernetes, slurm), and what they share.
 
 A backend reads only the JobSpec. ``render`` is pure (no cluster access) and returns exactly
 what ``submit`` sends. Backends never import paddle; the kubernetes client is imported lazily
-inside the kubernetes backend's methods, never at module import.
+inside the kubernetes backend's methods, never at module import. A backend imports this module
+and never another backend.
+
+Shared here: ``option`` (how every Options field is declared), ``BaseBackend`` (submit = render +
+send; cancel = TERM, grace, KILL), ``poll`` (wait for a condition), ``follow_lines`` and
+``FileLines`` (following logs to the job's end).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterator
-from typing import Any, ClassVar, Protocol
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from simsiam_job.errors import UsageError
 
@@ -71,6 +78,8 @@ class JobStatus:
     reason: str | None = None  # one line a person can act on
     nodes: tuple[NodeStatus, ...] = ()
     detail: dict[str, Any] = dataclasses.field(default_factory=dict)  # backend extras for --json
+    progress: dict | None = None    # the trainer's newest step record (trainer.contract), as written
+    output: str | None = None       # where the job's output directory lives, in the user's words
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +137,119 @@ class Backend(Protocol):
         """Where a job's output directory is, as later jobs of this backend see it
         (``linear-probe --from REF`` reads ``<output>/encoder.pdparams`` from there)."""
         ...
+
+
+# ---- what every backend shares -----------------------------------------------------------------
+
+def option(default: Any, help: str) -> Any:
+    """One field of a backend's frozen ``Options`` dataclass. Every field has a default and a help
+    text; ``--set KEY=VALUE``, the config file's section and ``SIMSIAM_JOB_<BACKEND>_<KEY>`` fill
+    it (simsiam_job/defaults.py), ``simsiam-job options BACKEND`` lists it."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+T = TypeVar("T")
+
+
+def poll(check: Callable[[], T], *, timeout: float, interval: float = 0.5) -> T | None:
+    """``check()`` until it returns something true (returned) or ``timeout`` seconds pass (None).
+    It is always called at least once, and once more at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() >= deadline:
+            return value or None
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+def follow_lines(read: Callable[[bool], Iterable[str]], finished: Callable[[], bool], *,
+                 follow: bool, interval: float = 0.5) -> Iterator[str]:
+    """A log to the job's end: ``read(final)`` returns the lines that are new since its last call.
+    Whether the job has finished is asked before each read, so the read after the end still gets
+    the last lines; without ``follow`` there is one read."""
+    while True:
+        done = not follow or finished()
+        yield from read(done)
+        if done:
+            return
+        time.sleep(interval)
+
+
+class FileLines:
+    """Lines appended to log files since the last read. ``paths()`` is asked on every read, so
+    files that appear later (a rank that starts late, a requeued job on another node) are picked
+    up; a partial last line waits for its end unless the read is final."""
+
+    def __init__(self, paths: Callable[[], list[Path]], tail: int | None = None):
+        self._paths = paths
+        self._offsets: dict[Path, int] = {}
+        self._tail = tail
+
+    def read(self, final: bool = False) -> list[str]:
+        lines: list[str] = []
+        for path in self._paths():
+            try:
+                with open(path, "rb") as f:
+                    f.seek(self._offsets.get(path, 0))
+                    data = f.read()
+            except OSError:
+                continue
+            cut = len(data) if final else data.rfind(b"\n") + 1
+            self._offsets[path] = self._offsets.get(path, 0) + cut
+            lines += data[:cut].decode("utf-8", "replace").splitlines()
+        if self._tail is not None:  # --tail applies to the first read only
+            lines, self._tail = (lines[-self._tail:] if self._tail else []), None
+        return lines
+
+
+class BaseBackend:
+    """What every backend does the same way. A backend provides ``render`` and ``send`` (submit),
+    and ``_stop``/``_stopped``/``_kill`` (cancel); the base decides the order."""
+
+    name: ClassVar[str]
+    options_class: ClassVar[type]
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.options_class()
+
+    def render(self, spec: "JobSpec") -> Rendered:
+        raise NotImplementedError
+
+    def submit(self, spec: "JobSpec", dry_run: str | None = None) -> JobRef:
+        """render + send: what is sent is exactly what ``render`` prints. dry_run: "client"
+        (render and the backend's own local checks only), "server" (the cluster judges it)."""
+        if dry_run not in (None, "client", "server"):
+            raise UsageError(f"--dry-run must be 'client' or 'server', not {dry_run!r}")
+        return self.send(spec, self.render(spec), dry_run)
+
+    def send(self, spec: "JobSpec", rendered: Rendered, dry_run: str | None) -> JobRef:
+        raise NotImplementedError
+
+    # ---- cancel: TERM, the grace period, KILL ---------------------------------------------------
+
+    grace_seconds: float = 60.0  # overridden from the backend's options
+    stopped_after_term: ClassVar[str] = "stopped after TERM"
+
+    def cancel(self, ref: JobRef) -> str:
+        """TERM first, so the trainer writes a checkpoint; KILL what is still there after the grace
+        period. Returns one line saying which of the two ended the job."""
+        already = self._stop(ref)
+        if already is not None:
+            return already
+        if poll(lambda: self._stopped(ref), timeout=self.grace_seconds, interval=0.5):
+            return f"cancelled {ref}: {self.stopped_after_term}"
+        return f"cancelled {ref}: " + self._kill(ref)
+
+    def _stop(self, ref: JobRef) -> str | None:
+        """Send TERM; return a line instead when there is nothing to stop."""
+        raise NotImplementedError
+
+    def _stopped(self, ref: JobRef) -> bool:
+        raise NotImplementedError
+
+    def _kill(self, ref: JobRef) -> str:
+        """KILL whatever is left; return what happened, e.g. "killed after 60 s"."""
+        raise NotImplementedError
 
 
 from simsiam_job.spec import JobSpec  # noqa: E402  (type names only; spec imports nothing heavy)

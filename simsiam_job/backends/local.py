@@ -29,10 +29,14 @@ from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
-from simsiam_job.backends.base import JobRef, JobStatus, JobSummary, NodeStatus, Rendered, State
+from simsiam_job.backends.base import (
+    BaseBackend, FileLines, JobRef, JobStatus, JobSummary, NodeStatus, Rendered, State,
+    follow_lines, option,
+)
 from simsiam_job.command import launch_args, trainer_args
 from simsiam_job.errors import BackendError, NotFoundError, UsageError
 from simsiam_job.spec import JobSpec, Phase
+from trainer import contract
 
 RUN_ENV = "SIMSIAM_JOB_RUN_ID"  # set on every process of a run: lets cancel find stray workers
 RECENT_SECONDS = 24 * 3600      # `list` without --all hides runs that finished before this
@@ -40,12 +44,10 @@ RECENT_SECONDS = 24 * 3600      # `list` without --all hides runs that finished 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    runs_dir: str | None = dataclasses.field(default=None, metadata={
-        "help": "where runs are kept (default $XDG_DATA_HOME/simsiam-job/runs)"})
-    grace_seconds: float = dataclasses.field(default=60.0, metadata={
-        "help": "cancel: seconds between SIGTERM (the trainer checkpoints) and SIGKILL"})
-    python: str | None = dataclasses.field(default=None, metadata={
-        "help": "Python interpreter with paddle and simsiam-train (default: the one running simsiam-job)"})
+    runs_dir: str | None = option(None, "where runs are kept (default $XDG_DATA_HOME/simsiam-job/runs)")
+    grace_seconds: float = option(60.0, "cancel: seconds between SIGTERM (the trainer checkpoints) and SIGKILL")
+    python: str | None = option(
+        None, "Python interpreter with paddle and simsiam-train (default: the one running simsiam-job)")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -71,46 +73,13 @@ def _alive(pid: int, run_dir: Path) -> bool:
     return state != "Z" and str(run_dir).encode() in cmdline
 
 
-def read_progress(metrics_path: Path) -> dict | None:
-    """The newest training-step record of metrics.jsonl (epoch, step, loss, images/s, ETA)."""
-    try:
-        with open(metrics_path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 65536))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line being written, or the tail of a cut-off first line
-        if isinstance(record, dict) and "step" in record:
-            return record
-    return None
-
-
-def _first_step(metrics_path: Path) -> dict | None:
-    """The first training-step record of the run's metrics.jsonl (its head is enough)."""
-    try:
-        with open(metrics_path, "rb") as f:
-            head = f.read(16384).decode(errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in head:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and "global_step" in record and "time" in record:
-            return record
-    return None
-
-
-class LocalBackend:
+class LocalBackend(BaseBackend):
     name = "local"
+    options_class = Options
 
     def __init__(self, options: Options | None = None):
-        self.options = options or Options()
+        super().__init__(options)
+        self.grace_seconds = self.options.grace_seconds
 
     # ---- locations ------------------------------------------------------------------------------
 
@@ -153,7 +122,7 @@ class LocalBackend:
         path_prefix = str(Path(python).parent)
         text = "\n".join([
             f"# local run {spec.name}: {spec.phase.value}, {procs} process(es)"
-            + (f" on GPUs 0-{spec.gpus - 1}" if spec.gpus else " on CPU"),
+            + (" on the first visible GPUs (CUDA_VISIBLE_DEVICES)" if spec.gpus else " on CPU"),
             f"# run directory: {run_dir}",
             f"cd {shlex.quote(str(run_dir))}",
             f"PATH={shlex.quote(path_prefix)}:\"$PATH\" "
@@ -164,8 +133,7 @@ class LocalBackend:
                    "output_dir": str(output_dir), "data_dir": data_dir}
         return Rendered(text=text, files={"run.sh": text, "config.yaml": spec.config_yaml}, payload=payload)
 
-    def submit(self, spec: JobSpec, dry_run: str | None = None) -> JobRef:
-        rendered = self.render(spec)
+    def send(self, spec: JobSpec, rendered: Rendered, dry_run: str | None) -> JobRef:
         payload = rendered.payload
         ref = JobRef(self.name, spec.name)
         data_dir = payload["data_dir"]
@@ -216,13 +184,12 @@ class LocalBackend:
         run_dir = self._run_dir(ref)
         spec = _read_json(run_dir / "spec.json") or {}
         state, reason, exit_code = self._state(run_dir)
-        progress = read_progress(Path(spec.get("output_dir", run_dir / "output")) / "metrics.jsonl")
-        if progress is not None and state is State.RUNNING:
-            progress = self._with_eta(run_dir, spec, progress)
-        detail = {"run_dir": str(run_dir), "output_dir": spec.get("output_dir"), "exit_code": exit_code,
-                  "progress": progress}
+        output_dir = spec.get("output_dir", str(run_dir / "output"))
+        detail = {"run_dir": str(run_dir), "output_dir": output_dir, "exit_code": exit_code}
         node = NodeStatus(rank=0, state=state, host=socket.gethostname(), reason=reason, exit_code=exit_code)
-        return JobStatus(ref=ref, state=state, reason=reason, nodes=(node,), detail=detail)
+        return JobStatus(ref=ref, state=state, reason=reason, nodes=(node,), detail=detail,
+                         progress=contract.read_last_step(Path(output_dir) / contract.METRICS),
+                         output=output_dir)
 
     def _state(self, run_dir: Path) -> tuple[State, str | None, int | None]:
         cancelled = (run_dir / "cancelled").exists()
@@ -248,40 +215,6 @@ class LocalBackend:
                                "(killed, or the machine restarted); its logs are in "
                                f"{run_dir / 'logs'}"), None
 
-    def _with_eta(self, run_dir: Path, spec: dict, progress: dict) -> dict:
-        """Add epochs, steps per epoch and an ETA to a metrics record (the trainer logs the step
-        it is at; the totals follow from the config and the size of the data set)."""
-        progress = dict(progress)
-        plan = _read_json(run_dir / "plan.json")
-        if plan is None:
-            import yaml
-
-            try:
-                cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-                train = cfg["DataLoader"]["Train"]
-                root = Path(spec["data"]).absolute() / "train" if spec.get("data") else Path(train["dataset"]["root"])
-                images = sum(len(files) for _, _, files in os.walk(root))
-                per_step = int(train["sampler"]["batch_size"]) * int(spec.get("ranks", 1))
-                plan = {"epochs": int(cfg["Global"]["epochs"]), "steps": max(1, images // per_step)}
-                if cfg["Global"].get("max_train_step"):
-                    plan["max_steps"] = int(cfg["Global"]["max_train_step"])
-            except (OSError, KeyError, TypeError, ValueError):
-                return progress
-            _write_atomic(run_dir / "plan.json", json.dumps(plan))
-        progress.setdefault("epochs", plan["epochs"])
-        progress.setdefault("steps", plan["steps"])
-        total = min(plan["epochs"] * plan["steps"], plan.get("max_steps") or 1 << 62)
-        done, now = progress.get("global_step"), progress.get("time")
-        first = _first_step(Path(spec.get("output_dir", run_dir / "output")) / "metrics.jsonl")
-        if "eta_seconds" in progress or not (done and now and first):
-            return progress
-        if done > first.get("global_step", done):  # the pace since the first logged step
-            per_step = (now - first["time"]) / (done - first["global_step"])
-        else:  # one record so far: the pace since submission (includes start-up, overestimates)
-            per_step = (now - spec.get("created", now)) / done
-        progress["eta_seconds"] = max(0.0, per_step * (total - done))
-        return progress
-
     def _failure_reason(self, run_dir: Path, code: int | None) -> str:
         """The trainer's own last error line if there is one."""
         for log in sorted((run_dir / "logs").glob("workerlog.*")) + [run_dir / "logs" / "launch.log"]:
@@ -305,70 +238,53 @@ class LocalBackend:
         logs_dir = run_dir / "logs"
         files = {r: logs_dir / f"workerlog.{r}" for r in wanted}
         if not any(p.exists() for p in files.values()) and self._state(run_dir)[0].finished:
-            files = {None: logs_dir / "launch.log"}  # the trainer never started: the launcher says why
-        prefix = (lambda r: f"[rank {r}] ") if all_ranks else (lambda r: "")
+            files = {0: logs_dir / "launch.log"}  # the trainer never started: the launcher says why
+            all_ranks = False
+        readers = {r: FileLines(lambda p=path: [p], tail) for r, path in files.items()}
 
-        handles: dict = {}
-        buffers = {r: "" for r in files}
-        for r, path in files.items():
-            if path.exists():
-                handles[r] = open(path, errors="replace")
-                if tail is not None:
-                    for line in deque(handles[r], maxlen=tail):
-                        yield prefix(r) + line.rstrip("\n")
+        def read(final: bool) -> list[str]:
+            return [f"[rank {r}] {ln}" if all_ranks else ln
+                    for r, reader in readers.items() for ln in reader.read(final)]
+
+        yield from follow_lines(read, lambda: self._state(run_dir)[0] not in (State.PENDING, State.RUNNING),
+                                follow=follow)
+
+    # ---- cancel: TERM to the run's process group; paddle's launcher passes it to every trainer
+    # process, which writes a checkpoint and exits -------------------------------------------------
+
+    def _pid(self, run_dir: Path) -> int | None:
         try:
-            while True:
-                got = False
-                for r, path in files.items():
-                    if r not in handles:
-                        if not path.exists():
-                            continue
-                        handles[r] = open(path, errors="replace")
-                    chunk = handles[r].read()
-                    if chunk:
-                        got = True
-                        *lines, buffers[r] = (buffers[r] + chunk).split("\n")
-                        for line in lines:
-                            yield prefix(r) + line
-                if not follow:
-                    break
-                if not got:
-                    if self._state(run_dir)[0] not in (State.PENDING, State.RUNNING):
-                        break
-                    time.sleep(0.5)
-            for r, rest in buffers.items():
-                if rest:
-                    yield prefix(r) + rest
-        finally:
-            for h in handles.values():
-                h.close()
+            return int((run_dir / "pid").read_text())
+        except (OSError, ValueError):
+            return None
 
-    def cancel(self, ref: JobRef) -> str:
+    def _stop(self, ref: JobRef) -> str | None:
         run_dir = self._run_dir(ref)
         state = self._state(run_dir)[0]
         if state.finished:
             return f"{ref} had already finished: {state.value}"
         (run_dir / "cancelled").touch()
-        try:
-            pid = int((run_dir / "pid").read_text())
-        except (OSError, ValueError):
-            pid = None
+        pid = self._pid(run_dir)
         if pid is None or not _alive(pid, run_dir):
             _kill_run_processes(ref.id, signal.SIGKILL)
-            return f"{ref} cancelled (its supervisor was already gone)"
-        # TERM to the supervisor's group reaches paddle's launcher, which passes it on to every
-        # trainer process; they write a checkpoint and exit.
+            return f"cancelled {ref} (its supervisor was already gone)"
         os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.options.grace_seconds
-        while time.monotonic() < deadline and _alive(pid, run_dir):
-            time.sleep(0.2)
-        if not _alive(pid, run_dir):
-            return f"{ref} cancelled: the trainer stopped after SIGTERM"
-        os.killpg(pid, signal.SIGKILL)
+        return None
+
+    def _stopped(self, ref: JobRef) -> bool:
+        run_dir = self._run_dir(ref)
+        pid = self._pid(run_dir)
+        return pid is None or not _alive(pid, run_dir)
+
+    def _kill(self, ref: JobRef) -> str:
+        run_dir = self._run_dir(ref)
+        pid = self._pid(run_dir)
+        if pid is not None and _alive(pid, run_dir):
+            os.killpg(pid, signal.SIGKILL)
         _kill_run_processes(ref.id, signal.SIGKILL)
         if not (run_dir / "exit.json").exists():
             _write_atomic(run_dir / "exit.json", json.dumps({"exit_code": -9, "killed": True, "finished": time.time()}))
-        return f"{ref} cancelled: killed after {self.options.grace_seconds:g} s without exiting on SIGTERM"
+        return f"killed after {self.grace_seconds:g} s without exiting on SIGTERM"
 
     def list(self, *, all_jobs: bool = False) -> list[JobSummary]:
         rows = []

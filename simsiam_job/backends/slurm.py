@@ -17,56 +17,58 @@ import re
 import shlex
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar, Literal
 
 from simsiam_job import command, templates
-from simsiam_job.backends.base import JobRef, JobStatus, JobSummary, NodeStatus, Rendered, State
-from simsiam_job.backends.local import read_progress
+from simsiam_job.backends.base import (
+    BaseBackend, FileLines, JobRef, JobStatus, JobSummary, NodeStatus, Rendered, State,
+    follow_lines, option,
+)
 from simsiam_job.errors import BackendError, NotFoundError, UsageError
 from simsiam_job.spec import JobSpec
+from trainer import contract
 
 MARKER = "simsiam-job"
 TEMPLATE = "slurm/job.sbatch.j2"
 SCRIPT, CONFIG, META = "job.sbatch", "config.yaml", "job.json"
 
 
-def _opt(default, help: str):
-    return dataclasses.field(default=default, metadata={"help": help})
-
-
 @dataclasses.dataclass(frozen=True)
 class Options:
-    partition: str = _opt("", "partition (sbatch --partition); empty: the cluster's default")
-    account: str = _opt("", "account to charge (sbatch --account)")
-    qos: str = _opt("", "quality of service (sbatch --qos)")
-    time: str = _opt("", "time limit, e.g. 2-00:00:00 (sbatch --time); empty: the partition's")
-    mem: str = _opt("", "memory per node, e.g. 200G, 0 = all of it (sbatch --mem)")
-    cpus_per_task: int = _opt(
-        0, "CPUs for each node's task (sbatch --cpus-per-task); 0: --procs on CPU, else Slurm's default")
-    gpu_directive: Literal["gpus-per-node", "gres"] = _opt(
+    partition: str = option("", "partition (sbatch --partition); empty: the cluster's default")
+    account: str = option("", "account to charge (sbatch --account)")
+    qos: str = option("", "quality of service (sbatch --qos)")
+    time: str = option("", "time limit, e.g. 2-00:00:00 (sbatch --time); empty: the partition's")
+    mem: str = option("", "memory per node, e.g. 200G, 0 = all of it (sbatch --mem)")
+    cpus_per_task: int = option(
+        0, "CPUs for each node's task (sbatch --cpus-per-task); 0: cpus_per_gpu x GPUs, --procs on CPU")
+    cpus_per_gpu: int = option(8, "CPUs per GPU when cpus_per_task is 0 (trainer + data loader workers)")
+    gpu_directive: Literal["gpus-per-node", "gres"] = option(
         "gpus-per-node", "how GPUs are requested: --gpus-per-node=G or --gres=gpu:G")
-    venv: str = _opt("", "Python environment on the nodes to activate (PATH/bin/activate)")
-    container: Literal["none", "pyxis", "apptainer"] = _opt(
+    venv: str = option("", "Python environment on the nodes to activate (PATH/bin/activate)")
+    container: Literal["none", "pyxis", "apptainer"] = option(
         "none", "run the trainer in --image via pyxis/enroot (srun --container-image) or apptainer exec")
-    container_mounts: tuple[str, ...] = _opt(
+    container_mounts: tuple[str, ...] = option(
         (), "extra paths mounted into the container (the job, data and output folders always are)")
-    job_root: str = _opt("~/simsiam-jobs", "job directories (script, config, logs) on the shared filesystem")
-    port: int = _opt(0, "rendezvous port on the first node; 0: derived from the job id")
-    signal_grace: int = _opt(300, "seconds before the time limit when the trainer gets TERM to checkpoint")
-    requeue: bool = _opt(True, "let Slurm requeue the job after preemption or node failure")
-    cancel_grace: int = _opt(60, "seconds cancel waits after TERM before it sends KILL")
+    job_root: str = option("~/simsiam-jobs", "job directories (script, config, logs) on the shared filesystem")
+    port: int = option(0, "rendezvous port on the first node; 0: derived from the job id")
+    signal_grace: int = option(300, "seconds before the time limit when the trainer gets TERM to checkpoint")
+    requeue: bool = option(True, "let Slurm requeue the job after preemption or node failure")
+    cancel_grace: int = option(60, "seconds cancel waits after TERM before it sends KILL")
+    command_timeout: float = option(30.0, "seconds any Slurm command (sbatch, squeue, ...) may take")
 
     def __post_init__(self) -> None:
         for name in ("partition", "account", "qos"):
             _check_word(getattr(self, name), name, _SLURM_NAME)
         _check_word(self.time, "time", _TIME)
         _check_word(self.mem, "mem", _MEM)
-        for name in ("cpus_per_task", "port", "signal_grace", "cancel_grace"):
+        for name in ("cpus_per_task", "cpus_per_gpu", "port", "signal_grace", "cancel_grace"):
             if getattr(self, name) < 0:
                 raise UsageError(f"slurm option {name} must be >= 0, got {getattr(self, name)}")
+        if not self.command_timeout > 0:
+            raise UsageError(f"slurm option command_timeout must be > 0, got {self.command_timeout}")
         if self.port > 65535:
             raise UsageError(f"slurm option port must be at most 65535, got {self.port}")
 
@@ -137,17 +139,35 @@ def _one_line(text: str) -> str:
     return re.sub(r"^\w+: (error: )?", "", line)
 
 
-def _run(args: list[str], *, cwd: str | None = None, check: bool = True,
+# How Slurm's commands say they found no configuration (they retry for a minute first).
+_NO_CONFIG = ("Unable to process configuration file", "cannot stat file", "ClusterName needs to be specified")
+
+
+def _config_hint(stderr: str) -> str:
+    if any(sign in stderr for sign in _NO_CONFIG):
+        return ("; no Slurm configuration: set SLURM_CONF to the cluster's slurm.conf, or run this "
+                "on a login node of the cluster")
+    return ""
+
+
+def _run(args: list[str], *, timeout: float, cwd: str | None = None, check: bool = True,
          input: str | None = None) -> subprocess.CompletedProcess:
+    """One Slurm command, bounded by ``timeout``; its failure becomes one line with a hint."""
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not os.path.isfile(conf):
+        # Slurm would retry for a minute before saying so.
+        raise BackendError(f"SLURM_CONF={conf} does not exist: point it at the cluster's slurm.conf")
     try:
-        proc = subprocess.run(args, cwd=cwd, input=input, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(args, cwd=cwd, input=input, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError:
         raise BackendError(f"{args[0]} not found: is Slurm's client installed and on PATH?") from None
-    except subprocess.TimeoutExpired:
-        raise BackendError(f"{args[0]} did not answer in 120 s: is slurmctld reachable?") from None
+    except subprocess.TimeoutExpired as err:
+        said = err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else (err.stderr or "")
+        raise BackendError(f"{args[0]} did not answer in {timeout:g} s: is slurmctld reachable?"
+                           f"{_config_hint(said)} (--set command_timeout=SECONDS to wait longer)") from None
     if check and proc.returncode != 0:
         msg = _one_line(proc.stderr) or _one_line(proc.stdout) or f"exit code {proc.returncode}"
-        raise BackendError(f"{args[0]}: {msg}")
+        raise BackendError(f"{args[0]}: {msg}{_config_hint(proc.stderr)}")
     return proc
 
 
@@ -196,7 +216,7 @@ def _scontrol_fields(text: str) -> dict[str, str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class _SlurmJob:
+class SlurmJob:
     id: str
     state: str
     reason: str
@@ -208,11 +228,62 @@ class _SlurmJob:
     exit_code: str = ""
 
 
-class SlurmBackend:
+SQUEUE_FORMAT = "%i|%T|%N|%Z|%j|%k|%r"
+SACCT_FIELDS = "JobID,State,NodeList,WorkDir,JobName,Comment,Reason,ExitCode"
+LIST_FORMAT = "%i|%T|%V|%j|%k"
+
+
+def parse_job(job_id: str, squeue: str, scontrol: str, sacct: str | None = None) -> SlurmJob | None:
+    """One job from what Slurm's commands printed: ``squeue -o SQUEUE_FORMAT`` (pending and running
+    jobs), ``scontrol show job -o`` (also finished jobs, for MinJobAge; the requeue count), ``sacct
+    -X -n -P -o SACCT_FIELDS`` (finished jobs where accounting is on). None: Slurm knows no such job."""
+    details = _scontrol_fields(scontrol) if scontrol.startswith("JobId=") else {}
+    restarts = int(details.get("Restarts", "0") or 0)
+    rows = [ln for ln in squeue.splitlines() if ln.startswith(f"{job_id}|")]
+    if rows:
+        _, state, nodelist, workdir, name, comment, reason = rows[0].split("|", 6)
+        return SlurmJob(job_id, state, reason, "" if nodelist == "(null)" else nodelist, workdir,
+                        name, comment, restarts, details.get("ExitCode", ""))
+    if details:
+        nodelist = details.get("NodeList", "")
+        return SlurmJob(job_id, details.get("JobState", ""), details.get("Reason", ""),
+                        "" if nodelist == "(null)" else nodelist, details.get("WorkDir", ""),
+                        details.get("JobName", ""), details.get("Comment", ""), restarts,
+                        details.get("ExitCode", ""))
+    for line in (sacct or "").splitlines():
+        fields = line.split("|")
+        if len(fields) == 8 and fields[0] == job_id:
+            jid, state, nodelist, workdir, name, comment, reason, exit_code = fields
+            return SlurmJob(jid, state, reason, nodelist, workdir, name, comment, 0, exit_code)
+    return None
+
+
+def parse_list(squeue: str, now: dt.datetime) -> list[JobSummary]:
+    """``squeue --states=all -o LIST_FORMAT``: the jobs carrying our marker."""
+    rows = []
+    for line in squeue.splitlines():
+        job_id, state, submitted, name, comment = line.split("|", 4)
+        if not comment.startswith(f"{MARKER}:"):
+            continue
+        try:
+            age = (now - dt.datetime.fromisoformat(submitted)).total_seconds()
+        except ValueError:
+            age = None
+        rows.append(JobSummary(ref=JobRef("slurm", job_id), name=name, phase=comment.split(":", 1)[1],
+                               state=_common_state(state), age_seconds=age))
+    return rows
+
+
+class SlurmBackend(BaseBackend):
     name: ClassVar[str] = "slurm"
+    options_class: ClassVar[type] = Options
 
     def __init__(self, options: Options | None = None) -> None:
-        self.options = options if options is not None else Options()
+        super().__init__(options)
+        self.grace_seconds = self.options.cancel_grace
+
+    def _run(self, args: list[str], **kwargs) -> subprocess.CompletedProcess:
+        return _run(args, timeout=self.options.command_timeout, **kwargs)
 
     # ---- render / submit -----------------------------------------------------------------------
 
@@ -253,8 +324,14 @@ class SlurmBackend:
             prefix = ["apptainer", "exec"] + (["--nv"] if spec.gpus > 0 else []) + [
                 "--bind", ",".join(mounts), spec.image]
         node_command = _command_lines(["exec", *prefix], launch, train)
-        # A CPU job's processes each need a core where Slurm confines tasks to theirs (cgroups).
-        cpus_per_task = o.cpus_per_task or (spec.procs_per_node if spec.gpus == 0 and spec.procs_per_node > 1 else 0)
+        # One task per node runs all its trainers: a GPU's trainer and its data loader workers need
+        # cores of their own, and so does each CPU process (where Slurm confines tasks by cgroups).
+        if o.cpus_per_task:
+            cpus_per_task = o.cpus_per_task
+        elif spec.gpus:
+            cpus_per_task = o.cpus_per_gpu * spec.gpus
+        else:
+            cpus_per_task = spec.procs_per_node if spec.procs_per_node > 1 else 0
 
         script = templates.render_text(
             TEMPLATE,
@@ -271,13 +348,12 @@ class SlurmBackend:
         return Rendered(text=script, files={SCRIPT: script, CONFIG: spec.config_yaml, META: meta},
                         payload=script)
 
-    def submit(self, spec: JobSpec, dry_run: str | None = None) -> JobRef:
-        rendered = self.render(spec)
+    def send(self, spec: JobSpec, rendered: Rendered, dry_run: str | None) -> JobRef:
         if dry_run == "client":
             return JobRef(self.name, "dry-run")
         if dry_run == "server":
             # sbatch --test-only checks the script against the cluster and queues nothing.
-            _run(["sbatch", "--test-only"], input=rendered.text)
+            self._run(["sbatch", "--test-only"], input=rendered.text)
             return JobRef(self.name, "dry-run")
 
         job_dir = Path(self.job_dir(spec))
@@ -294,7 +370,7 @@ class SlurmBackend:
                 tmp = job_dir / f".{fname}.tmp"
                 tmp.write_text(text)
                 tmp.replace(job_dir / fname)
-            proc = _run(["sbatch", "--parsable", SCRIPT], cwd=str(job_dir))
+            proc = self._run(["sbatch", "--parsable", SCRIPT], cwd=str(job_dir))
         except BaseException:
             shutil.rmtree(job_dir, ignore_errors=True)  # nothing was queued: let the name be reused
             raise
@@ -305,74 +381,55 @@ class SlurmBackend:
 
     # ---- following a job -----------------------------------------------------------------------
 
-    def _job(self, ref: JobRef) -> _SlurmJob:
+    def _job(self, ref: JobRef) -> SlurmJob:
         job_id = ref.id
         if not re.fullmatch(r"\d+", job_id):
             raise UsageError(f"{ref}: a Slurm job id is a number")
-        # Pending and running jobs: squeue.
-        proc = _run(["squeue", "-h", "-j", job_id, "-o", "%i|%T|%N|%Z|%j|%k|%r"], check=False)
-        if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
-            raise BackendError(f"squeue: {_one_line(proc.stderr) or f'exit code {proc.returncode}'}")
-        rows = [ln for ln in proc.stdout.splitlines() if ln.startswith(f"{job_id}|")]
-        details = self._scontrol(job_id)
-        if rows:
-            _, state, nodelist, workdir, name, comment, reason = rows[0].split("|", 6)
-            return _SlurmJob(job_id, state, reason, nodelist if nodelist != "(null)" else "", workdir,
-                             name, comment, int(details.get("Restarts", "0") or 0),
-                             details.get("ExitCode", ""))
-        # Finished: accounting where there is any, else what slurmctld still remembers.
-        if details:
-            return _SlurmJob(job_id, details.get("JobState", ""), details.get("Reason", ""),
-                             details.get("NodeList", "") if details.get("NodeList") != "(null)" else "",
-                             details.get("WorkDir", ""), details.get("JobName", ""),
-                             details.get("Comment", ""), int(details.get("Restarts", "0") or 0),
-                             details.get("ExitCode", ""))
-        acct = self._sacct(job_id)
-        if acct:
-            return acct
-        raise NotFoundError(
-            f"{ref}: no such job (Slurm forgets finished jobs after MinJobAge unless accounting is on)")
-
-    @staticmethod
-    def _scontrol(job_id: str) -> dict[str, str]:
-        proc = _run(["scontrol", "show", "job", "-o", job_id], check=False)
-        return _scontrol_fields(proc.stdout) if proc.returncode == 0 else {}
-
-    @staticmethod
-    def _sacct(job_id: str) -> _SlurmJob | None:
-        proc = _run(["sacct", "-X", "-n", "-P", "-j", job_id,
-                     "-o", "JobID,State,NodeList,WorkDir,JobName,Comment,Reason,ExitCode"], check=False)
-        if proc.returncode != 0:  # also: "Slurm accounting storage is disabled"
-            return None
-        for line in proc.stdout.splitlines():
-            fields = line.split("|")
-            if len(fields) == 8 and fields[0] == job_id:
-                jid, state, nodelist, workdir, name, comment, reason, exit_code = fields
-                return _SlurmJob(jid, state, reason, nodelist, workdir, name, comment, 0, exit_code)
-        return None
+        squeue = self._run(["squeue", "-h", "-j", job_id, "-o", SQUEUE_FORMAT], check=False)
+        if squeue.returncode != 0 and "Invalid job id" not in squeue.stderr:
+            raise BackendError(f"squeue: {_one_line(squeue.stderr) or f'exit code {squeue.returncode}'}"
+                               f"{_config_hint(squeue.stderr)}")
+        scontrol = self._run(["scontrol", "show", "job", "-o", job_id], check=False).stdout
+        job = parse_job(job_id, squeue.stdout, scontrol)
+        if job is None:  # finished and forgotten by slurmctld: accounting, where there is any
+            sacct = self._run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", SACCT_FIELDS], check=False)
+            job = parse_job(job_id, "", "", sacct.stdout if sacct.returncode == 0 else "")
+        if job is None:
+            raise NotFoundError(
+                f"{ref}: no such job (Slurm forgets finished jobs after MinJobAge unless accounting is on)")
+        return job
 
     def status(self, ref: JobRef) -> JobStatus:
         job = self._job(ref)
         state = _common_state(job.state)
-        hosts = (_run(["scontrol", "show", "hostnames", job.nodelist]).stdout.split()
+        hosts = (self._run(["scontrol", "show", "hostnames", job.nodelist]).stdout.split()
                  if job.nodelist else [])
         nodes = tuple(NodeStatus(rank=i, state=state, host=h, restarts=job.restarts)
                       for i, h in enumerate(hosts))
+        output_dir = self._meta(job).get("output_dir")
         return JobStatus(
             ref=ref, state=state, reason=_reason(job.state, job.reason, job.restarts, job.exit_code),
-            nodes=nodes,
+            nodes=nodes, progress=self._progress(job, output_dir), output=output_dir,
             detail={"slurm_state": job.state, "slurm_reason": job.reason, "name": job.name,
-                    "job_dir": job.workdir, "restarts": job.restarts, "exit_code": job.exit_code,
-                    "progress": read_progress(Path(self._meta(job).get("output_dir", "/nonexistent"),
-                                                   "metrics.jsonl"))},
+                    "job_dir": job.workdir, "restarts": job.restarts, "exit_code": job.exit_code},
         )
+
+    def _progress(self, job: SlurmJob, output_dir: str | None) -> dict | None:
+        """The trainer's newest step record: from metrics.jsonl on the shared filesystem, else from
+        rank 0's progress lines in its log (an output directory the login node cannot see)."""
+        record = contract.read_last_step(Path(output_dir, contract.METRICS)) if output_dir else None
+        if record is None and job.workdir:
+            logs = self._log_files(job.workdir, 0)
+            if logs:
+                record = contract.last_progress(_tail_lines(logs[-1]))
+        return record
 
     def _log_files(self, job_dir: str, rank: int) -> list[Path]:
         files = list(Path(job_dir, "logs").glob(f"rank{rank}-*.log"))
         return sorted(files, key=lambda p: p.stat().st_mtime)
 
     @staticmethod
-    def _meta(job: _SlurmJob) -> dict:
+    def _meta(job: SlurmJob) -> dict:
         """job.json of the job's directory ({} when the job was not submitted by simsiam-job)."""
         try:
             meta = json.loads(Path(job.workdir, META).read_text())
@@ -380,7 +437,7 @@ class SlurmBackend:
             return {}
         return meta if isinstance(meta, dict) else {}
 
-    def _nodes(self, job: _SlurmJob) -> int:
+    def _nodes(self, job: SlurmJob) -> int:
         nodes = self._meta(job).get("nodes")
         if not isinstance(nodes, int):
             raise NotFoundError(f"slurm://{job.id}: {job.workdir} is not a simsiam-job directory")
@@ -393,66 +450,37 @@ class SlurmBackend:
         rank = 0 if rank is None else rank
         if not all_ranks and not 0 <= rank < nodes:
             raise UsageError(f"--rank {rank}: {ref} has {nodes} node(s), ranks 0..{nodes - 1}")
-        ranks = list(range(nodes)) if all_ranks else [rank]
-        # Read position per file; a requeue on other nodes adds files, which are picked up too.
-        offsets: dict[Path, int] = {}
+        # A requeue on other nodes adds files for the same rank: each rank reads all of its own.
+        readers = {r: FileLines(lambda r=r: self._log_files(job.workdir, r), tail)
+                   for r in (range(nodes) if all_ranks else [rank])}
 
-        def new_lines(r: int) -> list[str]:
-            out = []
-            for path in self._log_files(job.workdir, r):
-                with open(path, "rb") as f:
-                    f.seek(offsets.get(path, 0))
-                    data = f.read()
-                # Keep a partial last line for the next read.
-                cut = data.rfind(b"\n") + 1 if follow else len(data)
-                offsets[path] = offsets.get(path, 0) + cut
-                out += data[:cut].decode("utf-8", "replace").splitlines()
-            return [f"[rank {r}] {ln}" if all_ranks else ln for ln in out]
+        def read(final: bool) -> list[str]:
+            return [f"[rank {r}] {ln}" if all_ranks else ln
+                    for r, reader in readers.items() for ln in reader.read(final)]
 
-        for r in ranks:
-            lines = new_lines(r)
-            yield from (lines[-tail:] if tail is not None and tail > 0 else lines)
-        while follow:
-            finished = _common_state(self._job(ref).state).finished
-            for r in ranks:
-                yield from new_lines(r)
-            if finished:
-                return
-            time.sleep(1.0)
+        yield from follow_lines(read, lambda: _common_state(self._job(ref).state).finished,
+                                follow=follow, interval=1.0)
 
-    def cancel(self, ref: JobRef) -> str:
+    # ---- cancel: scancel sends TERM to every process (the trainer checkpoints) ----------------
+
+    def _stop(self, ref: JobRef) -> str | None:
         job = self._job(ref)
         if _common_state(job.state).finished:
             return f"{ref} already finished ({job.state})"
-        # scancel: Slurm sends TERM to every process of the job (the trainer checkpoints), and KILL
-        # after the cluster's KillWait; the job's state becomes CANCELLED.
-        _run(["scancel", ref.id])
-        deadline = time.monotonic() + self.options.cancel_grace
-        while time.monotonic() < deadline:
-            job = self._job(ref)
-            if _common_state(job.state).finished:
-                return f"cancelled {ref} ({job.name}): stopped after TERM"
-            time.sleep(1.0)
-        _run(["scancel", "--signal=KILL", "--full", ref.id], check=False)
-        return f"cancelled {ref} ({job.name}): still running {self.options.cancel_grace} s after TERM, killed"
+        self._run(["scancel", ref.id])
+        return None
+
+    def _stopped(self, ref: JobRef) -> bool:
+        return _common_state(self._job(ref).state).finished
+
+    def _kill(self, ref: JobRef) -> str:
+        self._run(["scancel", "--signal=KILL", "--full", ref.id], check=False)
+        return f"still running {self.grace_seconds:g} s after TERM, killed"
 
     def list(self, *, all_jobs: bool = False) -> list[JobSummary]:
         # Every job slurmctld still knows (finished ones for MinJobAge): yours, or all users'.
-        args = ["squeue", "-h", "--states=all", "-o", "%i|%T|%V|%j|%k"] + ([] if all_jobs else ["--me"])
-        rows = []
-        now = dt.datetime.now()
-        for line in _run(args).stdout.splitlines():
-            job_id, state, submitted, name, comment = line.split("|", 4)
-            if not comment.startswith(f"{MARKER}:"):
-                continue
-            try:
-                age = (now - dt.datetime.fromisoformat(submitted)).total_seconds()
-            except ValueError:
-                age = None
-            rows.append(JobSummary(ref=JobRef(self.name, job_id), name=name,
-                                   phase=comment.split(":", 1)[1], state=_common_state(state),
-                                   age_seconds=age))
-        return rows
+        args = ["squeue", "-h", "--states=all", "-o", LIST_FORMAT] + ([] if all_jobs else ["--me"])
+        return parse_list(self._run(args).stdout, dt.datetime.now())
 
     def output_location(self, ref: JobRef) -> str:
         job = self._job(ref)
@@ -460,3 +488,12 @@ class SlurmBackend:
         if not isinstance(output_dir, str):
             raise NotFoundError(f"{ref}: {job.workdir} is not a simsiam-job directory")
         return output_dir
+
+
+def _tail_lines(path: Path, size: int = 65536) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - size))
+            return f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return []

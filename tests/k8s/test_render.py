@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import kubernetes_validate
@@ -13,6 +16,7 @@ from simsiam_job.backends.kubernetes import KubernetesBackend, Options, parse_cl
 from simsiam_job.errors import UsageError
 
 from k8s_util import docs_by_kind, make_spec
+from testlib import assert_one_line_error, run_cli
 
 K8S_VERSIONS = [f"1.{minor}.0" for minor in range(28, 38)]
 SHAPES = [(1, 1), (2, 8), (16, 8)]
@@ -23,8 +27,9 @@ SHAPES = [(1, 1), (2, 8), (16, 8)]
 @pytest.mark.parametrize("volumes", [True, False], ids=["volumes", "no-volumes"])
 @pytest.mark.parametrize("gpu_product", ["NVIDIA-A100-SXM4-80GB", ""], ids=["selector", "no-selector"])
 def test_manifests_validate_strictly(render, version, nodes, gpus, volumes, gpu_product):
+    # A job on several nodes always has an output claim (its ranks share checkpoints there).
     spec = make_spec(nodes=nodes, gpus=gpus, data="imagenet/v1" if volumes else None,
-                     output="results" if volumes else None, gpu_product=gpu_product)
+                     output="results" if volumes or nodes > 1 else None, gpu_product=gpu_product)
     docs = render(spec)
     assert [d["kind"] for d in docs] == ["ConfigMap", "Service", "Job"]
     for doc in docs:
@@ -33,6 +38,20 @@ def test_manifests_validate_strictly(render, version, nodes, gpus, volumes, gpu_
     pod = docs_by_kind(docs)["Job"]["spec"]["template"]["spec"]
     assert ("nodeSelector" in pod) == bool(gpu_product)
     assert ({v["name"] for v in pod["volumes"]} >= {"data", "output"}) == volumes
+    output = next(v for v in pod["volumes"] if v["name"] == "output")
+    assert ("persistentVolumeClaim" in output) == (volumes or nodes > 1)
+
+
+def test_a_multi_node_job_without_an_output_claim_is_refused_in_one_line(tmp_path):
+    """Each pod's emptyDir would hold its own checkpoints: after a restart the ranks could never
+    resume from the same one."""
+    env = {**os.environ, "HOME": str(tmp_path), "SIMSIAM_JOB_CONFIG": "/dev/null"}
+    refused = run_cli(["render", "pretrain", "-b", "kubernetes", "--nodes", "2", "--gpus", "8",
+                       "--image", "x", "--data", "imagenet"], env)
+    assert_one_line_error(refused, 2, "a job on 2 nodes needs an output claim")
+    for ok in (["--nodes", "2", "--output", "results"], ["--nodes", "2", "--set", "output_pvc=results"],
+               ["--nodes", "1"]):
+        run_cli(["render", "pretrain", "-b", "kubernetes", "--gpus", "8", "--image", "x", *ok], env, check=True)
 
 
 def test_job_shape_two_nodes_eight_gpus(render):
@@ -70,7 +89,7 @@ def test_job_shape_two_nodes_eight_gpus(render):
     assert argv[argv.index("--master") + 1] == "pt-0.pt:6768"
     assert argv[argv.index("--nnodes") + 1] == "2"
     assert argv[argv.index("--rank") + 1] == "$(JOB_COMPLETION_INDEX)"
-    assert argv[argv.index("--devices") + 1] == "0,1,2,3,4,5,6,7"
+    assert argv[argv.index("--nproc_per_node") + 1] == "8" and "--devices" not in argv
     trainer = argv[argv.index("simsiam-train"):]
     assert trainer[1:3] == ["-c", "/etc/simsiam/config.yaml"]
     assert 'Global.output_dir="/output/pt"' in trainer and "Global.auto_resume=true" in trainer
@@ -146,18 +165,65 @@ def test_namespace_comes_from_kubeconfig_context(tmp_path):
         KubernetesBackend(Options(kubeconfig=str(kubeconfig), context="nope")).namespace()
 
 
-def test_unreachable_api_server_is_one_line_with_a_hint(tmp_path):
+def kubeconfig_for(tmp_path, server: str) -> Path:
     kubeconfig = tmp_path / "config"
     kubeconfig.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: a\nclusters: [{name: c, cluster: {server: "
-        "'https://127.0.0.1:9'}}]\nusers: [{name: u, user: {token: t}}]\n"
+        f"'{server}'}}}}]\nusers: [{{name: u, user: {{token: t}}}}]\n"
         "contexts: [{name: a, context: {cluster: c, user: u}}]\n")
-    cli = str(Path(sys.executable).parent / "simsiam-job")
-    out = subprocess.run([cli, "status", "kubernetes://ns/job"], capture_output=True, text=True,
-                         env={"KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path),
-                              "SIMSIAM_JOB_CONFIG": "/dev/null", "PATH": "/usr/bin:/bin"},
-                         timeout=120)
+    return kubeconfig
+
+
+def cli_env(tmp_path, kubeconfig, **extra):
+    return {**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path),
+            "SIMSIAM_JOB_CONFIG": "/dev/null", **extra}
+
+
+def test_unreachable_api_server_is_one_line_with_a_hint(tmp_path):
+    out = run_cli(["status", "kubernetes://ns/job"],
+                  cli_env(tmp_path, kubeconfig_for(tmp_path, "https://127.0.0.1:9")))
     assert out.returncode == 1
     assert out.stderr.strip() == (
         "error: reading job job: cannot reach the API server at https://127.0.0.1:9 (Connection "
-        "refused); check the kubeconfig context and that the cluster is up")
+        "refused); check the kubeconfig context, the VPN and that the cluster is up")
+
+
+@pytest.fixture
+def silent_server():
+    """A loopback server that accepts connections and never answers (an API server behind a VPN
+    that went away)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held, stop = [], threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])
+@pytest.mark.parametrize("command", [["status", "kubernetes://ns/job"], ["list", "-b", "kubernetes"],
+                                     ["cancel", "kubernetes://ns/job"]])
+def test_a_server_that_never_answers_is_one_line_naming_it(tmp_path, silent_server, scheme, command):
+    """TLS or not, the call ends after the timeout (here 1 s) with the server's address, never
+    hangs (the subprocess timeout only guards the test)."""
+    server = f"{scheme}://{silent_server}"
+    env = cli_env(tmp_path, kubeconfig_for(tmp_path, server), SIMSIAM_JOB_KUBERNETES_CONNECT_TIMEOUT="1",
+                  SIMSIAM_JOB_KUBERNETES_READ_TIMEOUT="1")
+    out = run_cli(command, env, timeout=60)
+    assert_one_line_error(out, 1, f"cannot reach the API server at {server} (no answer within the timeout)")
+    assert "read_timeout" in out.stderr

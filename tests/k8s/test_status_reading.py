@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from simsiam_job.backends.base import JobRef, State
-from simsiam_job.backends.kubernetes import job_status
+from simsiam_job.backends.kubernetes import job_status, progress_of
 
 
 def model(kind: str, data: dict):
@@ -70,3 +70,39 @@ def test_running_needs_every_rank_and_failure_reason_comes_from_the_job():
                                    "backoff limit")]), [])
     assert failed.state is State.FAILED
     assert failed.reason == "BackoffLimitExceeded: Job has reached the specified backoff limit"
+
+
+def test_progress_comes_from_rank_0s_progress_lines_as_the_trainer_wrote_them():
+    """The trainer prints each step record on stdout (trainer.contract.progress_line); status reads
+    the newest one from the tail of rank 0's log, among the other log lines."""
+    from trainer import contract
+
+    record = {"type": "step", "epoch": 3, "epochs": 100, "step": 12, "steps_per_epoch": 1251,
+              "global_step": 2514, "total_steps": 125100, "loss": -0.8123, "lr": 0.1,
+              "images_per_sec": 2843.5, "eta_seconds": 43210.0, "time": 1.7e9}
+    log = "\n".join([
+        "2026-01-01T00:00:00.1Z " + contract.progress_line({**record, "step": 11, "loss": -0.8}),
+        "2026-01-01T00:00:00.2Z epoch 3/100  step 12/1251  loss -0.8123",
+        "2026-01-01T00:00:00.3Z " + contract.progress_line(record),
+        "2026-01-01T00:00:00.4Z LAUNCH INFO something else",
+    ])
+    result = job_status(REF, job(), [pod(0, "Running", container={"running": {}})],
+                        progress=progress_of(log))
+    assert result.progress == record
+
+    from simsiam_job.progress import format_progress
+
+    assert format_progress(result.progress) == "epoch 3/100  step 12/1251  loss -0.8123  2843.5 img/s  ETA 12h00m"
+    assert progress_of("2026-01-01T00:00:00.1Z no progress yet\n") is None
+
+
+def test_status_says_where_the_output_lives():
+    with_claim = model("V1Job", {
+        "metadata": {"name": "pt", "namespace": "ns"},
+        "spec": {"completions": 1, "template": {"spec": {
+            "containers": [{"name": "trainer", "volumeMounts": [
+                {"name": "output", "mountPath": "/output", "subPath": "team/runs"}]}],
+            "volumes": [{"name": "output", "persistentVolumeClaim": {"claimName": "results"}}]}}},
+        "status": {}})
+    assert job_status(REF, with_claim, []).output == "pvc:results/team/runs/pt (in the pods: /output/pt)"
+    assert job_status(REF, job(), []).output is None   # an emptyDir: gone with the pod

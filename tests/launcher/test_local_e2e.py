@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from testlib import CPU_CONFIG, REPO, assert_one_line_error, job_status as status, run_cli, wait_for
+from testlib import fmnist  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -20,16 +21,14 @@ TINY = ["-o", "Model.width=4", "-o", "Model.dim=16", "-o", "Model.pred_dim=8",
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    """One user (HOME, XDG dirs) and one tiny data set for the whole module."""
+def home(tmp_path_factory, fmnist):
+    """One user (HOME, XDG dirs) and the shared tiny data set for the whole module."""
     root = tmp_path_factory.mktemp("local-e2e")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIMSIAM_JOB_")}
     env.update(HOME=str(root / "home"), XDG_DATA_HOME=str(root / "data"),
                XDG_CONFIG_HOME=str(root / "config"), OMP_NUM_THREADS="1")
     (root / "home").mkdir()
-    subprocess.run([sys.executable, "-m", "trainer.data.fashion_mnist", str(root / "fm"),
-                    "--train", "64", "--val", "40"], check=True, capture_output=True)
-    return env, root / "fm"
+    return env, fmnist
 
 
 def submit(env, data, *args, timeout=60):
@@ -55,7 +54,7 @@ def test_pretrain_runs_detached_to_success_and_exports_the_encoder(home, pretrai
     output = Path(st["detail"]["output_dir"])
     assert (output / "encoder.pdparams").stat().st_size > 0
     assert st["detail"]["exit_code"] == 0
-    assert st["detail"]["progress"]["epoch"] == 2
+    assert st["progress"]["epoch"] == 2
 
 
 def test_logs_per_rank_all_and_tail(home, pretrain):
@@ -97,7 +96,7 @@ def test_cancel_mid_run_checkpoints_and_reports_cancelled(home):
     env, data = home
     ref, _ = submit(env, data, "pretrain", "-c", CPU_CONFIG, "--procs", "2", "--name", "long",
                     *TINY, "-o", "Global.epochs=500")
-    wait_for(ref, env, lambda s: (s["detail"]["progress"] or {}).get("global_step", 0) >= 2)
+    wait_for(ref, env, lambda s: (s["progress"] or {}).get("global_step", 0) >= 2)
     proc = run_cli(["cancel", ref], env, check=True, timeout=120)
     assert "cancelled" in proc.stdout
     st = status(ref, env)

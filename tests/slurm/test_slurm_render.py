@@ -74,9 +74,18 @@ def test_directives_of_a_gpu_job_with_every_option(tmp_path):
         "--open-mode=append", "--signal=B:TERM@600", "--requeue"]
     assert "source '/opt/simsiam env'/bin/activate" in rendered.text
     body = run_node_body(rendered.text)
-    assert "--devices 0,1,2,3,4,5,6,7" in body and "--nproc_per_node" not in body
+    assert "--nproc_per_node 8" in body and "--devices" not in body   # one process per visible GPU
     assert "-o 'Global.device=\"gpu\"'" in body
     assert f"--output={job}/logs/rank%n-%N.log" in rendered.text   # one log per node, named by both
+
+
+def test_gpu_jobs_ask_for_cpus_per_gpu(tmp_path):
+    """Without CPUs per task, Slurm may give all 8 trainers of a node (and their data loader
+    workers) one core."""
+    gpu_jobs = [directives(render(tmp_path, nodes=2, gpus=gpus, sets=sets)[1].text)
+                for gpus, sets in ((8, ()), (4, ()), (8, ["cpus_per_gpu=12"]), (8, ["cpus_per_task=20"]))]
+    assert [[d for d in lines if d.startswith("--cpus-per-task")] for lines in gpu_jobs] == [
+        ["--cpus-per-task=64"], ["--cpus-per-task=32"], ["--cpus-per-task=96"], ["--cpus-per-task=20"]]
 
 
 def test_gres_directive_fixed_port_and_no_requeue(tmp_path):

@@ -1,0 +1,259 @@
+"""Kubernetes backend: a ConfigMap (the trainer config), a headless Service (rendezvous) and an
+Indexed Job with one pod per node.
+
+By concern: ``render`` (the manifests; pure), ``client`` (kubeconfig, namespace, bounded API calls,
+errors as one line), ``status`` (reading Job and pod objects), ``logs`` (pod logs, following).
+The kubernetes client is imported inside methods only: ``simsiam-job --help``, ``render`` and the
+other backends never pay for it. Every read is a single GET or a label-selector LIST, so the number
+of API calls per command does not grow with the number of nodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from typing import ClassVar
+
+from simsiam_job import validate
+from simsiam_job.backends.base import BaseBackend, JobRef, JobStatus, JobSummary, Rendered, option
+from simsiam_job.backends.kubernetes import render as _render
+from simsiam_job.backends.kubernetes.client import Api, namespace
+from simsiam_job.backends.kubernetes.logs import PodLogs
+from simsiam_job.backends.kubernetes.render import IMAGE_UID, OUTPUT_MOUNT, Volume, parse_claim  # noqa: F401
+from simsiam_job.backends.kubernetes.status import (  # noqa: F401  (read by the tests)
+    job_state, job_status, newest_pods, progress_of,
+)
+from simsiam_job.errors import BackendError, NotFoundError, UsageError
+from simsiam_job.spec import JobSpec
+
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+MANAGED_SELECTOR = "app.kubernetes.io/managed-by=simsiam-job"
+PROGRESS_TAIL_LINES = 200  # of rank 0's log, read by status for the newest progress line
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    namespace: str = option(
+        "", "namespace of the job (default: the kubeconfig context's, in a pod its own, else 'default')")
+    context: str = option("", "kubeconfig context (default: the current one)")
+    kubeconfig: str = option(
+        "", "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else the in-cluster service account)")
+    gpu_product: str = option("NVIDIA-A100-SXM4-80GB",
+                              "nodeSelector nvidia.com/gpu.product for GPU jobs; empty for any GPU node")
+    shm_size: str = option("", "size limit of the memory-backed /dev/shm (default: 16Gi, at most half the "
+                               "memory limit)")
+    data_pvc: str = option(
+        "", "data claim used when --data is not given (CLAIM or CLAIM/SUBPATH), mounted read-only at /data")
+    output_pvc: str = option(
+        "", "output claim used when --output is not given (CLAIM or CLAIM/SUBPATH), mounted at /output")
+    service_account: str = option("", "serviceAccountName of the pods")
+    priority_class: str = option("", "priorityClassName of the pods")
+    image_pull_secrets: tuple[str, ...] = option((), "comma-separated Secret names for pulling the image")
+    backoff_limit: int = option(3, "pod failures (other than exit code 2 and disruptions) before the job fails")
+    cpu: str = option("", "CPU request per pod (default: 8 per GPU, 2 without GPUs)")
+    memory: str = option("", "memory request per pod (default: 32Gi per GPU, 8Gi without GPUs)")
+    port: int = option(6768, "rendezvous port of rank 0")
+    termination_grace: int = option(
+        120, "seconds between SIGTERM and SIGKILL on preemption or cancel (the trainer checkpoints then)")
+    connect_timeout: float = option(10.0, "seconds to wait for a connection to the API server")
+    read_timeout: float = option(
+        30.0, "seconds to wait for the API server's answer (a slow VPN may need more)")
+
+    def __post_init__(self) -> None:
+        for name in ("connect_timeout", "read_timeout"):
+            if not getattr(self, name) > 0:
+                raise UsageError(f"kubernetes option {name} must be > 0, got {getattr(self, name)}")
+        # Names and quantities fail at render time, on the laptop, not in the API server.
+        if self.namespace:
+            validate.dns1123_label("namespace", self.namespace)
+        for name in ("service_account", "priority_class"):
+            if getattr(self, name):
+                validate.dns1123_subdomain(name, getattr(self, name))
+        for secret in self.image_pull_secrets:
+            validate.dns1123_subdomain("image_pull_secrets", secret)
+        validate.label_value("gpu_product", self.gpu_product)
+        for name in ("shm_size", "cpu", "memory"):
+            if getattr(self, name):
+                validate.quantity(name, getattr(self, name))
+        validate.port("port", self.port)
+        validate.at_least_zero("backoff_limit", self.backoff_limit)
+        validate.at_least_zero("termination_grace", self.termination_grace)
+
+
+class KubernetesBackend(BaseBackend):
+    name: ClassVar[str] = "kubernetes"
+    options_class: ClassVar[type] = Options
+
+    def __init__(self, options: Options | None = None) -> None:
+        super().__init__(options)
+        # The kubelet sends KILL itself after the pods' grace period; cancel waits that long.
+        self.grace_seconds = self.options.termination_grace + 30
+        self._api: Api | None = None
+
+    stopped_after_term: ClassVar[str] = (
+        "the job and its pods are gone (its service and config map are removed with it)")
+
+    def namespace(self) -> str:
+        return namespace(self.options)
+
+    @property
+    def api(self) -> Api:
+        if self._api is None:
+            self._api = Api(self.options)
+        return self._api
+
+    # ---- render / submit -------------------------------------------------------------------------
+
+    def render(self, spec: JobSpec) -> Rendered:
+        return _render.render(spec, self.options, self.namespace())
+
+    def send(self, spec: JobSpec, rendered: Rendered, dry_run: str | None) -> JobRef:
+        ref = JobRef(self.name, f"{self.namespace()}/{spec.name}")
+        if dry_run == "client":
+            return ref
+        api = self.api
+        ns = api.namespace
+        server_dry = "All" if dry_run == "server" else None
+        by_kind = {doc["kind"]: doc for doc in rendered.payload}
+        job = api.call(f"creating job {spec.name}", api.batch.create_namespaced_job, ns, by_kind["Job"],
+                       dry_run=server_dry)
+        # The Job owns the ConfigMap and Service, so deleting the Job (cancel, or kubectl) removes
+        # them. Its uid exists only now, hence Job first; its pods wait for the ConfigMap to mount.
+        # (No blockOwnerDeletion: where admission enforces it, it needs rights on jobs/finalizers.)
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": spec.name, "uid": job.metadata.uid,
+                 "controller": True}
+        created: list = []
+        try:
+            for kind, create, delete in (
+                ("ConfigMap", api.core.create_namespaced_config_map, api.core.delete_namespaced_config_map),
+                ("Service", api.core.create_namespaced_service, api.core.delete_namespaced_service),
+            ):
+                body = dict(by_kind[kind])
+                if job.metadata.uid:  # a server-side dry run may return the Job without one
+                    body["metadata"] = {**body["metadata"], "ownerReferences": [owner]}
+                api.call(f"creating {kind.lower()} {spec.name}", create, ns, body, dry_run=server_dry)
+                created.append(delete)
+        except (BackendError, UsageError):
+            if server_dry is None:
+                self._rollback(spec.name, ns, created)
+            raise
+        return ref
+
+    def _rollback(self, name: str, ns: str, created: list) -> None:
+        """Undo a half-done submit: the Job first (its pods go with it), then what else exists."""
+        api = self.api
+        deletions = [(api.batch.delete_namespaced_job, {"propagation_policy": "Background"})]
+        deletions += [(delete, {}) for delete in created]
+        for delete, kwargs in deletions:
+            try:
+                api.call(f"rolling back job {name}", delete, name, ns, missing="", **kwargs)
+            except NotFoundError:
+                pass
+
+    # ---- status, logs ----------------------------------------------------------------------------
+
+    def _split(self, ref: JobRef) -> tuple[str, str]:
+        ns, sep, name = ref.id.partition("/")
+        if ref.backend != self.name or not sep or not ns or not name:
+            raise UsageError(f"not a Kubernetes job reference: {ref} (expected kubernetes://NAMESPACE/NAME)")
+        return ns, name
+
+    def _job_and_pods(self, ns: str, name: str):
+        """Two API calls, whatever the number of nodes: GET the Job, LIST its pods by label."""
+        api = self.api
+        job = api.call(f"reading job {name}", api.batch.read_namespaced_job, name, ns,
+                       missing=f"no job {name!r} in namespace {ns!r} (simsiam-job list shows the jobs there)")
+        pods = api.call(f"listing pods of job {name}", api.core.list_namespaced_pod, ns,
+                        label_selector=f"{JOB_NAME_LABEL}={name}").items
+        return job, pods
+
+    def status(self, ref: JobRef) -> JobStatus:
+        ns, name = self._split(ref)
+        job, pods = self._job_and_pods(ns, name)
+        return job_status(ref, job, pods, progress=self._progress(ns, newest_pods(pods).get(0)))
+
+    def _progress(self, ns: str, rank0) -> dict | None:
+        """The trainer's newest step record, from rank 0's progress lines (one more API call, the
+        pods/log permission the Role already has). Progress is extra: a log that cannot be read
+        leaves it out rather than failing status."""
+        if rank0 is None:
+            return None
+        try:
+            return progress_of(PodLogs(self.api, ns, lambda: None).read(rank0, tail=PROGRESS_TAIL_LINES))
+        except (BackendError, UsageError, NotFoundError):
+            return None
+
+    def logs(self, ref: JobRef, *, rank: int | None = 0, all_ranks: bool = False,
+             follow: bool = False, tail: int | None = None) -> Iterator[str]:
+        ns, name = self._split(ref)
+        job, pods = self._job_and_pods(ns, name)
+        nodes = job.spec.completions or 1
+        ranks = list(range(nodes)) if all_ranks else [0 if rank is None else rank]
+        for r in ranks:
+            if not 0 <= r < nodes:
+                raise UsageError(f"--rank {r}: job {name} has ranks 0..{nodes - 1}")
+        pod_logs = PodLogs(self.api, ns, lambda: self._job_and_pods(ns, name))
+        yield from pod_logs.lines(newest_pods(pods), ranks, all_ranks=all_ranks, follow=follow, tail=tail)
+
+    # ---- cancel: deleting the Job with foreground propagation gives every pod SIGTERM and its
+    # grace period (the trainer checkpoints), then the kubelet's SIGKILL ----------------------------
+
+    def _stop(self, ref: JobRef) -> str | None:
+        ns, name = self._split(ref)
+        api = self.api
+        api.call(f"deleting job {name}", api.batch.delete_namespaced_job, name, ns,
+                 propagation_policy="Foreground", missing=f"no job {name!r} in namespace {ns!r}")
+        return None
+
+    def _left(self, ref: JobRef) -> list[str] | None:
+        """What of the job still exists (None: nothing)."""
+        ns, name = self._split(ref)
+        api = self.api
+        pods = api.call(f"listing pods of job {name}", api.core.list_namespaced_pod, ns,
+                        label_selector=f"{JOB_NAME_LABEL}={name}").items
+        left = [p.metadata.name for p in pods]
+        if not api.gone(f"reading job {name}", api.batch.read_namespaced_job, name, ns):
+            left.append("the job object")
+        return left or None
+
+    def _stopped(self, ref: JobRef) -> bool:
+        return self._left(ref) is None
+
+    def _kill(self, ref: JobRef) -> str:
+        ns, name = self._split(ref)
+        left = ", ".join(self._left(ref) or ["nothing"])
+        return (f"still terminating {self.grace_seconds:g} s after TERM: {left} (the kubelet kills them; "
+                f"kubectl -n {ns} get pods -l {JOB_NAME_LABEL}={name})")
+
+    # ---- list, output ----------------------------------------------------------------------------
+
+    def list(self, *, all_jobs: bool = False) -> list[JobSummary]:
+        """Jobs carrying our labels in the namespace; all_jobs: in every namespace."""
+        api = self.api
+        if all_jobs:
+            jobs = api.call("listing jobs in all namespaces", api.batch.list_job_for_all_namespaces,
+                            label_selector=MANAGED_SELECTOR).items
+        else:
+            jobs = api.call("listing jobs", api.batch.list_namespaced_job, api.namespace,
+                            label_selector=MANAGED_SELECTOR).items
+        now = time.time()
+        rows = []
+        for job in jobs:
+            meta = job.metadata
+            created = meta.creation_timestamp.timestamp() if meta.creation_timestamp else None
+            rows.append(JobSummary(
+                ref=JobRef(self.name, f"{meta.namespace}/{meta.name}"), name=meta.name,
+                phase=(meta.labels or {}).get("simsiam-job/phase", "?"),
+                state=job_state(job, None), age_seconds=None if created is None else now - created,
+            ))
+        return sorted(rows, key=lambda row: (row.age_seconds is None, row.age_seconds or 0))
+
+    def output_location(self, ref: JobRef) -> str:
+        """As pods of a later job with the same --output claim see it."""
+        ns, name = self._split(ref)
+        api = self.api
+        api.call(f"reading job {name}", api.batch.read_namespaced_job, name, ns,
+                 missing=f"no job {name!r} in namespace {ns!r} (simsiam-job list shows the jobs there)")
+        return f"{OUTPUT_MOUNT}/{name}"
+

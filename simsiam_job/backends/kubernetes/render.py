@@ -1,0 +1,118 @@
+"""The manifests of one job (pure: reads the kubeconfig file for the namespace, never the cluster).
+
+A ConfigMap (the trainer config), a headless Service (rendezvous) and an Indexed Job with one pod
+per node, from ``k8s/job.yaml.j2``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from simsiam_job import command, templates, validate
+from simsiam_job.backends.base import Rendered
+from simsiam_job.errors import UsageError
+from simsiam_job.spec import JobSpec
+
+TEMPLATE = "k8s/job.yaml.j2"
+CONFIG_DIR = "/etc/simsiam"      # the ConfigMap's mount
+DATA_MOUNT = "/data"             # the data claim, read-only
+OUTPUT_MOUNT = "/output"         # the output claim; each job writes OUTPUT_MOUNT/<job name>/
+IMAGE_UID = 1000                 # the non-root user of docker/Dockerfile
+# Phases that resume from checkpoints after a restart (a smoke job does not): on several nodes
+# their ranks must share the checkpoints, on an output claim.
+RESUMING_PHASES = ("pretrain", "linear-probe")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Volume:
+    claim: str
+    sub_path: str = ""
+
+
+def parse_claim(location: str, what: str) -> Volume:
+    """``[pvc:]CLAIM[/SUBPATH]`` -> Volume; the only form of --data/--output on Kubernetes."""
+    text = location.removeprefix("pvc:")
+    claim, _, sub_path = text.partition("/")
+    sub_path = sub_path.strip("/")
+    if not DNS1123_SUBDOMAIN.match(claim) or len(claim) > 253:
+        raise UsageError(
+            f"{what} {location!r}: on Kubernetes this is a PersistentVolumeClaim, written "
+            "CLAIM or CLAIM/SUBPATH (claim names are lowercase letters, digits, '-' and '.')")
+    if any(part in ("", ".", "..") for part in sub_path.split("/")) and sub_path:
+        raise UsageError(f"{what} {location!r}: the sub-path must be relative, without '.' or '..'")
+    return Volume(claim, sub_path)
+
+
+def output_volume(spec: JobSpec, options) -> Volume | None:
+    location = spec.output or options.output_pvc
+    return parse_claim(location, "--output") if location else None
+
+
+def render(spec: JobSpec, options, namespace: str) -> Rendered:
+    docs = templates.render_yaml_stream(TEMPLATE, **context(spec, options, namespace))
+    import yaml
+
+    text = yaml.safe_dump_all(docs, sort_keys=False)
+    return Rendered(text=text, files={f"{spec.name}.yaml": text}, payload=docs)
+
+
+def context(spec: JobSpec, opts, namespace: str) -> dict[str, Any]:
+    data = parse_claim(spec.data or opts.data_pvc, "--data") if (spec.data or opts.data_pvc) else None
+    output = output_volume(spec, opts)
+    if output is None and spec.nodes > 1 and spec.phase.value in RESUMING_PHASES:
+        raise UsageError(
+            f"a job on {spec.nodes} nodes needs an output claim (--output CLAIM or --set output_pvc=CLAIM): "
+            "without one each pod keeps its checkpoints in its own emptyDir, and after a restart the "
+            "ranks could never resume from the same checkpoint")
+    output = output or Volume("")
+    service = spec.name  # the Service shares the job's name: pods are <job>-<index>.<job>
+    master = f"{spec.name}-0.{service}:{opts.port}" if spec.nodes > 1 else None
+    argv = command.launch_args(
+        spec, master=master, nnodes=spec.nodes, node_rank="$(JOB_COMPLETION_INDEX)",
+        log_dir=f"{OUTPUT_MOUNT}/{spec.name}/launch-logs/rank-$(JOB_COMPLETION_INDEX)",
+    ) + command.trainer_args(
+        spec, config_path=f"{CONFIG_DIR}/config.yaml",
+        data_dir=DATA_MOUNT if data else None, output_dir=f"{OUTPUT_MOUNT}/{spec.name}",
+    )
+    requests = {
+        "cpu": opts.cpu or str(8 * spec.gpus if spec.gpus else 2),
+        "memory": opts.memory or (f"{32 * spec.gpus}Gi" if spec.gpus else "8Gi"),
+    }
+    limits = {"memory": requests["memory"]}
+    if spec.gpus:
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(spec.gpus)
+    env = [{"name": k, "value": v} for k, v in spec.env]
+    env.append({"name": "PYTHONUNBUFFERED", "value": "1"})  # logs reach `kubectl logs` at once
+    return {
+        "name": spec.name,
+        "namespace": namespace,
+        "service": service,
+        "labels": spec.labels,
+        "annotations": {"simsiam-job/config-source": spec.config_source},
+        "config_yaml": spec.config_yaml,
+        "nodes": spec.nodes,
+        "gpus": spec.gpus,
+        "port": opts.port,
+        "backoff_limit": opts.backoff_limit,
+        "termination_grace": opts.termination_grace,
+        "image": spec.image,
+        "command": argv,
+        "env": env,
+        "requests": requests,
+        "limits": limits,
+        "node_selector": {"nvidia.com/gpu.product": opts.gpu_product}
+        if spec.gpus and opts.gpu_product else {},
+        "service_account": opts.service_account,
+        "priority_class": opts.priority_class,
+        "image_pull_secrets": [{"name": s} for s in opts.image_pull_secrets],
+        "uid": IMAGE_UID,
+        "shm_size": validate.shm_size(opts.shm_size, limits["memory"]),
+        "config_dir": CONFIG_DIR,
+        "data": data and dataclasses.asdict(data),
+        "data_mount": DATA_MOUNT,
+        "output": dataclasses.asdict(output),
+        "output_mount": OUTPUT_MOUNT,
+    }
