@@ -19,6 +19,7 @@ from simsiam_job import defaults
 from simsiam_job.backends import get_backend, options_class
 from simsiam_job.backends.base import JobRef, State
 from simsiam_job.errors import UsageError
+from simsiam_job.locate import located_options
 from simsiam_job.spec import JobSpec, Phase, validate_name
 from trainer.contract import PHASE_TASKS
 
@@ -33,8 +34,19 @@ CPU_DEFAULT_CONFIGS = {Phase.SMOKE: "simsiam_smoke_cpu"}
 DEFAULT_IMAGE = "ghcr.io/simsiam-job/simsiam:0.1.0"
 MAX_GPUS_PER_NODE = 16
 MAX_NODES = 4096
+# A registry reference, or an image file for Slurm's containers (/images/simsiam.sif): no spaces or
+# control characters, and no leading '-' that a command line would read as an option.
+_IMAGE = re.compile(r"^[^\s\x00-\x1f\x7f-][^\s\x00-\x1f\x7f]{0,1023}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+# Config keys every backend sets on the trainer's command line (simsiam_job/command.py), which
+# would silently win over an -o of the same key: the flag that sets each one instead.
+LAUNCHER_KEYS = {
+    "Global.output_dir": "--output (the job writes LOCATION/<job name>/)",
+    "Global.device": "--gpus (0 runs on CPU)",
+    "Global.auto_resume": "no flag: jobs always resume from their newest checkpoint",
+}
+DATA_KEYS = {"DataLoader.Train.dataset.root": "train", "DataLoader.Eval.dataset.root": "val"}
 
 
 def generated_name(phase: Phase) -> str:
@@ -62,27 +74,42 @@ class Request:
     sets: Sequence[str] = ()
 
 
-def _int_default(key: str, given: int | None, user: Mapping[str, Any], fallback: int) -> int:
+def _int_default(key: str, given: int | None, user: Mapping[str, Any], fallback: int,
+                 environ: Mapping[str, str]) -> int:
     if given is not None:
         return given
-    value = defaults.top_level_default(key, user)
+    value = defaults.top_level_default(key, user, environ)
     if value is None:
         return fallback
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"default {key} from the environment or config file is not an integer: {value!r}") from None
+    text = str(value).strip()
+    if isinstance(value, bool) or not (isinstance(value, int) or text.lstrip("+-").isdigit()):
+        raise UsageError(f"default {key} from the environment or config file is not an integer: {value!r}")
+    return int(text)
 
 
-def _check_overrides(overrides: Sequence[str]) -> None:
+def _check_overrides(overrides: Sequence[str], data: str | None) -> None:
     for item in overrides:
         key, sep, _ = item.partition("=")
-        if not sep or not _OVERRIDE_KEY.match(key.strip()):
+        key = key.strip()
+        if not sep or not _OVERRIDE_KEY.match(key):
             raise UsageError(f"malformed -o {item!r}: expected Dotted.Key=VALUE, e.g. -o Global.epochs=10")
         if any(c in item for c in "\n\r\0"):
             # A YAML plain scalar would fold the line break silently: say how to keep it instead.
-            raise UsageError(f"-o {key.strip()}: the value contains a line break or NUL; write a "
+            raise UsageError(f"-o {key}: the value contains a line break or NUL; write a "
                              'YAML string to keep it, e.g. -o Key="line 1\\nline 2"')
+        for owned, flag in LAUNCHER_KEYS.items():
+            if owned == key or owned.startswith(key + "."):
+                raise UsageError(f"-o {key}: the launcher sets {owned}; use {flag}")
+        if data is not None and key in DATA_KEYS:
+            raise UsageError(f"-o {key}: the data location {data} sets it (to {data}/{DATA_KEYS[key]}); "
+                             "give one or the other")
+
+
+def _image(image: str) -> str:
+    if not _IMAGE.match(image):
+        raise UsageError(f"--image {image!r} is not an image reference (e.g. registry.example.com/simsiam:1.0, "
+                         "or an image file; no spaces, control characters or leading '-')")
+    return image
 
 
 def _env_pairs(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
@@ -109,8 +136,8 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
     backend = req.backend or defaults.top_level_default("backend", user, environ) or "local"
     options = defaults.resolve_options(backend, options_class(backend), req.sets, user_config=user, environ=environ)
 
-    nodes = _int_default("nodes", req.nodes, user, 1)
-    gpus = _int_default("gpus", req.gpus, user, 0)
+    nodes = _int_default("nodes", req.nodes, user, 1, environ)
+    gpus = _int_default("gpus", req.gpus, user, 0, environ)
     if not 1 <= nodes <= MAX_NODES:
         raise UsageError(f"--nodes must be between 1 and {MAX_NODES}, got {nodes}")
     if not 0 <= gpus <= MAX_GPUS_PER_NODE:
@@ -122,7 +149,9 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
 
     name = validate_name(req.name) if req.name is not None else generated_name(phase)
     overrides = list(req.overrides)
-    _check_overrides(overrides)
+    data = req.data or defaults.top_level_default("data", user, environ)
+    # A backend's default data location (Kubernetes' data_pvc) sets the roots as --data does.
+    _check_overrides(overrides, data or getattr(options, "data_pvc", None) or None)
 
     if req.from_ref is not None:
         if phase is not Phase.LINEAR_PROBE:
@@ -130,7 +159,8 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
         ref = JobRef.parse(req.from_ref)
         source_options = options if ref.backend == backend else defaults.resolve_options(
             ref.backend, options_class(ref.backend), (), user_config=user, environ=environ)
-        pretrained = _pretrained_path(ref, get_backend(ref.backend, source_options), check_from)
+        source = get_backend(ref.backend, located_options(ref, source_options, environ))
+        pretrained = _pretrained_path(ref, source, check_from)
         overrides.append("Global.pretrained_model=" + json.dumps(pretrained))
 
     from trainer.config import ConfigError, dump, load_config, shipped_config
@@ -138,8 +168,6 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
     try:
         default = (gpus == 0 and CPU_DEFAULT_CONFIGS.get(phase)) or DEFAULT_CONFIGS[phase]
         config_path = req.config if req.config is not None else str(shipped_config(default))
-        if req.config is not None and not os.path.isfile(req.config):
-            raise UsageError(f"config file not found: {req.config}")
         config = load_config(config_path, overrides)
     except ConfigError as err:
         raise UsageError(f"config: {err}") from None
@@ -151,9 +179,9 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
 
     return JobSpec(
         name=name, phase=phase, backend=backend, nodes=nodes, gpus=gpus,
-        image=req.image or defaults.top_level_default("image", user, environ) or DEFAULT_IMAGE,
+        image=_image(req.image or defaults.top_level_default("image", user, environ) or DEFAULT_IMAGE),
         config_source=config_path, config=config, config_yaml=dump(config),
-        data=req.data or defaults.top_level_default("data", user, environ),
+        data=data,
         output=req.output or defaults.top_level_default("output", user, environ),
         from_ref=req.from_ref, env=_env_pairs(req.env), options=options, procs_per_node=req.procs,
     )

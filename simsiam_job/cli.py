@@ -125,15 +125,20 @@ def submit(
 
     spec = _spec(phase, backend, nodes, gpus, procs, config, override, image, name, data, output,
                  from_, env, set_, check_from=dry_run is None)
-    ref = get_backend(spec.backend, spec.options).submit(spec, dry_run=dry_run.value if dry_run else None)
+    job_backend = get_backend(spec.backend, spec.options)
+    ref = job_backend.submit(spec, dry_run=dry_run.value if dry_run else None)
     if dry_run:
         _err(f"dry run ({dry_run.value}): {ref} would be created; nothing was started")
         typer.echo(str(ref))
         return
+    if hasattr(job_backend, "runs_dir"):  # local: later commands find the run by its JOBREF alone
+        from simsiam_job.locate import remember
+
+        remember(ref, job_backend.runs_dir)
     typer.echo(str(ref))
     if wait:
-        raise typer.Exit(_follow(ref))
-    _err(f"follow it:  simsiam-job status {ref}   |   simsiam-job logs -f {ref}   |   simsiam-job cancel {ref}")
+        raise typer.Exit(_follow(ref, job_backend))
+    _err(f"follow it:  {_follow_hint(ref)}")
 
 
 @app.command()
@@ -177,17 +182,18 @@ def render(
     _err(f"wrote {', '.join(sorted(rendered.files))} to {out_dir}")
 
 
+MAX_TAIL = 10**7   # lines; more is "everything", which logs without --tail prints
+
 JobRefArg = Annotated[str, typer.Argument(
     metavar="JOBREF", help="local://ID, kubernetes://NAMESPACE/NAME or slurm://JOBID.")]
 
 
 def _backend_for(ref_text: str):
-    from simsiam_job import defaults
-    from simsiam_job.backends import get_backend, options_class
     from simsiam_job.backends.base import JobRef
+    from simsiam_job.locate import backend_for
 
     ref = JobRef.parse(ref_text)
-    return ref, get_backend(ref.backend, defaults.resolve_options(ref.backend, options_class(ref.backend)))
+    return ref, backend_for(ref)
 
 
 @app.command()
@@ -243,8 +249,8 @@ def logs(
 
     if all_ and rank is not None:
         raise UsageError("--rank and --all exclude each other")
-    if tail is not None and tail < 0:
-        raise UsageError(f"--tail must be 0 or more, got {tail}")
+    if tail is not None and not 0 <= tail <= MAX_TAIL:
+        raise UsageError(f"--tail must be between 0 and {MAX_TAIL}, got {tail}")
     ref, backend = _backend_for(jobref)
     for line in backend.logs(ref, rank=rank if rank is not None else 0, all_ranks=all_, follow=follow, tail=tail):
         typer.echo(line)
@@ -290,6 +296,10 @@ def list_(
         options = defaults.resolve_options(name, options_class(name))
         try:
             rows += get_backend(name, options).list(all_jobs=all_)
+            if name == "local":  # and the runs submit recorded in other runs directories
+                from simsiam_job.locate import runs_elsewhere
+
+                rows += runs_elsewhere(options, all_jobs=all_)
         except (BackendError, UsageError) as err:  # one unreachable cluster must not hide the other jobs
             if backend is not None:
                 raise
@@ -365,13 +375,22 @@ def _age(seconds: float | None) -> str:
     return f"{int(seconds)}s"
 
 
-def _follow(ref) -> int:
-    """--wait: follow the job to its end; exit 0 only if it SUCCEEDED."""
+def _follow_hint(ref) -> str:
+    return f"simsiam-job status {ref}   |   simsiam-job logs -f {ref}   |   simsiam-job cancel {ref}"
+
+
+def _follow(ref, backend) -> int:
+    """--wait: follow the job to its end; exit 0 only if it SUCCEEDED. Ctrl-C stops following only."""
     from simsiam_job.backends.base import State
     from simsiam_job.progress import follow
 
-    _, backend = _backend_for(str(ref))
-    state = follow(backend, ref)
+    try:
+        state = follow(backend, ref)
+    except KeyboardInterrupt:
+        # The job runs detached (its own session, or a cluster): say so, or a user thinks it stopped.
+        _err(("\n" if sys.stderr.isatty() else "") + f"stopped waiting; {ref} keeps running. "
+             f"Follow or stop it:  {_follow_hint(ref)}")
+        return 130
     if state is State.SUCCEEDED:
         _err(f"{ref} SUCCEEDED; output: {backend.output_location(ref)}")
         return 0
@@ -387,6 +406,10 @@ def main(argv: list[str] | None = None) -> None:
     except (UsageError, NotFoundError, BackendError, TemplateError) as err:
         _err(f"error: {' '.join(str(err).split())}")
         code = err.code
+    except OSError as err:  # a path the user gave (--set runs_dir, --output) that cannot be written
+        where = f"{err.filename}: " if err.filename else ""
+        _err(f"error: {where}{err.strerror or err}")
+        code = 2
     except KeyboardInterrupt:
         code = 130
     except Exception as err:  # noqa: BLE001  (the one place that turns any failure into one line)

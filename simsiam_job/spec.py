@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
 from simsiam_job.errors import UsageError
+from simsiam_job.validate import DNS1123_LABEL
 
 
 class Phase(str, enum.Enum):
@@ -22,7 +22,6 @@ class Phase(str, enum.Enum):
     SMOKE = "smoke"
 
 
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME_LEN = 52  # 63 minus room for the suffixes Kubernetes adds to pods of an indexed Job
 
 

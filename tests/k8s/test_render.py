@@ -45,7 +45,7 @@ def test_manifests_validate_strictly(render, version, nodes, gpus, volumes, gpu_
 def test_a_multi_node_job_without_an_output_claim_is_refused_in_one_line(tmp_path):
     """Each pod's emptyDir would hold its own checkpoints: after a restart the ranks could never
     resume from the same one."""
-    env = {**os.environ, "HOME": str(tmp_path), "SIMSIAM_JOB_CONFIG": str(tmp_path / "none.yaml")}
+    env = {**os.environ, "HOME": str(tmp_path), "SIMSIAM_JOB_CONFIG": "/dev/null"}
     refused = run_cli(["render", "pretrain", "-b", "kubernetes", "--nodes", "2", "--gpus", "8",
                        "--image", "x", "--data", "imagenet"], env)
     assert_one_line_error(refused, 2, "a job on 2 nodes needs an output claim")
@@ -176,7 +176,7 @@ def kubeconfig_for(tmp_path, server: str) -> Path:
 
 def cli_env(tmp_path, kubeconfig, **extra):
     return {**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path),
-            "SIMSIAM_JOB_CONFIG": "/nonexistent", **extra}
+            "SIMSIAM_JOB_CONFIG": "/dev/null", **extra}
 
 
 def test_unreachable_api_server_is_one_line_with_a_hint(tmp_path):

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import ClassVar
 
+from simsiam_job import validate
 from simsiam_job.backends.base import BaseBackend, JobRef, JobStatus, JobSummary, Rendered, option
 from simsiam_job.backends.kubernetes import render as _render
 from simsiam_job.backends.kubernetes.client import Api, namespace
@@ -40,7 +41,8 @@ class Options:
         "", "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else the in-cluster service account)")
     gpu_product: str = option("NVIDIA-A100-SXM4-80GB",
                               "nodeSelector nvidia.com/gpu.product for GPU jobs; empty for any GPU node")
-    shm_size: str = option("16Gi", "size limit of the memory-backed /dev/shm")
+    shm_size: str = option("", "size limit of the memory-backed /dev/shm (default: 16Gi, at most half the "
+                               "memory limit)")
     data_pvc: str = option(
         "", "data claim used when --data is not given (CLAIM or CLAIM/SUBPATH), mounted read-only at /data")
     output_pvc: str = option(
@@ -62,6 +64,21 @@ class Options:
         for name in ("connect_timeout", "read_timeout"):
             if not getattr(self, name) > 0:
                 raise UsageError(f"kubernetes option {name} must be > 0, got {getattr(self, name)}")
+        # Names and quantities fail at render time, on the laptop, not in the API server.
+        if self.namespace:
+            validate.dns1123_label("namespace", self.namespace)
+        for name in ("service_account", "priority_class"):
+            if getattr(self, name):
+                validate.dns1123_subdomain(name, getattr(self, name))
+        for secret in self.image_pull_secrets:
+            validate.dns1123_subdomain("image_pull_secrets", secret)
+        validate.label_value("gpu_product", self.gpu_product)
+        for name in ("shm_size", "cpu", "memory"):
+            if getattr(self, name):
+                validate.quantity(name, getattr(self, name))
+        validate.port("port", self.port)
+        validate.at_least_zero("backoff_limit", self.backoff_limit)
+        validate.at_least_zero("termination_grace", self.termination_grace)
 
 
 class KubernetesBackend(BaseBackend):

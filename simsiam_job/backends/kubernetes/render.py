@@ -10,7 +10,7 @@ import dataclasses
 import re
 from typing import Any
 
-from simsiam_job import command, templates
+from simsiam_job import command, templates, validate
 from simsiam_job.backends.base import Rendered
 from simsiam_job.errors import UsageError
 from simsiam_job.spec import JobSpec
@@ -109,7 +109,7 @@ def context(spec: JobSpec, opts, namespace: str) -> dict[str, Any]:
         "priority_class": opts.priority_class,
         "image_pull_secrets": [{"name": s} for s in opts.image_pull_secrets],
         "uid": IMAGE_UID,
-        "shm_size": opts.shm_size,
+        "shm_size": validate.shm_size(opts.shm_size, limits["memory"]),
         "config_dir": CONFIG_DIR,
         "data": data and dataclasses.asdict(data),
         "data_mount": DATA_MOUNT,
