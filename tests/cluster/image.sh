@@ -24,8 +24,7 @@ tag="${TAG:-localhost/simsiam:test-cpu}"
 pause_tag="localhost/pause:simsiam"
 
 log() { printf 'image.sh: %s\n' "$*" >&2; }
-scratch=()   # temporary directories, removed on exit
-trap 'rm -rf "${scratch[@]}"' EXIT
+tmp=""   # a temporary directory, removed on exit (of the subshell too, where $(...) runs a step)
 die() { log "error: $*"; exit 1; }
 
 # buildah keeps its own store here (not the machine's default one), on vfs: no overlay mounts.
@@ -56,14 +55,15 @@ commit_from_rootfs() {
 }
 
 cmd_base() {
-  local key archive rootfs start=$SECONDS
+  local key archive start=$SECONDS
   key="$(printf '%s\n' "$suite" "$base_packages" "$(sed -n '/^cmd_base()/,/^}/p' "$0")" | sha)"
   archive="$images/base-$suite-py311-$key.tar"
   if [[ ! -f "$archive" ]]; then
     command -v debootstrap >/dev/null || die "debootstrap is not installed"
     mkdir -p "$images"
-    rootfs="$(mktemp -d "$images/rootfs.XXXXXX")"
-    scratch+=("$rootfs" "$rootfs.log")
+    tmp="$(mktemp -d "$images/rootfs.XXXXXX")"
+    trap 'rm -rf "$tmp" "$tmp.log"' EXIT
+    local rootfs="$tmp"
     log "debootstrap $suite from $mirror"
     debootstrap --variant=minbase --include="$base_packages" "$suite" "$rootfs" "$mirror" >"$rootfs.log" 2>&1 \
       || { tail -n 20 "$rootfs.log" >&2; die "debootstrap failed"; }
@@ -75,6 +75,7 @@ cmd_base() {
     commit_from_rootfs "$rootfs" "$base_tag" "$archive" \
       --env PATH=/opt/python/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
       --env LANG=C.UTF-8 --cmd python3
+    find "$images" -name 'base-*.tar' ! -name "${archive##*/}" -delete
     log "base image $base_tag built in $((SECONDS - start))s"
   fi
   echo "$archive"
@@ -128,8 +129,9 @@ cmd_pause() {
   archive="$images/pause-$key.tar"
   if [[ ! -f "$archive" ]]; then
     mkdir -p "$images"
-    dir="$(mktemp -d)"
-    scratch+=("$dir")
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+    dir="$tmp"
     gcc -Os -static -DVERSION="$k8s_version" -o "$dir/pause" "$src"
     commit_from_rootfs "$dir" "$pause_tag" "$archive" --entrypoint '["/pause"]' --user 65535:65535
   fi

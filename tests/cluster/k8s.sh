@@ -324,6 +324,7 @@ write_node_config() {
 EOF
   # Everything containerd keeps is per node (its default paths would be shared by both).
   # restrict_oom_score_adj: the machine may deny lowering oom_score_adj (no CAP_SYS_RESOURCE).
+  # netns_mounts_under_state_dir: pods' network namespaces stay inside the node's state too.
   cat >"$d/containerd.toml" <<EOF
 version = 2
 root = "$d/containerd/root"
@@ -337,6 +338,7 @@ state = "$d/containerd/state"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "localhost/pause:simsiam"
   restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$d/cni/net.d"
