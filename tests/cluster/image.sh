@@ -105,13 +105,13 @@ cmd_build() {
     [[ -f /etc/pip.conf ]] && mounts+=(--volume /etc/pip.conf:/etc/pip.conf:ro)
     [[ -d /etc/ssl/certs ]] && mounts+=(--volume /etc/ssl/certs:/etc/ssl/certs:ro)
     log "building $tag from docker/Dockerfile.cpu (FROM $base_tag)"
-    buildah bud -q --network host --isolation chroot "${mounts[@]}" \
+    buildah bud -q --format docker --network host --isolation chroot "${mounts[@]}" \
       --build-arg "PYTHON_IMAGE=$base_tag" -f "$repo/docker/Dockerfile.cpu" -t "$tag" "$repo" >/dev/null
     buildah push -q "$tag" "oci-archive:$archive.tmp:$tag"
     mv "$archive.tmp" "$archive"
-    # Older builds of the same tag are of no further use.
+    # The archive is what is kept: older builds and buildah's copies are of no further use.
     find "$images" -name 'simsiam-test-cpu-*.tar' ! -name "${archive##*/}" -delete
-    buildah rmi --prune >/dev/null 2>&1 || true
+    buildah rmi --all --force >/dev/null 2>&1 || true
     log "image $tag built in $((SECONDS - start))s ($(du -h "$archive" | cut -f1) archive)"
   fi
   echo "$archive"
