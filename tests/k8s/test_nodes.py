@@ -150,14 +150,22 @@ def test_cancel_mid_run_checkpoints_on_the_output_claim_and_removes_the_job(node
     lines = inside.splitlines()
     assert lines[:2] == ["1000", "1000"], inside
     assert lines[2].split() == ["NoNewPrivs:", "1"] and lines[3].split() == ["CapEff:", "0000000000000000"]
-    assert "/etc/simsiam/x: Read-only file system" in inside and "/opt/x: Read-only file system" in inside
+    assert "'/etc/simsiam/x': Read-only file system" in inside and "'/opt/x': Read-only file system" in inside
     assert lines[-1] == "tmp-writable"
 
     said = run_cli(["cancel", ref], env, check=True, timeout=300).stdout
     assert said.startswith(f"cancelled {ref}"), said
     checkpoints = list((output / name / "checkpoints").glob("*.pdckpt"))
     assert len(checkpoints) == 1, checkpoints
-    assert "SIGTERM received" in (output / name / "train.log").read_text()
+    # Whichever pod got TERM first, both ranks stopped at the same step (the trainer's workers log
+    # to the launcher's log directory, on the output claim).
+    worker_logs = {p.parent.name: p.read_text() for p in (output / name / "launch-logs").glob("rank-*/workerlog.0")}
+    assert sorted(worker_logs) == ["rank-0", "rank-1"]
+    assert "SIGTERM received" in "".join(worker_logs.values())
+    stopped = {rank: [line for line in text.splitlines() if "stopped by SIGTERM at epoch" in line]
+               for rank, text in worker_logs.items()}
+    assert all(stopped.values()) and len({line.split("stopped by SIGTERM")[1]
+                                          for lines in stopped.values() for line in lines}) == 1, stopped
     left = kubectl(nodes, "-n", E2E_NAMESPACE, "get", "jobs,pods,services,configmaps", "-o", "name").stdout.split()
     assert not [obj for obj in left if name in obj], left
 
