@@ -35,11 +35,13 @@ setup: system-packages $(VENV)/.installed-run
 quickstart: setup
 	$(VENV)/bin/simsiam-job quickstart
 
-# The Go builds, and (as root: it needs debootstrap and buildah) the trainer image for the real
-# Kubernetes nodes; all cached under ~/.cache/simsiam-job.
+# The Go builds and, as root (debootstrap, buildah), the trainer image for the real Kubernetes
+# nodes, side by side (one mostly compiles, the other mostly downloads); all cached under
+# ~/.cache/simsiam-job.
 clusters: system-packages $(VENV)/.installed-test
-	bash tests/cluster/k8s.sh build
-	if [ "$$(id -u)" = 0 ]; then bash tests/cluster/image.sh build >/dev/null; fi
+	@image=; if [ "$$(id -u)" = 0 ]; then bash tests/cluster/image.sh build >/dev/null & image=$$!; fi; \
+	bash tests/cluster/k8s.sh build; rc=$$?; \
+	if [ -n "$$image" ]; then wait $$image || rc=1; fi; exit $$rc
 
 test: clusters
 	SIMSIAM_REQUIRE_ALL=1 $(PY) -m pytest -ra --timeout=900 tests

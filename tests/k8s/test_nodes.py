@@ -78,7 +78,7 @@ def test_two_node_pretrain_on_real_pods_then_a_probe(nodes, name):
 
     env, output = nodes["env"], Path(nodes["output"])
     ref = run_cli(["submit", "pretrain", "--nodes", "2", "--name", name, *ON_REAL_NODES, *TINY,
-                   "-o", "Global.epochs=2", *rank_state_hook(nodes),
+                   "-o", "Global.epochs=4", *rank_state_hook(nodes),
                    "--env", f"RANK_STATE_DIR=/output/{name}/rank-states"], env, check=True).stdout.strip()
     assert ref == f"kubernetes://{E2E_NAMESPACE}/{name}"
 
@@ -90,7 +90,7 @@ def test_two_node_pretrain_on_real_pods_then_a_probe(nodes, name):
     final, seen = wait_for(ref, env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED", timeout=600)
     followed, errors = follow.communicate(timeout=120)   # -f returns by itself once the job ended
     assert follow.returncode == 0, errors
-    assert "epoch 2/2  step 4/4" in followed, followed[-3000:]
+    assert "epoch 4/4  step 4/4" in followed, followed[-3000:]
 
     # Rank 1 found rank 0 through the headless Service's name, and got rank 0's pod IP.
     rank0_pod, rank1_pod = pods(nodes, name)
@@ -100,12 +100,12 @@ def test_two_node_pretrain_on_real_pods_then_a_probe(nodes, name):
     assert f"[rank 1] rendezvous: node 1, master {rank0_ip}:6768 ({name}-0.{name})" in logs, logs[-3000:]
     assert rank0_pod["status"]["hostIP"] != rank1_pod["status"]["hostIP"]
 
-    # The output contract, on the output claim; 64 images, 8 per rank, 2 ranks, 2 epochs.
+    # The output contract, on the output claim; 64 images, 8 per rank, 2 ranks, 4 epochs.
     out = output / name
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["DataLoader"]["Train"]["dataset"]["root"] == "/data/train"
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"step"' in line]
-    assert [s["global_step"] for s in steps] == list(range(1, 9))
+    assert [s["global_step"] for s in steps] == list(range(1, 17))
     assert (out / "encoder.pdparams").is_file() and list((out / "checkpoints").glob("*.pdckpt"))
     assert "2 process(es)" in (out / "train.log").read_text()
     rank_states = [paddle.load(str(out / "rank-states" / f"rank{r}.pdparams")) for r in (0, 1)]
