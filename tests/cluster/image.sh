@@ -16,7 +16,10 @@ repo="$(cd "$here/../.." && pwd)"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/simsiam-job"
 images="$cache/images"
 suite=bookworm
-mirror="${SIMSIAM_DEBIAN_MIRROR:-$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n 1)}"
+# The Debian mirror apt uses here (deb822 or one-line sources), else Debian's own.
+mirror="${SIMSIAM_DEBIAN_MIRROR:-$( { sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources
+  awk '$1 == "deb" && $0 !~ /security/ {print ($2 ~ /^\[/ ? $3 : $2)}' /etc/apt/sources.list; } 2>/dev/null \
+  | grep -v security | head -n 1)}"
 mirror="${mirror:-http://deb.debian.org/debian}"
 base_packages=python3,python3-venv
 base_tag="localhost/simsiam-base:$suite-py311"
@@ -100,7 +103,7 @@ cmd_build() {
   if [[ ! -f "$archive" ]]; then
     load "$base_archive" "$base_tag"
     # The build's `pip install` reaches the package index from the host network, with this
-    # machine's pip settings (index, certificates) where it has them.
+    # machine's pip settings (pip.conf, certificates) where it has them.
     local mounts=()
     [[ -f /etc/pip.conf ]] && mounts+=(--volume /etc/pip.conf:/etc/pip.conf:ro)
     [[ -d /etc/ssl/certs ]] && mounts+=(--volume /etc/ssl/certs:/etc/ssl/certs:ro)

@@ -12,6 +12,7 @@
 #                  `output` (empty)
 #   k8s.sh image   build docker/Dockerfile.cpu (image.sh build) and load it into the real nodes
 #   k8s.sh env     print `export KUBECONFIG=...`
+# (`up` writes the data volume with the project's Python: $SIMSIAM_PYTHON, default .venv/bin/python.)
 #   k8s.sh down    stop everything
 #
 # The real nodes carry the taint simsiam-test/real-node (so the kwok tests' pods never land there);
@@ -432,7 +433,7 @@ start_node() {
 # the real nodes. Its claims bind to hostPath volumes that both nodes see (as a cluster's shared
 # filesystem): `data` holds a small Fashion-MNIST ImageFolder, `output` starts empty.
 e2e_namespace_up() {
-  local volumes="$run/volumes" python="${SIMSIAM_PYTHON:-python3}"
+  local volumes="$run/volumes" python="${SIMSIAM_PYTHON:-$repo/.venv/bin/python}"
   if [[ ! -d "$volumes/data/train" ]]; then
     rm -rf "$volumes/data"
     PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" "$python" -m trainer.data.fashion_mnist \
