@@ -12,9 +12,9 @@
 #                  `output` (empty)
 #   k8s.sh image   build docker/Dockerfile.cpu (image.sh build) and load it into the real nodes
 #   k8s.sh env     print `export KUBECONFIG=...`
-# (`up` writes the data volume with the project's Python: $SIMSIAM_PYTHON, default .venv/bin/python.)
 #   k8s.sh down    stop everything
 #
+# `up` writes the data volume with the project's Python ($SIMSIAM_PYTHON, default .venv/bin/python).
 # The real nodes carry the taint simsiam-test/real-node (so the kwok tests' pods never land there);
 # namespace simsiam-e2e tolerates it and selects those nodes, as a cluster dedicates nodes to a team.
 set -euo pipefail
