@@ -17,9 +17,12 @@ cache="${XDG_CACHE_HOME:-$HOME/.cache}/simsiam-job"
 images="$cache/images"
 suite=bookworm
 # The Debian mirror apt uses here (deb822 or one-line sources), else Debian's own.
-mirror="${SIMSIAM_DEBIAN_MIRROR:-$( { sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources
-  awk '$1 == "deb" && $0 !~ /security/ {print ($2 ~ /^\[/ ? $3 : $2)}' /etc/apt/sources.list; } 2>/dev/null \
-  | grep -v security | head -n 1)}"
+apt_mirror() {
+  { sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources
+    awk '$1 == "deb" {print ($2 ~ /^\[/ ? $3 : $2)}' /etc/apt/sources.list; } 2>/dev/null \
+    | grep -v security | head -n 1 || true
+}
+mirror="${SIMSIAM_DEBIAN_MIRROR:-$(apt_mirror)}"
 mirror="${mirror:-http://deb.debian.org/debian}"
 base_packages=python3,python3-venv
 base_tag="localhost/simsiam-base:$suite-py311"
