@@ -142,14 +142,17 @@ def test_cancel_mid_run_checkpoints_on_the_output_claim_and_removes_the_job(node
         assert run_cli(["status", "--json", ref], env, check=True).stdout.count('"FAILED"') == 0
         time.sleep(1)
 
-    # Security as the kubelet enforces it, seen from inside the running container.
+    # Security as the kubelet enforces it, seen from inside the running container: uid/gid 1000, no
+    # privilege escalation, no capabilities, seccomp on, read-only root and config, writable /tmp.
     rank0_pod = pods(nodes, name)[0]["metadata"]["name"]
     inside = kubectl(nodes, "-n", E2E_NAMESPACE, "exec", rank0_pod, "--", "sh", "-c",
                      "id -u; id -g; grep NoNewPrivs /proc/self/status; grep CapEff /proc/self/status; "
+                     "grep '^Seccomp:' /proc/self/status; "
                      "touch /etc/simsiam/x 2>&1; touch /opt/x 2>&1; touch /tmp/x && echo tmp-writable").stdout
     lines = inside.splitlines()
     assert lines[:2] == ["1000", "1000"], inside
     assert lines[2].split() == ["NoNewPrivs:", "1"] and lines[3].split() == ["CapEff:", "0000000000000000"]
+    assert lines[4].split() == ["Seccomp:", "2"]          # a filter: the runtime's default profile
     assert "'/etc/simsiam/x': Read-only file system" in inside and "'/opt/x': Read-only file system" in inside
     assert lines[-1] == "tmp-writable"
 
