@@ -162,20 +162,20 @@ def test_cancel_mid_run_checkpoints_on_the_output_claim_and_removes_the_job(node
     assert len(checkpoints) == 1, checkpoints
     # Whichever pod got TERM first, both ranks stopped at the same step (the trainer's workers log
     # to the launcher's log directory, on the output claim).
-    worker_logs = {p.parent.name: p.read_text() for p in (output / name / "launch-logs").glob("rank-*/workerlog.0")}
-    assert sorted(worker_logs) == ["rank-0", "rank-1"]
-    assert "SIGTERM received" in "".join(worker_logs.values())
-    stopped = {rank: [line for line in text.splitlines() if "stopped by SIGTERM at epoch" in line]
-               for rank, text in worker_logs.items()}
-    assert all(stopped.values()) and len({line.split("stopped by SIGTERM")[1]
-                                          for lines in stopped.values() for line in lines}) == 1, stopped
-    left = kubectl(nodes, "-n", E2E_NAMESPACE, "get", "jobs,pods,services,configmaps", "-o", "name").stdout.split()
+    worker_logs = [p.read_text() for p in sorted((output / name / "launch-logs").glob("rank-*/workerlog.0"))]
+    assert len(worker_logs) == 2 and "SIGTERM received" in "".join(worker_logs)
+    stops = [line.split("stopped by SIGTERM ")[1] for text in worker_logs for line in text.splitlines()
+             if "stopped by SIGTERM at epoch" in line]
+    assert len(stops) == 2 and stops[0] == stops[1], stops     # one line per rank, the same step
+    left = kubectl(nodes, "-n", E2E_NAMESPACE, "get", "jobs,pods,services,configmaps",
+                   "-o", "name").stdout.split()
     assert not [obj for obj in left if name in obj], left
 
 
 def test_restricted_namespace_admits_our_pods_and_rejects_a_root_pod(nodes):
     """The namespace the jobs above ran in enforces Pod Security "restricted" for real."""
-    labels = json.loads(kubectl(nodes, "get", "namespace", E2E_NAMESPACE, "-o", "json").stdout)["metadata"]["labels"]
+    namespace = json.loads(kubectl(nodes, "get", "namespace", E2E_NAMESPACE, "-o", "json").stdout)
+    labels = namespace["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     root_pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "as-root"},
                 "spec": {"containers": [{"name": "c", "image": IMAGE, "command": ["true"]}]}}
@@ -185,7 +185,8 @@ def test_restricted_namespace_admits_our_pods_and_rejects_a_root_pod(nodes):
     rendered = run_cli(["render", "pretrain", "--nodes", "2", "--name", "admitted", *ON_REAL_NODES, *TINY],
                        nodes["env"], check=True).stdout
     job = next(doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "Job")
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "admitted-0"}, "spec": job["spec"]["template"]["spec"]}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "admitted-0"},
+           "spec": job["spec"]["template"]["spec"]}
     admitted = kubectl(nodes, "-n", E2E_NAMESPACE, "create", "--dry-run=server", "-f", "-", input=json.dumps(pod),
                        check=False)
     assert admitted.returncode == 0, admitted.stderr

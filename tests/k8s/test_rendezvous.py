@@ -31,7 +31,8 @@ def test_other_ranks_resolve_rank_0s_name():
     run = rendezvous("--rank0-host", "localhost", "--port", "6768", "--node-rank", "1", "--pod-ip", "10.9.9.9",
                      "--", *LAUNCHER, "1")
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines()[-1] == "-m paddle.distributed.launch --master 127.0.0.1:6768 --nnodes 2 --rank 1"
+    assert run.stdout.splitlines()[-1] == ("-m paddle.distributed.launch --master 127.0.0.1:6768 "
+                                           "--nnodes 2 --rank 1")
 
 
 def test_a_name_that_never_resolves_ends_with_one_line_after_the_timeout():
