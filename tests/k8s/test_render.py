@@ -81,12 +81,18 @@ def test_job_shape_two_nodes_eight_gpus(render):
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     (container,) = pod["containers"]
-    assert container["securityContext"] == {"allowPrivilegeEscalation": False,
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                             "capabilities": {"drop": ["ALL"]}}
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
     argv = container["command"]
-    assert argv[:3] == ["python", "-m", "paddle.distributed.launch"]
-    assert argv[argv.index("--master") + 1] == "pt-0.pt:6768"
+    # Rank 0's IP, not its name, becomes --master (paddle's master listens only on its own IP):
+    # the pod finds it first, then runs paddle's launcher.
+    assert argv[:3] == ["python", "-m", "trainer.rendezvous"] and "--master" not in argv
+    assert argv[argv.index("--rank0-host") + 1] == "pt-0.pt" and argv[argv.index("--port") + 1] == "6768"
+    assert argv[argv.index("--node-rank") + 1] == "$(JOB_COMPLETION_INDEX)"
+    assert argv[argv.index("--pod-ip") + 1] == "$(POD_IP)"
+    assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in container["env"]
+    assert argv[argv.index("--") + 1:][:3] == ["python", "-m", "paddle.distributed.launch"]
     assert argv[argv.index("--nnodes") + 1] == "2"
     assert argv[argv.index("--rank") + 1] == "$(JOB_COMPLETION_INDEX)"
     assert argv[argv.index("--nproc_per_node") + 1] == "8" and "--devices" not in argv
@@ -97,8 +103,12 @@ def test_job_shape_two_nodes_eight_gpus(render):
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert mounts["data"]["readOnly"] is True and mounts["data"]["mountPath"] == "/data"
     assert mounts["dshm"]["mountPath"] == "/dev/shm"
+    assert mounts["config"]["readOnly"] is True
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
+    # Writable paths under the read-only root: scratch space and HOME.
+    assert {mounts[v]["mountPath"]: volumes[v]["emptyDir"] for v in ("tmp", "home")} == {
+        "/tmp": {}, "/home/simsiam": {}}
     assert volumes["config"]["configMap"]["name"] == cm["metadata"]["name"]
     assert cm["data"]["config.yaml"] == make_spec().config_yaml
 
@@ -108,7 +118,9 @@ def test_single_node_cpu_job_has_no_gpu_parts(render):
     (container,) = pod["containers"]
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
     assert "nodeSelector" not in pod and "tolerations" not in pod
+    assert container["command"][:3] == ["python", "-m", "paddle.distributed.launch"]
     assert "--master" not in container["command"] and "--nproc_per_node" in container["command"]
+    assert pod["automountServiceAccountToken"] is False
 
 
 def test_hostile_values_stay_values(render):

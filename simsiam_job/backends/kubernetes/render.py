@@ -14,12 +14,14 @@ from simsiam_job import command, templates, validate
 from simsiam_job.backends.base import Rendered
 from simsiam_job.errors import UsageError
 from simsiam_job.spec import JobSpec
+from trainer.rendezvous import command as rendezvous_command
 
 TEMPLATE = "k8s/job.yaml.j2"
 CONFIG_DIR = "/etc/simsiam"      # the ConfigMap's mount
 DATA_MOUNT = "/data"             # the data claim, read-only
 OUTPUT_MOUNT = "/output"         # the output claim; each job writes OUTPUT_MOUNT/<job name>/
 IMAGE_UID = 1000                 # the non-root user of docker/Dockerfile
+IMAGE_HOME = "/home/simsiam"     # its HOME (paddle's caches), an emptyDir under a read-only root
 # Phases that resume from checkpoints after a restart (a smoke job does not): on several nodes
 # their ranks must share the checkpoints, on an output claim.
 RESUMING_PHASES = ("pretrain", "linear-probe")
@@ -69,9 +71,12 @@ def context(spec: JobSpec, opts, namespace: str) -> dict[str, Any]:
             "ranks could never resume from the same checkpoint")
     output = output or Volume("")
     service = spec.name  # the Service shares the job's name: pods are <job>-<index>.<job>
-    master = f"{spec.name}-0.{service}:{opts.port}" if spec.nodes > 1 else None
-    argv = command.launch_args(
-        spec, master=master, nnodes=spec.nodes, node_rank="$(JOB_COMPLETION_INDEX)",
+    # Several nodes: each pod first finds rank 0's IP (trainer.rendezvous adds --master).
+    rendezvous = rendezvous_command(
+        rank0_host=f"{spec.name}-0.{service}", port=opts.port,
+        node_rank="$(JOB_COMPLETION_INDEX)", pod_ip="$(POD_IP)") if spec.nodes > 1 else []
+    argv = rendezvous + command.launch_args(
+        spec, master=None, nnodes=spec.nodes, node_rank="$(JOB_COMPLETION_INDEX)",
         log_dir=f"{OUTPUT_MOUNT}/{spec.name}/launch-logs/rank-$(JOB_COMPLETION_INDEX)",
     ) + command.trainer_args(
         spec, config_path=f"{CONFIG_DIR}/config.yaml",
@@ -86,6 +91,7 @@ def context(spec: JobSpec, opts, namespace: str) -> dict[str, Any]:
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(spec.gpus)
     env = [{"name": k, "value": v} for k, v in spec.env]
     env.append({"name": "PYTHONUNBUFFERED", "value": "1"})  # logs reach `kubectl logs` at once
+    env.append({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     return {
         "name": spec.name,
         "namespace": namespace,
@@ -109,6 +115,7 @@ def context(spec: JobSpec, opts, namespace: str) -> dict[str, Any]:
         "priority_class": opts.priority_class,
         "image_pull_secrets": [{"name": s} for s in opts.image_pull_secrets],
         "uid": IMAGE_UID,
+        "home": IMAGE_HOME,
         "shm_size": validate.shm_size(opts.shm_size, limits["memory"]),
         "config_dir": CONFIG_DIR,
         "data": data and dataclasses.asdict(data),
