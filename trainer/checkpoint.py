@@ -113,13 +113,10 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(directory: Path, state: dict, *, keep: int = 0) -> Path:
-    """Write `state` atomically, then delete all but the newest `keep` (0 = keep all)."""
+def save_checkpoint(directory: Path, state: dict) -> Path:
+    """Write `state` atomically (retention: trainer.guard.Retention)."""
     path = checkpoint_path(directory, state["epoch"], state["global_step"])
     save_object(state, path)
-    if keep > 0:
-        for old in list_checkpoints(directory)[:-keep]:
-            old.unlink(missing_ok=True)
     return path
 
 

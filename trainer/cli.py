@@ -4,16 +4,20 @@ The config's Global.task_type picks the loop: ContrastiveLearning (SimSiam pretr
 Classification (the linear probe). Further subcommands (`simsiam-train eval ...`,
 `simsiam-train convert ...`) register in SUBCOMMANDS.
 
-Exit codes: 0 done; 2 bad config, data or usage (one line on stderr); 143 stopped by SIGTERM after
-saving a checkpoint; 1 anything else.
+Exit codes (trainer.contract): 0 done; 2 bad config, data, checkpoint or usage, or an output
+directory another run holds (one line on stderr); 3 diverged (a non-finite loss or parameter; no
+checkpoint written after it); 75 a peer rank was lost (restart the whole group); 143 stopped by
+SIGTERM after saving a checkpoint; 1 anything else.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from trainer import lock, watchdog
 from trainer.config import ConfigError, load_config
-from trainer.contract import PHASE_TASKS
+from trainer.contract import (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_DONE, EXIT_ERROR, EXIT_PREEMPTED,
+                              PHASE_TASKS)
 
 # name -> "module:function"; the function takes the remaining argv and returns an exit code.
 SUBCOMMANDS: dict[str, str] = {
@@ -27,8 +31,6 @@ TASKS = {
     PHASE_TASKS["linear-probe"]: "trainer.engine.linear_probe:train",
     PHASE_TASKS["smoke"]: "trainer.engine.smoke:run",
 }
-
-EXIT_BAD_INPUT, EXIT_PREEMPTED = 2, 143
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,17 +85,31 @@ def run(cfg: dict, target: str | None = None) -> int:
     except (ImportError, AttributeError):
         return _fail(f"Global.task_type {cfg['Global']['task_type']!r} is not available in this install")
     from trainer.engine.run import Preempted
+    from trainer.guard import Diverged
+    code = EXIT_ERROR
     try:
         task(cfg)
+        code = EXIT_DONE
     except (ConfigError, DataError) as e:
-        return _fail(str(e))
+        code = _fail(str(e))
     except Preempted as e:
         print(f"simsiam-train: {e}", file=sys.stderr)
-        return EXIT_PREEMPTED
+        code = EXIT_PREEMPTED
+    except Diverged as e:
+        print(f"simsiam-train: error: {e}", file=sys.stderr)
+        code = EXIT_DIVERGED
     except KeyboardInterrupt:
         print("simsiam-train: interrupted", file=sys.stderr)
-        return 130
-    return 0
+        code = 130
+    except Exception:
+        # a collective fails at once when a peer's connection drops: that is the peer's loss
+        # (exit 75, from the watchdog), not this rank's error
+        watchdog.wait_for_lost_peer()
+        raise
+    finally:
+        watchdog.finish(code)           # tell the peers how this rank ended
+        lock.release_held()
+    return code
 
 
 def _fail(message: str) -> int:

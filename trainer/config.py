@@ -325,6 +325,7 @@ SCHEMA = Section({
         "image_shape": _list_of(_int(1)),       # PASSL, unused
         "save_inference_dir": _str(),           # PASSL, unused
         "to_static": _bool,                     # compile the train step with paddle.jit.to_static
+        "peer_timeout_seconds": _float(0),      # ours: a rank silent this long is lost (0 = no watchdog)
         "max_num_checkpoint": _int(0),          # PASSL, unused
     }, defaults={
         "task_type": "ContrastiveLearning", "checkpoint": None, "auto_resume": False,
@@ -334,6 +335,7 @@ SCHEMA = Section({
         "eval_unit": "epoch", "accum_steps": 1, "epochs": 100, "max_train_step": None,
         "print_batch_step": 10, "use_visualdl": False, "seed": 0, "num_threads": None,
         "collapse_warn_fraction": 0.2, "collapse_patience": 3, "to_static": False,
+        "peer_timeout_seconds": 30.0,
     }),
     "FP16": Section({
         "level": _str("O0", "O1", "O2"),

@@ -87,3 +87,29 @@ def read_last_step(metrics_path: str | os.PathLike, tail_bytes: int = 65536) -> 
             return record
     return None
 
+
+# ---- exit codes -----------------------------------------------------------------------------------
+# What simsiam-train's exit status means, so a launcher can decide between restarting and failing.
+EXIT_DONE = 0
+EXIT_ERROR = 1           # anything unexpected (a traceback on stderr)
+EXIT_BAD_INPUT = 2       # bad config, data, checkpoint or usage; the output directory is another
+                         # run's: one line on stderr; retrying cannot help
+EXIT_DIVERGED = 3        # a non-finite loss or parameter: one line naming the step; no checkpoint
+                         # was written after it; retrying cannot help
+EXIT_PEER_LOST = 75      # another rank of the group was lost (sysexits' EX_TEMPFAIL): restart the
+                         # whole group, which resumes from the newest checkpoint
+EXIT_PREEMPTED = 143     # SIGTERM: a checkpoint was saved, then the run stopped (128 + SIGTERM)
+EXIT_MEANINGS = {
+    EXIT_DONE: "done",
+    EXIT_ERROR: "failed",
+    EXIT_BAD_INPUT: "bad input",
+    EXIT_DIVERGED: "diverged",
+    EXIT_PEER_LOST: "a peer rank was lost; restart the group",
+    EXIT_PREEMPTED: "stopped by SIGTERM after a checkpoint",
+}
+
+# ---- run ownership and liveness (in OUTPUT_DIR) ---------------------------------------------------
+LOCK = "run.lock"               # one writer per output directory: holder's host, pid, job, start time
+HEARTBEATS = "heartbeats"       # heartbeats/<generation>/rank-NNNNN.json, one file per rank per start
+JOB_ENV = "SIMSIAM_JOB_NAME"    # the launcher's job name, recorded in the lock; a restart of the same
+                                # job takes over its own lock

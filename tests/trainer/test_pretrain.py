@@ -131,15 +131,6 @@ def test_auto_resume_skips_a_corrupt_newest_checkpoint(tmp_path, caplog):
     assert "skipping checkpoint" in caplog.text and newest.name in caplog.text
 
 
-def test_keeps_only_the_newest_checkpoints(tmp_path):
-    for step in (2, 4, 6):
-        ckpt.save_checkpoint(tmp_path, {"model": {}, "optimizer": {}, "epoch": 0, "step": step,
-                                        "global_step": step}, keep=2)
-    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [
-        "epoch_000_step_00000004.pdckpt", "epoch_000_step_00000006.pdckpt"]
-    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
-
-
 def test_passl_schema_resnet50_config_runs_one_step_on_cpu(tmp_path):
     root = write_pngs(tmp_path / "train", classes=("n01440764", "n01443537"), per_class=1, size=(64, 48))
     result = run_cli(["-c", str(REPO / "trainer/configs/simsiam_resnet50_pt_in1k_1n8c_dp_fp32.yaml"),

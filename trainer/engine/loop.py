@@ -15,12 +15,13 @@ at logged steps, so a step never waits for the device to finish.
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import paddle
 
 from trainer import checkpoint as ckpt
-from trainer import contract, dist
+from trainer import contract, dist, guard, lock
 from trainer.config import ConfigError, dump
 from trainer.data import build_train_loader
 from trainer.engine.amp import Amp
@@ -82,9 +83,12 @@ class Engine:
                               "DataLoader.Train.sampler.batch_size or the number of devices instead")
         self.cfg, self.g = cfg, g
         self.env = dist.init(g["device"])
+        takeover = lock.claim(cfg, self.env)        # before any write to the output directory
         self.threads = set_cpu_threads(g["num_threads"]) if self.env.device == "cpu" else None
         self.amp = Amp(cfg.get("FP16"), self.env.device)
         self.run = RunDir(cfg, self.env.rank)
+        if takeover:
+            log.warning(takeover)
         seed_everything(g["seed"], self.env.rank)
         self.resumed = resume_state(g, self.run, self.env)   # early: a bad checkpoint fails before slow set-up
         self.global_step = 0
@@ -116,6 +120,7 @@ class Engine:
         start_epoch, start_step = 0, 0
         if self.resumed is not None:
             path, state = self.resumed
+            guard.check_model_state(net, state["model"], path)     # one line, not paddle's warnings
             net.set_state_dict(state["model"])
             ckpt.load_optimizer_state(optimizer, net, state["optimizer"])
             amp.set_state_dict(state.get("amp") or {})
@@ -136,10 +141,13 @@ class Engine:
                  batch * env.world_size, steps_per_epoch, epochs)
         progress = Progress(total_steps, self.global_step, batch * env.world_size)
         preemption = PreemptionSignal()
+        nonfinite = guard.NonFiniteLoss()
+        retention = guard.Retention(run.checkpoints, g["max_num_latest_checkpoint"])
         last_save = time.monotonic()
 
         def save(epoch: int, step: int) -> None:
             nonlocal last_save
+            self._stop_if_diverged(nonfinite, net, epoch)          # never a NaN checkpoint or export
             if step == steps_per_epoch:
                 epoch, step = epoch + 1, 0
             dist.average_buffers(env, net)
@@ -148,7 +156,9 @@ class Engine:
                          "scheduler": {"lr": task.group_lr.schedule(min(epoch, epochs - 1), 0)},
                          "amp": amp.state_dict(), "epoch": epoch, "step": step, "global_step": self.global_step,
                          "rng": ckpt.rng_state(), "config": dump(self.cfg), **task.extra_state()}
-                path = ckpt.save_checkpoint(run.checkpoints, state, keep=g["max_num_latest_checkpoint"])
+                path = ckpt.save_checkpoint(run.checkpoints, state)
+                retention.written(path)
+                retention.apply()
                 task.export(run.path)
                 log.info("saved checkpoint %s", path)
             last_save = time.monotonic()
@@ -169,6 +179,7 @@ class Engine:
                     lrs = task.group_lr.set(epoch, step)
                     out, latest = step_fn([loader.to_tensor(v) for v in views], labels)
                     self.global_step += 1
+                    nonfinite.observe(out["loss"], self.global_step)
                     for key, value in out.items():
                         window[key] = window[key] + value if key in window else value
                     window_steps += 1
@@ -182,14 +193,19 @@ class Engine:
                         self._log_step(task, progress, epoch, step, steps_per_epoch, total_steps, lrs,
                                        sums, window_steps, latest)
                         window, window_steps = {}, 0
-                    stop = False
+                    stop, diverged_at = False, 0
+                    if logged and not math.isfinite(sums["loss"]):
+                        diverged_at = nonfinite.first_bad_step() or self.global_step
                     due = bool(g["save_interval_steps"]) and self.global_step % g["save_interval_steps"] == 0
                     if env.world_size == 1 or logged:
                         # SIGTERM and the clock differ between ranks: agree (one collective) at log steps
                         minutes_due = bool(g["save_interval_minutes"]) and \
                             time.monotonic() - last_save >= 60 * g["save_interval_minutes"]
-                        stop, minutes_due = agree_to_stop(env, preemption.requested, minutes_due)
+                        stop, minutes_due, diverged_at = agree_to_stop(env, preemption.requested, minutes_due,
+                                                                       diverged_at)
                         due = due or minutes_due
+                    if diverged_at:
+                        raise guard.Diverged(guard.diverged_message(diverged_at, epoch + 1, "the loss is not finite"))
                     if stop:
                         save(epoch, step + 1)
                         raise Preempted(f"stopped by SIGTERM at epoch {epoch + 1}, step {step + 1}; checkpoint "
@@ -218,6 +234,18 @@ class Engine:
         log.info("done: %d steps; %s", self.global_step, task.done_text(run.path))
         run.close()
         return net
+
+    def _stop_if_diverged(self, nonfinite: "guard.NonFiniteLoss", net, epoch: int) -> None:
+        """Before a save: Diverged on every rank if any rank saw a non-finite loss or holds a
+        non-finite parameter (a non-finite gradient leaves one after the update)."""
+        at, what = nonfinite.first_bad_step(), "the loss is not finite"
+        if not at:
+            name = guard.first_nonfinite_parameter(net)
+            at, what = (self.global_step, f"parameter {name} is not finite") if name else (0, "")
+        at = agree_to_stop(self.env, False, False, at)[2]
+        if at:
+            raise guard.Diverged(guard.diverged_message(at, epoch + 1, what or "another rank's loss or "
+                                                        "parameters are not finite"))
 
     def _log_step(self, task: Task, progress: Progress, epoch: int, step: int, steps_per_epoch: int,
                   total_steps: int, lrs: dict, sums: dict, steps: int, last: dict) -> None:

@@ -172,10 +172,12 @@ class PreemptionSignal:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def agree_to_stop(env, stop: bool, due: bool) -> tuple[bool, bool]:
-    """Every rank must save (a collective) and stop at the same step: take the max over ranks."""
-    stop, due = dist.all_reduce_max([stop, due], env)
-    return stop > 0, due > 0
+def agree_to_stop(env, stop: bool, due: bool, diverged_at: int = 0) -> tuple[bool, bool, int]:
+    """Every rank must save (a collective) and stop at the same step: take the max over ranks.
+    `diverged_at`, the first global step with a non-finite loss on this rank (0: none), becomes the
+    group's earliest (negated, so the max finds it)."""
+    stop, due, earliest = dist.all_reduce_max([stop, due, -diverged_at if diverged_at else -math.inf], env)
+    return stop > 0, due > 0, 0 if earliest == -math.inf else int(-earliest)
 
 
 def resume_state(g: dict, run: RunDir, env):

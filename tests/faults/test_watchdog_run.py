@@ -1,0 +1,75 @@
+"""A lost rank stops every other rank with the peer-lost exit code (75), never a collective timeout:
+real two-node paddle runs on this machine (gloo on CPU), one trainer killed or frozen mid-training."""
+import os
+import signal
+import time
+
+import pytest
+
+from faults_helpers import TwoNodes, wait_for_step
+from trainer import contract
+from trainer_helpers import tiny_run_args
+
+pytestmark = pytest.mark.slow
+
+
+def _args(out, image_root, *extra):
+    return tiny_run_args(out, image_root, "-o", "DataLoader.Train.sampler.batch_size=2", "-o", "Global.epochs=200",
+                         "-o", "Global.device=cpu", *extra)
+
+
+@pytest.fixture
+def nodes(tmp_path, image_root):
+    runs = []
+
+    def start(port, *extra):
+        run = TwoNodes(tmp_path, port, tmp_path / "out", _args(tmp_path / "out", image_root, *extra))
+        runs.append(run)
+        return run
+    yield start
+    for run in runs:
+        run.close()
+
+
+def test_a_killed_rank_stops_the_other_with_the_peer_lost_code_naming_it(tmp_path, nodes):
+    run = nodes(29631)
+    victim = run.trainer_pid(1)
+    wait_for_step(tmp_path / "out", 3)
+    killed = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    assert run.wait(0) == contract.EXIT_PEER_LOST, run.log(0)[-3000:]
+    print(f"rank 0 exited {time.monotonic() - killed:.1f} s after rank 1 was killed")
+    log = (tmp_path / "out" / contract.TRAIN_LOG).read_text()
+    assert f"peer lost: rank 1" in log and f"pid {victim}" in log, log[-2000:]
+    assert "Traceback" not in run.log(0)
+
+
+def test_a_frozen_rank_stops_the_other_while_it_waits_in_a_collective(tmp_path, nodes):
+    """A SIGSTOPped trainer is a lost node: its connections stay open, so rank 0 waits inside gloo's
+    all-reduce (C++) until the watchdog's thread ends the process."""
+    run = nodes(29632, "-o", "Global.peer_timeout_seconds=5")
+    victim = run.trainer_pid(1)
+    wait_for_step(tmp_path / "out", 3)
+    os.kill(victim, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        assert run.wait(0) == contract.EXIT_PEER_LOST, run.log(0)[-3000:]
+        print(f"rank 0 exited {time.monotonic() - stopped:.1f} s after rank 1 froze (timeout 5 s)")
+    finally:
+        os.kill(victim, signal.SIGKILL)
+    log = (tmp_path / "out" / contract.TRAIN_LOG).read_text()
+    assert "peer lost: no heartbeat from rank 1" in log, log[-2000:]
+
+
+def test_a_clean_run_and_a_sigterm_on_one_rank_end_without_a_peer_lost_exit(tmp_path, nodes):
+    run = nodes(29633, "-o", "Global.epochs=3", "-o", "Global.peer_timeout_seconds=3")
+    assert (run.wait(0), run.wait(1)) == (0, 0), run.log(0)[-3000:] + run.log(1)[-3000:]
+    again = nodes(29634, "-o", "Global.auto_resume=True", "-o", "Global.peer_timeout_seconds=3")
+    victim = again.trainer_pid(1)
+    wait_for_step(tmp_path / "out", 16)
+    os.kill(victim, signal.SIGTERM)       # one rank preempted: the group stops together
+    assert (again.wait(0), again.wait(1)) == (contract.EXIT_PREEMPTED,) * 2, again.log(0)[-3000:]
+    time.sleep(4)                                       # longer than the peer timeout
+    log = (tmp_path / "out" / contract.TRAIN_LOG).read_text()
+    assert "peer lost" not in log + again.log(0) + again.log(1)
+    assert not (tmp_path / "out" / contract.LOCK).exists()
