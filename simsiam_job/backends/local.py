@@ -276,6 +276,9 @@ class LocalBackend(BaseBackend):
         if state.finished:
             return f"{ref} had already finished: {state.value}"
         (run_dir / "cancelled").touch()
+        # the grace period the run was submitted with (the supervisor uses it too)
+        options = (_read_json(run_dir / "spec.json") or {}).get("options") or {}
+        self.grace_seconds = float(options.get("grace_seconds", self.grace_seconds))
         supervised = _alive(_pid(run_dir) or 0, run_dir)
         processes = _signal_all(run_dir, signal.SIGTERM)
         gone = "" if supervised else " (its supervisor was gone)"
