@@ -99,4 +99,6 @@ def test_bad_data_fails_at_once_without_a_restart(tmp_path, user_env):
     (tmp_path / "empty" / "train").mkdir(parents=True)
     ref = submit(user_env, "no-images", "--data", tmp_path / "empty")
     final, _ = wait_for(ref, user_env, lambda st: st["state"] == "FAILED", what="FAILED", timeout=180)
-    assert "retrying cannot help" in final["reason"] and final["detail"]["group_restarts"] == 0, final
+    assert final["detail"]["group_restarts"] == 0, final
+    assert final["reason"].startswith("rank ") and "Exited with exit code 2 (bad input), retrying cannot help" in final["reason"]
+    assert str(tmp_path / "empty" / "train") in final["reason"], final["reason"]   # the trainer's own line
