@@ -270,12 +270,11 @@ class BaseBackend:
     def cancel(self, ref: JobRef) -> str:
         """TERM first, so the trainer writes a checkpoint; KILL what is still there after the grace
         period. Returns one line saying which of the two ended the job."""
-        started = time.monotonic()
         already = self._stop(ref)
         if already is not None:
             return already
         if poll(lambda: self._stopped(ref), timeout=self.grace_seconds, interval=0.5):
-            return f"cancelled {ref}: {self.stopped_after_term} ({time.monotonic() - started:.0f} s)"
+            return f"cancelled {ref}: {self.stopped_after_term}"
         return f"cancelled {ref}: " + self._kill(ref)
 
     def _stop(self, ref: JobRef) -> str | None:
