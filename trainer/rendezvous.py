@@ -195,18 +195,19 @@ class Rounds:
 def supervise(launch: list[str], rounds: Rounds | None, say=print) -> int:
     """Run the launcher; forward SIGTERM/SIGINT to it; with rounds, end it at once (exit 75) when
     this pod's round is superseded. Returns the pod's exit status."""
-    proc = subprocess.Popen(launch, start_new_session=True)
-    stopping = []
+    stopping, started = [], []
 
     def forward(signum, frame):
         stopping.append(signum)
-        try:
-            proc.send_signal(signum)
-        except ProcessLookupError:
-            pass
+        if started:
+            started[0].send_signal(signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
+    proc = subprocess.Popen(launch, start_new_session=True)
+    started.append(proc)
+    if stopping:                    # a signal that came while the launcher was being started
+        proc.send_signal(stopping[0])
     while True:
         try:
             code = proc.wait(timeout=POLL)
