@@ -142,7 +142,7 @@ def _env_secrets(items: Sequence[str], backend: str, env_names: set[str]) -> tup
                              "or NAME=FILE (slurm, local)")
         if name in env_names or name in (n for n, _ in pairs):
             raise UsageError(f"--env-secret {name}: {name} is set twice (by --env or --env-secret)")
-        pairs.append((name, _secret_key_ref(name, ref) if backend == "kubernetes" else secret_file(name, ref)))
+        pairs.append((name, _secret_key_ref(name, ref) if backend == "kubernetes" else _secret_file(name, ref)))
     return tuple(pairs)
 
 
@@ -154,7 +154,7 @@ def _secret_key_ref(name: str, ref: str) -> str:
     return ref
 
 
-def secret_file(name: str, path: str) -> str:
+def _secret_file(name: str, path: str) -> str:
     """The absolute path of a secret file that exists, is readable and that nobody else can read."""
     if "\0" in path or "\n" in path:
         raise UsageError(f"--env-secret {name}: a file path cannot contain NUL or newline characters")
@@ -166,7 +166,7 @@ def secret_file(name: str, path: str) -> str:
     if not stat.S_ISREG(st.st_mode):
         raise UsageError(f"--env-secret {name}={path}: not a regular file")
     if st.st_mode & 0o077:
-        raise UsageError(f"--env-secret {name}={path}: group or others may read this file (mode "
+        raise UsageError(f"--env-secret {name}={path}: group or others have access to this file (mode "
                          f"{stat.S_IMODE(st.st_mode):04o}); make it yours alone: chmod 600 {shlex.quote(full)}")
     if not os.access(full, os.R_OK):
         raise UsageError(f"--env-secret {name}={path}: you cannot read this file")

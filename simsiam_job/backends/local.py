@@ -347,7 +347,8 @@ def _read_secrets(env_files: dict[str, str]) -> dict[str, str]:
         try:
             values[name] = Path(path).read_text().rstrip("\n")
         except (OSError, UnicodeDecodeError) as err:
-            raise ValueError(f"--env-secret {name}: cannot read {path}: {getattr(err, 'strerror', None) or err}")
+            reason = getattr(err, "strerror", None) or err
+            raise ValueError(f"--env-secret {name}: cannot read {path}: {reason}") from None
     return values
 
 

@@ -7,8 +7,10 @@ The checks run paddle's real launcher and judge every file it wrote as another u
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +162,25 @@ def test_the_role_grants_exactly_the_api_calls_the_client_makes():
     granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
                for resource in rule["resources"] for verb in rule["verbs"]}
     assert granted == calls
+
+
+def test_a_secret_file_gone_when_the_run_starts_fails_the_run_with_one_line(tmp_path):
+    """The local supervisor reads --env-secret files when it starts the launcher: a file that has
+    gone since submit ends the run with exit code 2 and a line naming it, and starts nothing."""
+    from simsiam_job.backends.local import supervise
+
+    run_dir = tmp_path / "run"
+    (run_dir / "logs").mkdir(parents=True)
+    marker = tmp_path / "started"
+    (run_dir / "command.json").write_text(json.dumps({
+        "argv": ["touch", str(marker)], "env": {}, "path_prefix": "/usr/bin",
+        "env_files": {"API_TOKEN": str(tmp_path / "gone")}}))
+    before = signal.getsignal(signal.SIGTERM)  # supervise() ignores TERM, as its process must
+    try:
+        supervise(run_dir)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert json.loads((run_dir / "exit.json").read_text())["exit_code"] == 2
+    said = (run_dir / "logs" / "launch.log").read_text()
+    assert said.startswith("error: --env-secret API_TOKEN: cannot read ") and said.count("\n") == 1, said
+    assert not marker.exists()
