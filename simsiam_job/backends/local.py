@@ -118,6 +118,8 @@ class LocalBackend(BaseBackend):
             RUN_ENV: spec.name,
             **dict(spec.env),
         }
+        # --env-secret: the supervisor reads each file when the run starts; only its path is kept.
+        env_files = dict(spec.env_secrets)
         # simsiam-train is looked up on PATH: put the interpreter's bin directory first.
         path_prefix = str(Path(python).parent)
         text = "\n".join([
@@ -126,10 +128,12 @@ class LocalBackend(BaseBackend):
             f"# run directory: {run_dir}",
             f"cd {shlex.quote(str(run_dir))}",
             f"PATH={shlex.quote(path_prefix)}:\"$PATH\" "
-            + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " \\",
+            + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+            + "".join(f' {k}="$(cat {shlex.quote(p)})"' for k, p in env_files.items()) + " \\",
             "  " + shlex.join(argv),
         ]) + "\n"
-        payload = {"argv": argv, "env": env, "path_prefix": path_prefix, "run_dir": str(run_dir),
+        payload = {"argv": argv, "env": env, "env_files": env_files, "path_prefix": path_prefix,
+                   "run_dir": str(run_dir),
                    "output_dir": str(output_dir), "data_dir": data_dir}
         return Rendered(text=text, files={"run.sh": text, "config.yaml": spec.config_yaml}, payload=payload)
 
@@ -152,7 +156,9 @@ class LocalBackend(BaseBackend):
                              "another --name")
         if dry_run:
             return ref
-        (run_dir / "logs").mkdir(parents=True)
+        # Private: paddle's launcher copies its environment (--env, --env-secret values) into logs/.
+        run_dir.mkdir(mode=0o700, parents=True)
+        (run_dir / "logs").mkdir()
         Path(payload["output_dir"]).mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(spec.config_yaml)
         (run_dir / "command.json").write_text(json.dumps(payload, indent=2))
@@ -333,6 +339,19 @@ def _kill_run_processes(run_id: str, sig: int) -> None:
             continue
 
 
+def _read_secrets(env_files: dict[str, str]) -> dict[str, str]:
+    """--env-secret values, read now, at run time (like a shell's "$(cat FILE)": without the
+    trailing newline); never written anywhere by us."""
+    values = {}
+    for name, path in env_files.items():
+        try:
+            values[name] = Path(path).read_text().rstrip("\n")
+        except (OSError, UnicodeDecodeError) as err:
+            reason = getattr(err, "strerror", None) or err
+            raise ValueError(f"--env-secret {name}: cannot read {path}: {reason}") from None
+    return values
+
+
 def supervise(run_dir: Path) -> int:
     """Run the launcher, wait for it, record its exit code. TERM is ignored here: it also reaches
     the launcher (same process group), and this process must outlive it to record the outcome."""
@@ -342,6 +361,12 @@ def supervise(run_dir: Path) -> int:
     env = {**os.environ, **command["env"]}
     env["PATH"] = command["path_prefix"] + os.pathsep + env.get("PATH", "")
     with open(run_dir / "logs" / "launch.log", "ab") as log:
+        try:
+            env.update(_read_secrets(command.get("env_files", {})))
+        except ValueError as err:
+            log.write(f"error: {err}\n".encode())
+            _write_atomic(run_dir / "exit.json", json.dumps({"exit_code": 2, "finished": time.time()}))
+            return 0
         try:
             proc = subprocess.Popen(command["argv"], cwd=run_dir, env=env, stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT)
