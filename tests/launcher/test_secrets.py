@@ -89,10 +89,15 @@ def test_kubernetes_pods_keep_paddles_environment_dumps_private(tmp_path, shared
     subprocess.run(local(init["command"]), check=True, timeout=30)
     argv = local(trainer["command"])
     argv = [sys.executable] + argv[1:argv.index("simsiam-train")] + ["true"]
-    secrets = {("api", "token"): HIDDEN}
-    env = {**os.environ, **{e["name"]: e["value"] if "value" in e else
-                            secrets[e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"]]
-                            for e in trainer["env"]}}
+    # What the kubelet resolves: the Secret's value, and the downward API's pod IP.
+    resolved = {("secretKeyRef", "api", "token"): HIDDEN, ("fieldRef", "status.podIP"): "127.0.0.1"}
+
+    def value(e):
+        if "value" in e:
+            return e["value"]
+        ((kind, ref),) = e["valueFrom"].items()
+        return resolved[(kind, *ref.values())]
+    env = {**os.environ, **{e["name"]: value(e) for e in trainer["env"]}}
     launched = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert launched.returncode == 0, launched.stdout[-2000:]
     assert_private(shared_dir, claim / "kjob" / "launch-logs" / "rank-0")
