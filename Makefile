@@ -4,7 +4,10 @@
 
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
-APT_PKGS  := dataset-fashion-mnist slurm-wlm munge shellcheck openssl iproute2
+# containerd ... gcc: the Kubernetes test cluster's real nodes and the image they run (debootstrap,
+# buildah; gcc builds the pods' pause binary).
+APT_PKGS  := dataset-fashion-mnist slurm-wlm munge shellcheck openssl iproute2 \
+             containerd runc containernetworking-plugins buildah debootstrap gcc libc6-dev
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-packages quickstart test clusters
@@ -32,8 +35,13 @@ setup: system-packages $(VENV)/.installed-run
 quickstart: setup
 	$(VENV)/bin/simsiam-job quickstart
 
+# The Go builds and, as root (debootstrap, buildah), the trainer image for the real Kubernetes
+# nodes, side by side (one mostly compiles, the other mostly downloads); all cached under
+# ~/.cache/simsiam-job.
 clusters: system-packages $(VENV)/.installed-test
-	bash tests/cluster/k8s.sh build
+	@image=; if [ "$$(id -u)" = 0 ]; then bash tests/cluster/image.sh build >/dev/null & image=$$!; fi; \
+	bash tests/cluster/k8s.sh build; rc=$$?; \
+	if [ -n "$$image" ]; then wait $$image || rc=1; fi; exit $$rc
 
 test: clusters
 	SIMSIAM_REQUIRE_ALL=1 $(PY) -m pytest -ra --timeout=900 tests

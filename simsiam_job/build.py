@@ -11,6 +11,8 @@ import json
 import os
 import re
 import secrets
+import shlex
+import stat
 import string
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -19,7 +21,9 @@ from simsiam_job import defaults
 from simsiam_job.backends import get_backend, options_class
 from simsiam_job.backends.base import JobRef, State
 from simsiam_job.errors import UsageError
+from simsiam_job.locate import located_options
 from simsiam_job.spec import JobSpec, Phase, validate_name
+from simsiam_job.validate import DNS1123_SUBDOMAIN
 from trainer.contract import PHASE_TASKS
 
 # The shipped recipe each phase runs when no -c is given (trainer/configs/).
@@ -33,8 +37,19 @@ CPU_DEFAULT_CONFIGS = {Phase.SMOKE: "simsiam_smoke_cpu"}
 DEFAULT_IMAGE = "ghcr.io/simsiam-job/simsiam:0.1.0"
 MAX_GPUS_PER_NODE = 16
 MAX_NODES = 4096
+# A registry reference, or an image file for Slurm's containers (/images/simsiam.sif): no spaces or
+# control characters, and no leading '-' that a command line would read as an option.
+_IMAGE = re.compile(r"^[^\s\x00-\x1f\x7f-][^\s\x00-\x1f\x7f]{0,1023}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+# Config keys every backend sets on the trainer's command line (simsiam_job/command.py), which
+# would silently win over an -o of the same key: the flag that sets each one instead.
+LAUNCHER_KEYS = {
+    "Global.output_dir": "--output (the job writes LOCATION/<job name>/)",
+    "Global.device": "--gpus (0 runs on CPU)",
+    "Global.auto_resume": "no flag: jobs always resume from their newest checkpoint",
+}
+DATA_KEYS = {"DataLoader.Train.dataset.root": "train", "DataLoader.Eval.dataset.root": "val"}
 
 
 def generated_name(phase: Phase) -> str:
@@ -59,30 +74,46 @@ class Request:
     output: str | None = None
     from_ref: str | None = None
     env: Sequence[str] = ()
+    env_secrets: Sequence[str] = ()
     sets: Sequence[str] = ()
 
 
-def _int_default(key: str, given: int | None, user: Mapping[str, Any], fallback: int) -> int:
+def _int_default(key: str, given: int | None, user: Mapping[str, Any], fallback: int,
+                 environ: Mapping[str, str]) -> int:
     if given is not None:
         return given
-    value = defaults.top_level_default(key, user)
+    value = defaults.top_level_default(key, user, environ)
     if value is None:
         return fallback
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"default {key} from the environment or config file is not an integer: {value!r}") from None
+    text = str(value).strip()
+    if isinstance(value, bool) or not (isinstance(value, int) or text.lstrip("+-").isdigit()):
+        raise UsageError(f"default {key} from the environment or config file is not an integer: {value!r}")
+    return int(text)
 
 
-def _check_overrides(overrides: Sequence[str]) -> None:
+def _check_overrides(overrides: Sequence[str], data: str | None) -> None:
     for item in overrides:
         key, sep, _ = item.partition("=")
-        if not sep or not _OVERRIDE_KEY.match(key.strip()):
+        key = key.strip()
+        if not sep or not _OVERRIDE_KEY.match(key):
             raise UsageError(f"malformed -o {item!r}: expected Dotted.Key=VALUE, e.g. -o Global.epochs=10")
         if any(c in item for c in "\n\r\0"):
             # A YAML plain scalar would fold the line break silently: say how to keep it instead.
-            raise UsageError(f"-o {key.strip()}: the value contains a line break or NUL; write a "
+            raise UsageError(f"-o {key}: the value contains a line break or NUL; write a "
                              'YAML string to keep it, e.g. -o Key="line 1\\nline 2"')
+        for owned, flag in LAUNCHER_KEYS.items():
+            if owned == key or owned.startswith(key + "."):
+                raise UsageError(f"-o {key}: the launcher sets {owned}; use {flag}")
+        if data is not None and key in DATA_KEYS:
+            raise UsageError(f"-o {key}: the data location {data} sets it (to {data}/{DATA_KEYS[key]}); "
+                             "give one or the other")
+
+
+def _image(image: str) -> str:
+    if not _IMAGE.match(image):
+        raise UsageError(f"--image {image!r} is not an image reference (e.g. registry.example.com/simsiam:1.0, "
+                         "or an image file; no spaces, control characters or leading '-')")
+    return image
 
 
 def _env_pairs(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
@@ -97,6 +128,51 @@ def _env_pairs(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
+
+
+def _env_secrets(items: Sequence[str], backend: str, env_names: set[str]) -> tuple[tuple[str, str], ...]:
+    """``--env-secret NAME=REF`` -> (NAME, REF), checked for the backend: SECRET/KEY on Kubernetes,
+    else a file that only the user can read (its path is kept, never its content)."""
+    pairs: list[tuple[str, str]] = []
+    for item in items:
+        name, sep, ref = item.partition("=")
+        if not sep or not _ENV_NAME.match(name) or not ref:
+            raise UsageError(f"malformed --env-secret {item!r}: expected NAME=SECRET/KEY (kubernetes) "
+                             "or NAME=FILE (slurm, local)")
+        if name in env_names or name in (n for n, _ in pairs):
+            raise UsageError(f"--env-secret {name}: {name} is set twice (by --env or --env-secret)")
+        pairs.append((name, _secret_key_ref(name, ref) if backend == "kubernetes" else _secret_file(name, ref)))
+    return tuple(pairs)
+
+
+def _secret_key_ref(name: str, ref: str) -> str:
+    secret, sep, key = ref.partition("/")
+    if not sep or not DNS1123_SUBDOMAIN.match(secret) or len(secret) > 253 or not _SECRET_KEY.match(key):
+        raise UsageError(f"--env-secret {name}={ref}: on Kubernetes write SECRET/KEY, a Secret in the "
+                         "job's namespace and one of its keys (e.g. wandb/api-key)")
+    return ref
+
+
+def _secret_file(name: str, path: str) -> str:
+    """The absolute path of a secret file that exists, is readable and that nobody else can read."""
+    if "\0" in path or "\n" in path:
+        raise UsageError(f"--env-secret {name}: a file path cannot contain NUL or newline characters")
+    full = os.path.abspath(os.path.expanduser(path))
+    try:
+        st = os.stat(full)
+    except OSError as err:
+        raise UsageError(f"--env-secret {name}={path}: {err.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"--env-secret {name}={path}: not a regular file")
+    if st.st_mode & 0o077:
+        raise UsageError(f"--env-secret {name}={path}: group or others have access to this file (mode "
+                         f"{stat.S_IMODE(st.st_mode):04o}); make it yours alone: chmod 600 {shlex.quote(full)}")
+    if not os.access(full, os.R_OK):
+        raise UsageError(f"--env-secret {name}={path}: you cannot read this file")
+    return full
+
+
 def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, str] = os.environ) -> JobSpec:
     """Validate ``req`` and return the frozen JobSpec. ``check_from`` asks the pretrain job's
     backend whether it finished (submit does; render stays pure and only computes the path)."""
@@ -109,8 +185,8 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
     backend = req.backend or defaults.top_level_default("backend", user, environ) or "local"
     options = defaults.resolve_options(backend, options_class(backend), req.sets, user_config=user, environ=environ)
 
-    nodes = _int_default("nodes", req.nodes, user, 1)
-    gpus = _int_default("gpus", req.gpus, user, 0)
+    nodes = _int_default("nodes", req.nodes, user, 1, environ)
+    gpus = _int_default("gpus", req.gpus, user, 0, environ)
     if not 1 <= nodes <= MAX_NODES:
         raise UsageError(f"--nodes must be between 1 and {MAX_NODES}, got {nodes}")
     if not 0 <= gpus <= MAX_GPUS_PER_NODE:
@@ -122,7 +198,9 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
 
     name = validate_name(req.name) if req.name is not None else generated_name(phase)
     overrides = list(req.overrides)
-    _check_overrides(overrides)
+    data = req.data or defaults.top_level_default("data", user, environ)
+    # A backend's default data location (Kubernetes' data_pvc) sets the roots as --data does.
+    _check_overrides(overrides, data or getattr(options, "data_pvc", None) or None)
 
     if req.from_ref is not None:
         if phase is not Phase.LINEAR_PROBE:
@@ -130,7 +208,8 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
         ref = JobRef.parse(req.from_ref)
         source_options = options if ref.backend == backend else defaults.resolve_options(
             ref.backend, options_class(ref.backend), (), user_config=user, environ=environ)
-        pretrained = _pretrained_path(ref, get_backend(ref.backend, source_options), check_from)
+        source = get_backend(ref.backend, located_options(ref, source_options, environ))
+        pretrained = _pretrained_path(ref, source, check_from)
         overrides.append("Global.pretrained_model=" + json.dumps(pretrained))
 
     from trainer.config import ConfigError, dump, load_config, shipped_config
@@ -138,8 +217,6 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
     try:
         default = (gpus == 0 and CPU_DEFAULT_CONFIGS.get(phase)) or DEFAULT_CONFIGS[phase]
         config_path = req.config if req.config is not None else str(shipped_config(default))
-        if req.config is not None and not os.path.isfile(req.config):
-            raise UsageError(f"config file not found: {req.config}")
         config = load_config(config_path, overrides)
     except ConfigError as err:
         raise UsageError(f"config: {err}") from None
@@ -149,13 +226,15 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
         raise UsageError(f"{config_path} is a {task} config, but the phase {phase.value} needs "
                          f"Global.task_type {expected}")
 
+    env = _env_pairs(req.env)
+    env_secrets = _env_secrets(req.env_secrets, backend, {n for n, _ in env})
     return JobSpec(
         name=name, phase=phase, backend=backend, nodes=nodes, gpus=gpus,
-        image=req.image or defaults.top_level_default("image", user, environ) or DEFAULT_IMAGE,
+        image=_image(req.image or defaults.top_level_default("image", user, environ) or DEFAULT_IMAGE),
         config_source=config_path, config=config, config_yaml=dump(config),
-        data=req.data or defaults.top_level_default("data", user, environ),
+        data=data,
         output=req.output or defaults.top_level_default("output", user, environ),
-        from_ref=req.from_ref, env=_env_pairs(req.env), options=options, procs_per_node=req.procs,
+        from_ref=req.from_ref, env=env, env_secrets=env_secrets, options=options, procs_per_node=req.procs,
     )
 
 

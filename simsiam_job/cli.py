@@ -87,18 +87,23 @@ From = Annotated[Optional[str], typer.Option(
     "--from", metavar="JOBREF", help="linear-probe: the finished pretrain job whose encoder to probe (a JOBREF).")]
 Env = Annotated[Optional[list[str]], typer.Option(
     "--env", "-e", metavar="NAME=VALUE", help="Environment variable NAME=VALUE for the trainer processes (repeatable).")]
+EnvSecret = Annotated[Optional[list[str]], typer.Option(
+    "--env-secret", metavar="NAME=REF", help="Environment variable NAME read from a secret where the job "
+    "runs, never written by simsiam-job (repeatable). REF: SECRET/KEY on kubernetes; a file only you "
+    "can read (chmod 600) on slurm and local.")]
 Sets = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY=VALUE", help="Backend option KEY=VALUE (repeatable); `simsiam-job options BACKEND` lists them.")]
 
 
 def _spec(phase, backend, nodes, gpus, procs, config, overrides, image, name, data, output,
-          from_ref, env, sets, *, check_from: bool):
+          from_ref, env, env_secret, sets, *, check_from: bool):
     from simsiam_job.build import Request, build_spec
 
     return build_spec(Request(
         phase=phase.value, backend=backend.value if backend else None, nodes=nodes, gpus=gpus,
         procs=procs, config=config, overrides=overrides or (), image=image, name=name, data=data,
-        output=output, from_ref=from_ref, env=env or (), sets=sets or ()), check_from=check_from)
+        output=output, from_ref=from_ref, env=env or (), env_secrets=env_secret or (), sets=sets or ()),
+        check_from=check_from)
 
 
 @app.command()
@@ -106,7 +111,8 @@ def submit(
     phase: Annotated[PhaseArg, typer.Argument(help="pretrain, linear-probe or smoke (a short check of the cluster).")],
     backend: Backend = None, nodes: Nodes = None, gpus: Gpus = None, procs: Procs = 1,
     config: Config = None, override: Overrides = None, image: Image = None, name: Name = None,
-    data: Data = None, output: Output = None, from_: From = None, env: Env = None, set_: Sets = None,
+    data: Data = None, output: Output = None, from_: From = None, env: Env = None,
+    env_secret: EnvSecret = None, set_: Sets = None,
     dry_run: Annotated[Optional[DryRun], typer.Option(
         "--dry-run", help="client: validate and print the job reference only; server: also let "
                           "the backend validate (Kubernetes server-side dry run).")] = None,
@@ -124,16 +130,21 @@ def submit(
     from simsiam_job.backends import get_backend
 
     spec = _spec(phase, backend, nodes, gpus, procs, config, override, image, name, data, output,
-                 from_, env, set_, check_from=dry_run is None)
-    ref = get_backend(spec.backend, spec.options).submit(spec, dry_run=dry_run.value if dry_run else None)
+                 from_, env, env_secret, set_, check_from=dry_run is None)
+    job_backend = get_backend(spec.backend, spec.options)
+    ref = job_backend.submit(spec, dry_run=dry_run.value if dry_run else None)
     if dry_run:
         _err(f"dry run ({dry_run.value}): {ref} would be created; nothing was started")
         typer.echo(str(ref))
         return
+    if hasattr(job_backend, "runs_dir"):  # local: later commands find the run by its JOBREF alone
+        from simsiam_job.locate import remember
+
+        remember(ref, job_backend.runs_dir)
     typer.echo(str(ref))
     if wait:
-        raise typer.Exit(_follow(ref))
-    _err(f"follow it:  simsiam-job status {ref}   |   simsiam-job logs -f {ref}   |   simsiam-job cancel {ref}")
+        raise typer.Exit(_follow(ref, job_backend))
+    _err(f"follow it:  {_follow_hint(ref)}")
 
 
 @app.command()
@@ -141,7 +152,8 @@ def render(
     phase: Annotated[PhaseArg, typer.Argument(help="pretrain, linear-probe or smoke (a short check of the cluster).")],
     backend: Backend = None, nodes: Nodes = None, gpus: Gpus = None, procs: Procs = 1,
     config: Config = None, override: Overrides = None, image: Image = None, name: Name = None,
-    data: Data = None, output: Output = None, from_: From = None, env: Env = None, set_: Sets = None,
+    data: Data = None, output: Output = None, from_: From = None, env: Env = None,
+    env_secret: EnvSecret = None, set_: Sets = None,
     out: Annotated[Optional[str], typer.Option(
         "--out", help="Write the files into this directory instead of printing.")] = None,
 ) -> None:
@@ -158,7 +170,7 @@ def render(
     from simsiam_job.backends import get_backend
 
     spec = _spec(phase, backend, nodes, gpus, procs, config, override, image, name, data, output,
-                 from_, env, set_, check_from=False)
+                 from_, env, env_secret, set_, check_from=False)
     rendered = get_backend(spec.backend, spec.options).render(spec)
     if out is None:
         sys.stdout.write(rendered.text)
@@ -177,17 +189,18 @@ def render(
     _err(f"wrote {', '.join(sorted(rendered.files))} to {out_dir}")
 
 
+MAX_TAIL = 10**7   # lines; more is "everything", which logs without --tail prints
+
 JobRefArg = Annotated[str, typer.Argument(
     metavar="JOBREF", help="local://ID, kubernetes://NAMESPACE/NAME or slurm://JOBID.")]
 
 
 def _backend_for(ref_text: str):
-    from simsiam_job import defaults
-    from simsiam_job.backends import get_backend, options_class
     from simsiam_job.backends.base import JobRef
+    from simsiam_job.locate import backend_for
 
     ref = JobRef.parse(ref_text)
-    return ref, get_backend(ref.backend, defaults.resolve_options(ref.backend, options_class(ref.backend)))
+    return ref, backend_for(ref)
 
 
 @app.command()
@@ -244,8 +257,8 @@ def logs(
 
     if all_ and rank is not None:
         raise UsageError("--rank and --all exclude each other")
-    if tail is not None and tail < 0:
-        raise UsageError(f"--tail must be 0 or more, got {tail}")
+    if tail is not None and not 0 <= tail <= MAX_TAIL:
+        raise UsageError(f"--tail must be between 0 and {MAX_TAIL}, got {tail}")
     ref, backend = _backend_for(jobref)
     for line in backend.logs(ref, rank=rank if rank is not None else 0, all_ranks=all_, follow=follow, tail=tail):
         typer.echo(line)
@@ -313,6 +326,10 @@ def list_(
         options = defaults.resolve_options(name, options_class(name))
         try:
             rows += get_backend(name, options).list(all_jobs=all_)
+            if name == "local":  # and the runs submit recorded in other runs directories
+                from simsiam_job.locate import runs_elsewhere
+
+                rows += runs_elsewhere(options, all_jobs=all_)
         except (BackendError, UsageError) as err:  # one unreachable cluster must not hide the other jobs
             if backend is not None:
                 raise
@@ -388,13 +405,22 @@ def _age(seconds: float | None) -> str:
     return f"{int(seconds)}s"
 
 
-def _follow(ref) -> int:
-    """--wait: follow the job to its end; exit 0 only if it SUCCEEDED."""
+def _follow_hint(ref) -> str:
+    return f"simsiam-job status {ref}   |   simsiam-job logs -f {ref}   |   simsiam-job cancel {ref}"
+
+
+def _follow(ref, backend) -> int:
+    """--wait: follow the job to its end; exit 0 only if it SUCCEEDED. Ctrl-C stops following only."""
     from simsiam_job.backends.base import State
     from simsiam_job.progress import follow
 
-    _, backend = _backend_for(str(ref))
-    state = follow(backend, ref)
+    try:
+        state = follow(backend, ref)
+    except KeyboardInterrupt:
+        # The job runs detached (its own session, or a cluster): say so, or a user thinks it stopped.
+        _err(("\n" if sys.stderr.isatty() else "") + f"stopped waiting; {ref} keeps running. "
+             f"Follow or stop it:  {_follow_hint(ref)}")
+        return 130
     if state is State.SUCCEEDED:
         _err(f"{ref} SUCCEEDED; output: {backend.output_location(ref)}")
         return 0
@@ -410,6 +436,10 @@ def main(argv: list[str] | None = None) -> None:
     except (UsageError, NotFoundError, BackendError, TemplateError) as err:
         _err(f"error: {' '.join(str(err).split())}")
         code = err.code
+    except OSError as err:  # a path the user gave (--set runs_dir, --output) that cannot be written
+        where = f"{err.filename}: " if err.filename else ""
+        _err(f"error: {where}{err.strerror or err}")
+        code = 2
     except KeyboardInterrupt:
         code = 130
     except Exception as err:  # noqa: BLE001  (the one place that turns any failure into one line)

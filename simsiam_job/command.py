@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from simsiam_job.spec import JobSpec, Phase
+from simsiam_job.spec import JobSpec
 
 TRAINER = "simsiam-train"
 
@@ -32,7 +32,7 @@ def trainer_args(spec: JobSpec, *, config_path: str, data_dir: str | None, outpu
     args += _override("Global.output_dir", output_dir)
     if data_dir is not None:
         args += _override("DataLoader.Train.dataset.root", f"{data_dir}/train")
-        if spec.phase is Phase.LINEAR_PROBE:
+        if spec.config.get("DataLoader", {}).get("Eval"):  # the probe's val split, pretraining's kNN monitor
             args += _override("DataLoader.Eval.dataset.root", f"{data_dir}/val")
     args += _override("Global.auto_resume", True)
     args += _override("Global.device", "gpu" if spec.gpus > 0 else "cpu")

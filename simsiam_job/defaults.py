@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -47,16 +48,25 @@ def _closest(word: str, choices: Sequence[str]) -> str:
 
 
 def load_user_config(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    """The config file as a dict ({} if there is none), its keys checked."""
+    """The config file as a dict ({} if there is none), its keys checked. A file named by
+    SIMSIAM_JOB_CONFIG must exist (a typo there would silently drop every setting); /dev/null
+    says "no settings"."""
     path = config_path(environ)
-    if not path.is_file():
+    if str(path) == os.devnull:     # SIMSIAM_JOB_CONFIG=/dev/null: no settings, on purpose
         return {}
-    import yaml  # lazily: not needed for --help
+    if not path.is_file():
+        if environ.get("SIMSIAM_JOB_CONFIG"):
+            raise UsageError(f"SIMSIAM_JOB_CONFIG names {path}, which "
+                             + ("is not a regular file" if path.exists() else "does not exist"))
+        return {}
+    from trainer.config import ConfigError, read_yaml  # lazily: YAML is not needed for --help
 
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise UsageError(f"{path}: cannot read: {' '.join(str(err).split())}") from None
+        data = read_yaml(path)
+    except ConfigError as err:
+        raise UsageError(f"user config: {err}") from None
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
     valid = TOP_LEVEL_KEYS + BACKEND_NAMES
@@ -111,11 +121,15 @@ def _convert(value: Any, tp: Any, what: str) -> Any:
     if tp in (int, float):
         if isinstance(value, bool):
             raise UsageError(f"{what}: expected a number, got {value!r}")
+        kind = "an integer" if tp is int else "a finite number"
         try:
-            return tp(value)
-        except (TypeError, ValueError):
-            kind = "an integer" if tp is int else "a number"
+            number = tp(value)
+        except (TypeError, ValueError, OverflowError):
             raise UsageError(f"{what}: expected {kind}, got {value!r}") from None
+        if (isinstance(value, float) and tp is int and number != value) or \
+                (tp is float and not math.isfinite(number)):
+            raise UsageError(f"{what}: expected {kind}, got {value!r}")  # 2.5 or .inf from the config file
+        return number
     if tp is str:
         if isinstance(value, (dict, list)):
             raise UsageError(f"{what}: expected a string, got {value!r}")

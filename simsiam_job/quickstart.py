@@ -12,7 +12,9 @@ them); this module only chains them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -29,6 +31,7 @@ PRETRAIN_CONFIG = "simsiam_cifar_resnet18_fmnist_pt_cpu"
 PROBE_CONFIG = "simsiam_cifar_resnet18_fmnist_lp_cpu"
 TRAIN_IMAGES = 5000
 VAL_IMAGES = 2000
+MAX_TRAIN_IMAGES, MAX_VAL_IMAGES = 60000, 10000    # Fashion-MNIST's training and test sets
 
 PROBES = [  # (row label, extra overrides, probe the pretrained encoder?)
     ("SimSiam encoder (pretrained)", [], True),
@@ -61,12 +64,37 @@ def _shipped(name: str) -> str:
         raise UsageError(f"quickstart: {err}") from None
 
 
+def _check(root: Path, requests: list[Request], n_train: int, n_val: int) -> None:
+    """Every argument, before the data set is written: a mistake costs seconds, not minutes."""
+    if not 1 <= n_train <= MAX_TRAIN_IMAGES:
+        raise UsageError(f"--train must be between 1 and {MAX_TRAIN_IMAGES} (Fashion-MNIST's training set), got {n_train}")
+    if not 1 <= n_val <= MAX_VAL_IMAGES:
+        raise UsageError(f"--val must be between 1 and {MAX_VAL_IMAGES} (Fashion-MNIST's test set), got {n_val}")
+    for req in requests:
+        spec = build_spec(req, check_from=False)  # the config, its -o overrides and --procs
+        sampler = spec.config["DataLoader"]["Train"]["sampler"]
+        batch = sampler["batch_size"] * spec.world_size
+        if sampler.get("drop_last", True) and n_train < batch:
+            raise UsageError(f"--train {n_train} is less than one {req.phase} batch ({sampler['batch_size']} "
+                             f"per process x {spec.world_size}): give --train {batch} or more")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:
+        raise UsageError(f"--workdir {root}: {e.strerror or e}") from None
+
+
 def _run(req: Request, label: str, err: Callable[[str], None]) -> JobRef | None:
     spec = build_spec(req)
     backend = get_backend(spec.backend, spec.options)
     ref = backend.submit(spec)
     err(f"{label}: {ref}  (logs: simsiam-job logs -f {ref})")
-    state = follow(backend, ref, label=f"  {label}: ")
+    try:
+        state = follow(backend, ref, label=f"  {label}: ")
+    except KeyboardInterrupt:
+        err(f"\nstopped waiting; {ref} keeps running (stop it: simsiam-job cancel {ref})")
+        raise
     return ref if state is State.SUCCEEDED else None
 
 
@@ -83,19 +111,22 @@ def run(*, workdir: str, procs: int, echo: Callable[[str], None], err: Callable[
     root = Path(workdir).expanduser().absolute()
     data = root / f"fashion-mnist-{n_train}-{n_val}"
     outputs = root / "outputs"
-    _prepare_data(data, n_train, n_val, err)
     common = dict(backend="local", procs=procs, data=str(data), output=str(outputs))
+    pretrain_request = Request(phase="pretrain", config=_shipped(PRETRAIN_CONFIG), overrides=extra_overrides,
+                               **common)
+    probe_requests = [Request(phase="linear-probe", config=_shipped(PROBE_CONFIG),
+                              overrides=[*extra_overrides, *overrides], **common) for _, overrides, _ in PROBES]
+    _check(root, [pretrain_request, *probe_requests], n_train, n_val)
+    _prepare_data(data, n_train, n_val, err)
 
-    pretrain = _run(Request(phase="pretrain", config=_shipped(PRETRAIN_CONFIG), overrides=extra_overrides,
-                            **common), "pretrain", err)
+    pretrain = _run(pretrain_request, "pretrain", err)
     if pretrain is None:
         return 1
     results = []
-    for label, overrides, from_pretrain in PROBES:
-        ref = _run(Request(phase="linear-probe", config=_shipped(PROBE_CONFIG),
-                           overrides=[*extra_overrides, *overrides],
-                           from_ref=str(pretrain) if from_pretrain else None, **common),
-                   f"probe: {label}", err)
+    for (label, _, from_pretrain), request in zip(PROBES, probe_requests):
+        if from_pretrain:
+            request = dataclasses.replace(request, from_ref=str(pretrain))
+        ref = _run(request, f"probe: {label}", err)
         if ref is None:
             return 1
         results.append((label, _top1(get_backend("local").output_location(ref)), ref))

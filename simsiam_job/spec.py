@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
 from simsiam_job.errors import UsageError
+from simsiam_job.validate import DNS1123_LABEL
 
 
 class Phase(str, enum.Enum):
@@ -22,7 +22,6 @@ class Phase(str, enum.Enum):
     SMOKE = "smoke"
 
 
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME_LEN = 52  # 63 minus room for the suffixes Kubernetes adds to pods of an indexed Job
 
 
@@ -50,6 +49,9 @@ class JobSpec:
     output: str | None = None       # output location; likewise
     from_ref: str | None = None     # linear-probe --from JOBREF (the pretrain job)
     env: tuple[tuple[str, str], ...] = ()          # --env NAME=VALUE for the trainer processes
+    # --env-secret NAME=REF: the value is read where the job runs, never written by us. REF is
+    # SECRET/KEY on Kubernetes, elsewhere the absolute path of a file only the user can read.
+    env_secrets: tuple[tuple[str, str], ...] = ()
     options: Any = None             # the backend's own frozen Options dataclass
     procs_per_node: int = 1         # CPU processes per node when gpus == 0
 

@@ -12,6 +12,7 @@ SIGTERM after saving a checkpoint; 1 anything else.
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 
 from trainer import lock, watchdog
@@ -37,6 +38,31 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):           # one line, exit 2 (argparse's default prints usage too)
         print(f"simsiam-train: error: {message} (see simsiam-train --help)", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+
+    def parse_args(self, args=None, namespace=None):
+        """Unknown options first: argparse reports a missing -c or positional before them, which
+        hides the mistyped flag that caused it."""
+        args = sys.argv[1:] if args is None else list(args)
+        known = [o for action in self._actions for o in action.option_strings]
+        for token in args:
+            if token == "--":
+                break
+            name = token.partition("=")[0]
+            if not token.startswith("-") or token == "-" or _is_number(token) or name in known \
+                    or (not token.startswith("--") and token[:2] in known) \
+                    or (token.startswith("--") and any(o.startswith(name) for o in known)):
+                continue
+            close = difflib.get_close_matches(name, known, n=1)
+            self.error(f"unrecognized argument: {token}" + (f" (did you mean {close[0]}?)" if close else ""))
+        return super().parse_args(args, namespace)
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
 
 
 def _resolve(target: str):

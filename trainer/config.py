@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -18,6 +20,10 @@ SHIPPED_CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 class ConfigError(ValueError):
     """A bad config file, key or value; the message is one line meant for the user."""
+
+
+class NotYAMLError(ConfigError):
+    """Text that does not parse as YAML (an -o value may still be meant as a plain string)."""
 
 
 def shipped_config(name: str) -> Path:
@@ -57,21 +63,51 @@ def _bool(value, path):
     return value
 
 
+# PyYAML follows YAML 1.1, which reads `1e-4` (no dot) or a quoted "0.1" as a string; PASSL turns
+# such strings into numbers, so a number the schema wants may arrive as text.
+INT_LIMIT = 2**63 - 1
+_INT_TEXT = re.compile(r"^[-+]?[0-9][0-9_]*$")
+_FLOAT_TEXT = re.compile(r"^[-+]?([0-9][0-9_]*\.?[0-9_]*|\.[0-9][0-9_]*)([eE][-+]?[0-9]+)?$")
+
+
+def _number(value, pattern: re.Pattern, kind: type):
+    """`value` as a `kind` when it is one or is a string spelling one; None otherwise."""
+    if isinstance(value, str) and pattern.match(value.strip()):
+        try:
+            value = kind(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        return None
+    return value
+
+
 def _int(lo: int | None = None, hi: int | None = None) -> Check:
     def check(value, path):
-        if isinstance(value, bool) or not isinstance(value, int) or \
-                (lo is not None and value < lo) or (hi is not None and value > hi):
+        number = _number(value, _INT_TEXT, int)
+        if number is not None and not -INT_LIMIT <= number <= INT_LIMIT:
+            number = None           # beyond what paddle's int64 holds: a typo, not a setting
+        if number is None or (lo is not None and number < lo) or (hi is not None and number > hi):
             raise _bad(path, value, _range("an integer", lo, hi))
-        return value
+        return number
     return check
 
 
 def _float(lo: float | None = None, hi: float | None = None) -> Check:
     def check(value, path):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                (lo is not None and value < lo) or (hi is not None and value > hi):
+        number = _number(value, _FLOAT_TEXT, float)
+        if number is None:
             raise _bad(path, value, _range("a number", lo, hi))
-        return float(value)
+        try:
+            number = float(number)
+        except OverflowError:       # an integer too large for a float
+            number = math.inf
+        # YAML's .nan and .inf are numbers, but never a learning rate, a decay or a probability.
+        if not math.isfinite(number):
+            raise _bad(path, value, _range("a finite number", lo, hi))
+        if (lo is not None and number < lo) or (hi is not None and number > hi):
+            raise _bad(path, value, _range("a number", lo, hi))
+        return number
     return check
 
 
@@ -222,6 +258,21 @@ TRANSFORM_OPS["TwoViewsTransform"] = Section(
 
 DATASET_NAMES = ("ImageFolder",)
 
+# Model.name: what trainer/models registers (a test keeps the two equal). Listed here so that the
+# launcher, which never imports paddle, refuses an unknown model before a job is scheduled.
+BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "cifar_resnet18")
+MODEL_NAMES = (*(f"simsiam_{b}_pretrain" for b in BACKBONE_NAMES),
+               *(f"simsiam_{b}_linearprobe" for b in BACKBONE_NAMES),
+               *(f"{b}_linearprobe" for b in BACKBONE_NAMES), "pixels_linearprobe")
+
+
+def _model_name(value, path):
+    if not isinstance(value, str) or value not in MODEL_NAMES:
+        close = difflib.get_close_matches(str(value), MODEL_NAMES, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(MODEL_NAMES)}"
+        raise ConfigError(f"bad value for '{path}': {value!r} ({hint})")
+    return value
+
 _dataset = Section({
     "name": _str(*DATASET_NAMES),
     "root": _optional(_str()),
@@ -354,7 +405,7 @@ SCHEMA = Section({
         "recompute": _any,                      # PASSL, unused
     }),
     "Model": Section({
-        "name": _str(),
+        "name": _model_name,
         "class_num": _int(1),
         "dim": _int(1),
         "pred_dim": _int(1),
@@ -377,6 +428,10 @@ SCHEMA = Section({
 
 def validate(cfg: Mapping) -> dict:
     """Check every key and value; return a new dict with Global/FP16 defaults filled in."""
+    if isinstance(cfg, Mapping) and "Global" not in cfg and ("epochs" in cfg or "model" in cfg):
+        raise ConfigError("this looks like a PASSL 1.x config (top-level 'epochs'/'model'); "
+                          "simsiam-train reads PASSL 2.x configs (sections Global, Model, Optimizer, "
+                          "DataLoader), e.g. tasks/ssl/simsiam/configs/ in PASSL")
     out = SCHEMA(cfg, "")
     for section in ("Model", "Optimizer", "DataLoader"):
         if section not in out:
@@ -394,8 +449,8 @@ def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
         if not sep or not key.strip():
             raise ConfigError(f"bad override {item!r} (expected Dotted.Key=VALUE)")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
+            value = safe_load(text, f"-o {key.strip()}") if text.strip() else None
+        except NotYAMLError:
             value = text            # not YAML: keep the raw string (e.g. a path with a colon)
         parts = key.strip().split(".")
         node: Any = cfg
@@ -421,21 +476,109 @@ def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict:
     """Read a PASSL-schema YAML file, apply overrides, validate; ConfigError on any problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} is not a YAML mapping of sections")
+    return validate(apply_overrides(raw, overrides))
+
+
+# ---------------------------------------------------------------------------------------------
+# The one YAML reader of both programs (trainer configs, the launcher's user config file, -o
+# values): a config must never make us hang or swallow memory.
+
+MAX_YAML_BYTES = 1 << 20        # PASSL's largest configs are a few KB
+MAX_ALIAS_EXPANSION = 10_000    # values that aliases (*name) may add: "billion laughs" files need millions
+
+
+class _BudgetLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a document whose aliases expand it beyond the budget (the
+    loader shares an anchored value, but every reader of the result walks each copy)."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+
+def _check_expansion(root) -> None:
+    sizes: dict[int, int] = {}          # node id -> nodes in its expanded subtree
+    open_nodes: set[int] = set()
+
+    def size(node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise ConfigError("a YAML alias refers to a value that contains it (a recursive alias)")
+        open_nodes.add(key)
+        if isinstance(node, yaml.MappingNode):
+            _check_unique_keys(node)
+            children = [child for pair in node.value for child in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            children = []
+        total = 1 + sum(size(child) for child in children)
+        open_nodes.discard(key)
+        sizes[key] = total
+        if total - len(sizes) > MAX_ALIAS_EXPANSION:
+            raise ConfigError(f"YAML aliases expand it beyond {MAX_ALIAS_EXPANSION} values "
+                              "(refused: a config never needs that many)")
+        return total
+
+    size(root)
+
+
+def _check_unique_keys(node) -> None:
+    """YAML keeps the last of two equal keys and drops the first without a word: refuse that."""
+    seen = set()
+    for key, _ in node.value:
+        if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+            if key.value in seen:
+                raise ConfigError(f"key '{key.value}' appears twice in one mapping "
+                                  f"(line {key.start_mark.line + 1})")
+            seen.add(key.value)
+
+
+def safe_load(text: str, source: str = "value") -> Any:
+    """yaml.safe_load within the budgets; ConfigError naming `source` and the line on failure."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{source} is larger than {MAX_YAML_BYTES >> 20} MiB (refused: "
+                          "a config is a few KB)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.load(text, Loader=_BudgetLoader)
+    except ConfigError as e:
+        raise ConfigError(f"cannot load {source}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or "invalid YAML"
-        raise ConfigError(f"cannot parse {path}{where}: {problem}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read {path}: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} is not a YAML mapping of sections")
-    return validate(apply_overrides(raw, overrides))
+        raise NotYAMLError(f"cannot parse {source}{where}: {problem}") from None
+    except (ValueError, OverflowError) as e:     # e.g. a date such as 2024-13-45
+        raise NotYAMLError(f"cannot parse {source}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"cannot parse {source}: nested too deeply") from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file through safe_load; ConfigError when it is missing, too large or unreadable."""
+    path = Path(path)
+    try:
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        if not path.is_file():
+            raise ConfigError(f"{path} is not a regular file")
+        with open(path, "rb") as f:
+            data = f.read(MAX_YAML_BYTES + 1)   # /proc files and growing files have no honest size
+        if len(data) > MAX_YAML_BYTES:
+            raise ConfigError(f"{path} is larger than {MAX_YAML_BYTES >> 20} MiB (refused: a config "
+                              "is a few KB)")
+        text = data.decode()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read {path}: not UTF-8 text") from None
+    return safe_load(text, str(path))
 
 
 def dump(cfg: Mapping) -> str:

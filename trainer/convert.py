@@ -84,14 +84,22 @@ def paddle_to_torch(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _save_paddle(state: dict[str, np.ndarray], path: Path) -> None:
-    """paddle.save to a temporary name, then rename: a crash never leaves a half file."""
     import paddle
 
+    _write_atomic(path, lambda tmp: paddle.save({k: paddle.to_tensor(v) for k, v in state.items()}, tmp))
+
+
+def _write_atomic(path: Path, save) -> None:
+    """save(tmp) to a temporary name, then rename: a crash never leaves a half file. The file gets
+    the mode every other output of the trainer gets (0644 under the usual umask), not mkstemp's 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        paddle.save({k: paddle.to_tensor(v) for k, v in state.items()}, tmp)
+        save(tmp)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -158,15 +166,7 @@ def export_torchvision(weights: str | os.PathLike, out: str | os.PathLike) -> Pa
         if key.endswith(".running_mean"):  # torchvision's BatchNorm also carries this counter
             tensors[key[: -len("running_mean")] + "num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(tensors, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _write_atomic(out, lambda tmp: torch.save(tensors, tmp))
     return out
 
 
@@ -180,6 +180,9 @@ DIRECTIONS = {
 def main(argv: list[str]) -> int:
     """simsiam-train convert DIRECTION INPUT OUTPUT; exit 2 with one line on bad input."""
     import sys
+    import warnings
+
+    warnings.filterwarnings("ignore", message="No ccache found")   # paddle's import-time notice
 
     from trainer.cli import _Parser
 
@@ -194,6 +197,9 @@ def main(argv: list[str]) -> int:
         written = DIRECTIONS[args.direction][0](args.input, args.output)
     except WeightsError as e:
         print(f"simsiam-train: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:        # the output path: an existing directory, a missing or read-only parent
+        print(f"simsiam-train: error: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
         return 2
     for path in (written.values() if isinstance(written, dict) else [written]):
         print(f"wrote {path}")

@@ -111,8 +111,9 @@ class Heartbeat:
         self.path = Path(directory) / f"rank-{rank:05d}.json"
         self.record = {"rank": rank, **machine(), "beat": 0, "state": RUNNING, "detail": ""}
 
-    def write(self, state: str = RUNNING, detail: str = "") -> None:
-        self.record.update(beat=self.record["beat"] + 1, state=state, detail=detail, time=round(time.time(), 3))
+    def write(self, state: str = RUNNING, detail: str = "", **extra) -> None:
+        self.record.update(beat=self.record["beat"] + 1, state=state, detail=detail, time=round(time.time(), 3),
+                           **extra)
         write_json(self.path, self.record)
 
 
@@ -125,13 +126,18 @@ class PeerView:
         now = clock()
         # rank -> (last counter seen, when it last changed); a peer that never wrote counts from now
         self.seen = {r: (None, now) for r in range(world_size) if r != rank}
+        self.near: set[int] = set()             # peers on this machine
 
-    def check(self) -> tuple[int, str] | None:
-        """(rank, why) for a lost peer, else None."""
+    def check(self, near_only: bool = False) -> tuple[int, str] | None:
+        """(rank, why) for a lost peer, else None. `near_only`: only the peers on this machine."""
         now = self.clock()
         for r, (beat, changed) in list(self.seen.items()):
+            if near_only and r not in self.near:
+                continue
             record = read_json(self.directory / f"rank-{r:05d}.json")
             if record is not None:
+                if same_machine(record, self.me):
+                    self.near.add(r)
                 where = f"{record.get('host')}, pid {record.get('pid')}"
                 state = record.get("state")
                 if state == LEFT:
@@ -139,14 +145,17 @@ class PeerView:
                     continue
                 if state == FAILED:
                     return r, f"rank {r} ({where}) failed: {record.get('detail') or 'no reason given'}"
-                if state == LOST_PEER:
-                    return r, f"rank {r} ({where}) stopped: {record.get('detail')}"
+                if state == LOST_PEER:           # pass on what it saw: the rank that was lost
+                    return record.get("lost", r), f"{record.get('detail')} (seen by rank {r})"
                 if same_machine(record, self.me) and not pid_alive(record.get("pid", 0)):
                     return r, f"rank {r} ({where}) is gone: its process no longer exists"
                 if record.get("beat") != beat:
                     beat, changed = record.get("beat"), now
                     self.seen[r] = (beat, changed)
             if now - changed > self.timeout:
+                if beat is None:        # never seen: dead before its first beat, or not our storage
+                    return r, (f"no heartbeat from rank {r} in {self.directory} for {now - changed:.0f} s "
+                               "(if it runs, Global.output_dir is not storage every rank shares)")
                 where = f" ({record.get('host')}, pid {record.get('pid')})" if record else ""
                 return r, f"no heartbeat from rank {r}{where} for {now - changed:.0f} s"
         return None
@@ -158,7 +167,7 @@ class Watchdog:
     def __init__(self, output_dir, generation: str, rank: int, world_size: int, timeout: float):
         self.directory = generation_dir(output_dir, generation)
         self.rank, self.timeout = rank, timeout
-        self.interval = min(5.0, max(0.2, timeout / 6))
+        self.interval = max(0.2, timeout / 6)
         self.heartbeat = Heartbeat(self.directory, rank)
         self.view = PeerView(self.directory, rank, world_size, timeout)
         self._stop = threading.Event()
@@ -172,10 +181,18 @@ class Watchdog:
         return self
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        # Beat and read every peer each interval; read the peers on this machine every second too:
+        # when one of them stops for a lost peer, paddle's launcher on this node gives the others
+        # only seconds before killing them, and they must leave with the same exit code.
+        tick = min(1.0, self.interval)
+        next_beat = time.monotonic() + self.interval
+        while not self._stop.wait(tick):
             try:
-                self.heartbeat.write()
-                lost = self.view.check()
+                beat = time.monotonic() >= next_beat
+                if beat:
+                    self.heartbeat.write()
+                    next_beat += self.interval
+                lost = self.view.check(near_only=not beat)
             except OSError as e:            # shared storage hiccup: try again next beat
                 log.warning("WARNING: heartbeat in %s failed: %s", self.directory, e)
                 continue
@@ -197,7 +214,7 @@ class Watchdog:
             sys.stdout.flush()
             sys.stderr.flush()
             try:
-                self.heartbeat.write(LOST_PEER, f"rank {lost_rank} was lost ({why})")
+                self.heartbeat.write(LOST_PEER, why, lost=lost_rank)
             except OSError:
                 pass
             os._exit(contract.EXIT_PEER_LOST)

@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
-# A real Kubernetes control plane on loopback for the k8s tests: etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler and kwok (fake nodes and pod lifecycles; no container runs).
+# A real Kubernetes cluster on this machine for the k8s tests: etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler; kwok for five fake GPU/CPU nodes (no container runs there);
+# and, where the machine allows it (root, network namespaces), two real worker nodes (worker-1,
+# worker-2): a kubelet, containerd, runc and CNI bridge networking each, every node in its own
+# network namespace on a private bridge, with CoreDNS serving cluster DNS.
 #
-#   k8s.sh build   build the binaries from Go modules at the versions pinned in k8s/go.mod (cached)
-#   k8s.sh up      start everything (idempotent) and write a kubeconfig
+#   k8s.sh build   build the binaries from Go modules at the versions pinned in k8s/go.mod and
+#                  coredns/go.mod (cached under ~/.cache/simsiam-job)
+#   k8s.sh up      start everything (idempotent) and write a kubeconfig; with real nodes, leave
+#                  namespace simsiam-e2e with claims `data` (a small Fashion-MNIST ImageFolder) and
+#                  `output` (empty)
+#   k8s.sh image   build docker/Dockerfile.cpu (image.sh build) and load it into the real nodes
 #   k8s.sh env     print `export KUBECONFIG=...`
 #   k8s.sh down    stop everything
+#
+# `up` writes the data volume with the project's Python ($SIMSIAM_PYTHON, default .venv/bin/python).
+# The real nodes carry the taint simsiam-test/real-node (so the kwok tests' pods never land there);
+# namespace simsiam-e2e tolerates it and selects those nodes, as a cluster dedicates nodes to a team.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
 moddir="$here/k8s"
 k8s_version="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$moddir/go.mod")"
 kwok_version="v0.8.0"
@@ -25,6 +37,19 @@ apiserver_port=16443
 kcm_port=20257
 scheduler_port=20259
 kwok_port=20247
+# CoreDNS for the real nodes' pods, built from its own module (coredns/go.mod).
+coredns_version="$(awk '$1 == "require" && $2 == "github.com/coredns/coredns" {print $3}' "$here/coredns/go.mod")"
+coredns="$cache/coredns-$coredns_version/coredns"
+# The real nodes: a private bridge (host end: the API server's and CoreDNS's address), one network
+# namespace per node, and one pod subnet per node, routed between the nodes.
+bridge=simk8s0
+subnet="${SIMSIAM_K8S_SUBNET:-10.213.8}"   # a /24 on the private bridge only
+host_ip="$subnet.1"
+real_nodes=(worker-1 worker-2)
+node_ip() { echo "$subnet.$((10 + ${1#worker-}))"; }
+pod_subnet() { echo "10.214.${1#worker-}.0/24"; }
+netns_of() { echo "simk8s-$1"; }
+e2e_namespace=simsiam-e2e
 
 log() { printf 'k8s.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -34,7 +59,7 @@ components=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubele
 built() {
   local b
   for b in "${components[@]}" kwok; do [[ -x "$bin/$b" ]] || return 1; done
-  [[ -f "$logs_crd" && -x "$bin/etcd" ]]
+  [[ -f "$logs_crd" && -x "$bin/etcd" && -x "$coredns" ]]
 }
 
 cmd_build() {
@@ -74,6 +99,12 @@ cmd_build() {
     kwok_src="$(go mod download -json "sigs.k8s.io/kwok@$kwok_version" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')"
     cp "$kwok_src/kustomize/crd/bases/kwok.x-k8s.io_logs.yaml" "$logs_crd"
   fi
+  if [[ ! -x "$coredns" ]]; then
+    log "building coredns $coredns_version"
+    mkdir -p "${coredns%/*}"
+    (cd "$here/coredns" && go build -ldflags "-s -w" -o "$coredns.tmp" .)
+    mv "$coredns.tmp" "$coredns"
+  fi
   log "built in $((SECONDS - start))s into $bin"
 }
 
@@ -108,15 +139,17 @@ wait_for() {
 
 pki() {
   local d="$run/pki"
-  [[ -f "$d/admin.crt" ]] && return
+  # (A pki from before the real nodes lacks the bridge address: made anew.)
+  if [[ -f "$d/admin.crt" ]] && grep -q "IP:$host_ip," "$d/serving.ext"; then return; fi
+  rm -rf "$d"
   mkdir -p "$d"
   openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=simsiam-test-ca" \
     -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
   # Serving certificate for the API server and kwok's kubelet-like endpoint (both on loopback).
   openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
     -keyout "$d/serving.key" -out "$d/serving.csr" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\n' \
-    >"$d/serving.ext"
+  printf 'subjectAltName=IP:127.0.0.1,IP:%s,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\n' \
+    "$host_ip" >"$d/serving.ext"
   openssl x509 -req -in "$d/serving.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
     -days 3650 -extfile "$d/serving.ext" -out "$d/serving.crt" 2>/dev/null
   # Cluster-admin client certificate (group system:masters): the kubeconfig's user, the
@@ -164,11 +197,14 @@ cmd_up() {
     --initial-cluster "simsiam-test=http://127.0.0.1:$etcd_peer_port" --unsafe-no-fsync
   wait_for etcd 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$etcd_port"
 
-  # No kubelet reaches this API server, so the endpoint reconciler (which would publish the
-  # loopback address as the "kubernetes" Service) is off.
+  # Listening beyond loopback for the real nodes' kubelets (on the private bridge); clients need a
+  # certificate of the test CA. No pod talks to this API server, so the endpoint reconciler (which
+  # would publish an address as the "kubernetes" Service) is off. PodNodeSelector and
+  # PodTolerationRestriction let namespace simsiam-e2e pin its pods to the real nodes.
   start kube-apiserver "$bin/kube-apiserver" \
-    --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$apiserver_port" \
+    --etcd-servers "http://127.0.0.1:$etcd_port" --anonymous-auth=false \
+    --bind-address 0.0.0.0 --advertise-address 127.0.0.1 --secure-port "$apiserver_port" \
+    --enable-admission-plugins PodNodeSelector,PodTolerationRestriction \
     --tls-cert-file "$p/serving.crt" --tls-private-key-file "$p/serving.key" \
     --client-ca-file "$p/ca.crt" --authorization-mode RBAC \
     --service-account-key-file "$p/sa.pub" --service-account-signing-key-file "$p/sa.key" \
@@ -196,21 +232,351 @@ cmd_up() {
     --node-lease-duration-seconds 40 --enable-crds Logs
   kubectl apply --server-side -f "$here/k8s/nodes.yaml" >/dev/null
   wait_for "5 Ready fake nodes" 90 bash -c \
-    "[[ \$('$bin/kubectl' --kubeconfig '$kubeconfig' get nodes --no-headers | grep -cw Ready) == 5 ]]"
+    "[[ \$('$bin/kubectl' --kubeconfig '$kubeconfig' get nodes -l type=kwok --no-headers | grep -cw Ready) == 5 ]]"
   # Pods need a service account in the namespace before the admission plugin lets them in.
   wait_for "the default service account" 60 kubectl -n default get serviceaccount default
+  local why_not
+  if why_not="$(real_nodes_unavailable)"; then
+    log "no real nodes: $why_not"
+  else
+    real_nodes_up
+  fi
   log "up: KUBECONFIG=$kubeconfig ($(kubectl get nodes --no-headers | wc -l) nodes)"
+}
+
+# ---- real nodes ------------------------------------------------------------------------------------
+
+# Prints why this machine cannot run the real nodes (and succeeds), or fails when it can.
+real_nodes_unavailable() {
+  [[ "$(id -u)" == 0 ]] || { echo "they need root (network namespaces, containers)"; return 0; }
+  local tool
+  for tool in ip nsenter containerd runc ctr buildah gcc; do
+    command -v "$tool" >/dev/null || { echo "$tool is not installed"; return 0; }
+  done
+  [[ -x /usr/lib/cni/bridge ]] || { echo "the CNI plugins (containernetworking-plugins) are not installed"; return 0; }
+  return 1
+}
+
+node_dir() { echo "$run/nodes/$1"; }
+
+setup_network() {
+  if ! ip link show "$bridge" >/dev/null 2>&1; then
+    ip link add "$bridge" type bridge
+    ip addr add "$host_ip/24" dev "$bridge"
+  fi
+  ip link set "$bridge" up
+  local n m ns veth
+  for n in "${real_nodes[@]}"; do
+    ns="$(netns_of "$n")"
+    veth="simk8s-$n"
+    ip netns list | grep -qw "$ns" || ip netns add "$ns"
+    if ! ip link show "$veth" >/dev/null 2>&1; then
+      ip link add "$veth" type veth peer name eth0 netns "$ns"
+      ip link set "$veth" master "$bridge" up
+      ip -n "$ns" addr add "$(node_ip "$n")/24" dev eth0
+      ip -n "$ns" link set eth0 up
+      ip -n "$ns" link set lo up
+      ip -n "$ns" route add default via "$host_ip"
+      # Pods on the other node: through that node, across the bridge.
+      for m in "${real_nodes[@]}"; do
+        [[ "$m" == "$n" ]] || ip -n "$ns" route add "$(pod_subnet "$m")" via "$(node_ip "$m")"
+      done
+      nsenter --net="/run/netns/$ns" sysctl -qw net.ipv4.ip_forward=1
+    fi
+    # CoreDNS (on this machine) answers pods through their node.
+    ip route replace "$(pod_subnet "$n")" via "$(node_ip "$n")" dev "$bridge"
+  done
+}
+
+# Cluster DNS for the real nodes' pods: CoreDNS on the bridge address, reading the API server.
+start_coredns() {
+  mkdir -p "$run/coredns"
+  cat >"$run/coredns/Corefile" <<EOF
+.:53 {
+    bind $host_ip
+    errors
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+        kubeconfig $kubeconfig simsiam-test
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }
+    forward . /etc/resolv.conf
+    cache 5
+}
+EOF
+  start coredns "$coredns" -conf "$run/coredns/Corefile"
+  wait_for "CoreDNS on $host_ip:53" 30 grep -q "CoreDNS-" "$run/coredns.log"
+}
+
+write_node_config() {
+  local n="$1" d
+  d="$(node_dir "$n")"
+  mkdir -p "$d"/{cni/net.d,cni/ipam,kubelet,pod-logs,containerd}
+  cat >"$d/cni/net.d/10-simsiam.conflist" <<EOF
+{
+  "cniVersion": "0.4.0",
+  "name": "simsiam",
+  "plugins": [{
+    "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
+    "ipam": {"type": "host-local", "dataDir": "$d/cni/ipam",
+             "ranges": [[{"subnet": "$(pod_subnet "$n")"}]], "routes": [{"dst": "0.0.0.0/0"}]}
+  }]
+}
+EOF
+  # Everything containerd keeps is per node (its default paths would be shared by both).
+  # restrict_oom_score_adj: the machine may deny lowering oom_score_adj (no CAP_SYS_RESOURCE).
+  # netns_mounts_under_state_dir: pods' network namespaces stay inside the node's state too.
+  cat >"$d/containerd.toml" <<EOF
+version = 2
+root = "$d/containerd/root"
+state = "$d/containerd/state"
+[grpc]
+  address = "$d/containerd.sock"
+[ttrpc]
+  address = "$d/containerd.sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$d/containerd/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "localhost/pause:simsiam"
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$d/cni/net.d"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+EOF
+  # A kubelet per node: its own root, pod log directory, cgroup root and runtime socket; the node's
+  # ports are its own through the network namespace. cgroup v1 (this machine's controllers) needs
+  # failCgroupV1: false; containerd 1.6 does not report a cgroup driver, so it is set here.
+  cat >"$d/kubelet.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: $(node_ip "$n")
+readOnlyPort: 0
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: false}
+  x509: {clientCAFile: $run/pki/ca.crt}
+authorization: {mode: AlwaysAllow}
+containerRuntimeEndpoint: unix://$d/containerd.sock
+cgroupDriver: cgroupfs
+cgroupRoot: /simsiam-$n
+failCgroupV1: false
+failSwapOn: false
+clusterDNS: [$host_ip]
+clusterDomain: cluster.local
+resolvConf: ""
+podLogsDir: $d/pod-logs
+# The test image is loaded, never pulled: image garbage collection must not remove it.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: 100Mi, nodefs.available: 2%, imagefs.available: 2%}
+registerWithTaints:
+- {key: simsiam-test/real-node, value: "true", effect: NoSchedule}
+EOF
+  cat >"$d/kubeconfig" <<YAML
+apiVersion: v1
+kind: Config
+clusters:
+- name: simsiam-test
+  cluster:
+    server: https://$host_ip:$apiserver_port
+    certificate-authority: $run/pki/ca.crt
+users:
+- name: $n
+  user:
+    client-certificate: $run/pki/admin.crt
+    client-key: $run/pki/admin.key
+contexts:
+- name: simsiam-test
+  context: {cluster: simsiam-test, user: $n}
+current-context: simsiam-test
+YAML
+}
+
+# The kubelet's cgroup root must exist in every hierarchy (cpuset ones need their CPUs and memory
+# nodes set before a child can be made).
+make_cgroup_root() {
+  local name="$1" h
+  for h in /sys/fs/cgroup/*/; do
+    [[ -d "$h" && ! -L "${h%/}" ]] || continue
+    mkdir -p "$h$name"
+    if [[ -f "$h/cpuset.cpus" ]]; then
+      cat "$h/cpuset.cpus" >"$h$name/cpuset.cpus"
+      cat "$h/cpuset.mems" >"$h$name/cpuset.mems"
+    fi
+  done
+}
+
+node_ctr() { local n="$1"; shift; ctr --address "$(node_dir "$n")/containerd.sock" -n k8s.io "$@"; }
+
+start_node() {
+  local n="$1" d ns
+  d="$(node_dir "$n")"
+  ns="/run/netns/$(netns_of "$n")"
+  write_node_config "$n"
+  make_cgroup_root "simsiam-$n"
+  # nsenter --net, not `ip netns exec`: the kubelet and containerd must share this machine's mounts
+  # (volumes the kubelet mounts are what the containers get).
+  start "containerd-$n" nsenter --net="$ns" containerd --config "$d/containerd.toml"
+  wait_for "containerd on $n" 30 node_ctr "$n" version
+  node_ctr "$n" images import "$pause_archive" >/dev/null
+  start "kubelet-$n" nsenter --net="$ns" "$bin/kubelet" --config "$d/kubelet.yaml" \
+    --kubeconfig "$d/kubeconfig" --root-dir "$d/kubelet" --hostname-override "$n" \
+    --node-ip "$(node_ip "$n")" --node-labels simsiam-test/real-node=true
+}
+
+# Namespace simsiam-e2e: our pods must pass the "restricted" Pod Security level there, and land on
+# the real nodes. Its claims bind to hostPath volumes that both nodes see (as a cluster's shared
+# filesystem): `data` holds a small Fashion-MNIST ImageFolder, `output` starts empty.
+e2e_namespace_up() {
+  local volumes="$run/volumes" python="${SIMSIAM_PYTHON:-$repo/.venv/bin/python}"
+  if [[ ! -d "$volumes/data/train" ]]; then
+    rm -rf "$volumes/data"
+    PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" "$python" -m trainer.data.fashion_mnist \
+      "$volumes/data" --train 64 --val 16 >/dev/null
+  fi
+  # The pods run as uid 1000; the output volume is theirs.
+  install -d -o 1000 -g 1000 -m 0755 "$volumes/output"
+  kubectl apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: $e2e_namespace
+  labels:
+    pod-security.kubernetes.io/enforce: restricted
+    pod-security.kubernetes.io/enforce-version: latest
+  annotations:
+    scheduler.alpha.kubernetes.io/node-selector: simsiam-test/real-node=true
+    scheduler.alpha.kubernetes.io/defaultTolerations: '[{"key": "simsiam-test/real-node", "operator": "Exists", "effect": "NoSchedule"}]'
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: $e2e_namespace-data
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadOnlyMany]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  claimRef: {namespace: $e2e_namespace, name: data}
+  hostPath: {path: $volumes/data, type: Directory}
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: $e2e_namespace-output
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteMany]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  claimRef: {namespace: $e2e_namespace, name: output}
+  hostPath: {path: $volumes/output, type: Directory}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data, namespace: $e2e_namespace}
+spec:
+  accessModes: [ReadOnlyMany]
+  storageClassName: ""
+  volumeName: $e2e_namespace-data
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: output, namespace: $e2e_namespace}
+spec:
+  accessModes: [ReadWriteMany]
+  storageClassName: ""
+  volumeName: $e2e_namespace-output
+  resources: {requests: {storage: 1Gi}}
+YAML
+  wait_for "claims data and output bound" 60 bash -c \
+    "[[ \$('$bin/kubectl' --kubeconfig '$kubeconfig' -n $e2e_namespace get pvc --no-headers | grep -cw Bound) == 2 ]]"
+  wait_for "the default service account of $e2e_namespace" 60 kubectl -n "$e2e_namespace" get serviceaccount default
+}
+
+real_nodes_up() {
+  local n start=$SECONDS
+  pause_archive="$("$here/image.sh" pause)"
+  setup_network
+  start_coredns
+  for n in "${real_nodes[@]}"; do start_node "$n"; done
+  for n in "${real_nodes[@]}"; do
+    wait_for "node $n Ready" 120 bash -c \
+      "'$bin/kubectl' --kubeconfig '$kubeconfig' get node $n --no-headers | grep -qw Ready"
+  done
+  e2e_namespace_up
+  log "real nodes ${real_nodes[*]} Ready in $((SECONDS - start))s"
+}
+
+# k8s.sh image: the trainer image, built (or taken from the cache) and loaded into every real node.
+cmd_image() {
+  local archive n start=$SECONDS
+  archive="$("$here/image.sh" build)"
+  for n in "${real_nodes[@]}"; do
+    [[ -S "$(node_dir "$n")/containerd.sock" ]] || die "node $n is not up: run $0 up first"
+    node_ctr "$n" images import "$archive" >/dev/null
+  done
+  log "image loaded into ${real_nodes[*]} in $((SECONDS - start))s"
+}
+
+# Stop the real nodes: pods first (so containerd removes their network namespaces and mounts), then
+# the daemons, then what is left of the nodes' state.
+real_nodes_down() {
+  local n pid m
+  if running kube-apiserver && kubectl get nodes -l simsiam-test/real-node=true --no-headers 2>/dev/null | grep -q .; then
+    kubectl delete namespace "$e2e_namespace" --wait=false >/dev/null 2>&1 || true
+    for n in "${real_nodes[@]}"; do
+      kubectl delete pods -A --field-selector "spec.nodeName=$n" --grace-period=1 --wait=false >/dev/null 2>&1 || true
+    done
+    local deadline=$((SECONDS + 60))
+    for n in "${real_nodes[@]}"; do
+      while running "kubelet-$n" && node_ctr "$n" containers ls -q 2>/dev/null | grep -q . && ((SECONDS < deadline)); do
+        sleep 1
+      done
+    done
+  fi
+  for n in "${real_nodes[@]}"; do stop "kubelet-$n"; stop "containerd-$n"; done
+  stop coredns
+  for n in "${real_nodes[@]}"; do
+    # Whatever the pods left (containers, shims) runs in the node's cgroups or namespace.
+    for pid in $(find /sys/fs/cgroup/pids/"simsiam-$n" -name cgroup.procs -exec cat {} + 2>/dev/null) \
+               $(ip netns pids "$(netns_of "$n")" 2>/dev/null); do
+      kill -9 "$pid" 2>/dev/null || true
+    done
+    if [[ -d "$(node_dir "$n")" ]]; then
+      awk -v d="$(node_dir "$n")/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r \
+        | while read -r m; do umount -l "$m" || true; done
+      rm -rf "$(node_dir "$n")"
+    fi
+    ip netns del "$(netns_of "$n")" 2>/dev/null || true
+    ip link del "simk8s-$n" 2>/dev/null || true
+    ip route del "$(pod_subnet "$n")" 2>/dev/null || true
+    find /sys/fs/cgroup/*/"simsiam-$n" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
+  ip link del "$bridge" 2>/dev/null || true
+  rm -rf "$run/volumes/output"
+}
+
+stop() {
+  local name="$1"
+  if running "$name"; then
+    kill -- "-$(cat "$run/$name.pid")" 2>/dev/null || kill "$(cat "$run/$name.pid")" 2>/dev/null || true
+    for _ in $(seq 100); do running "$name" || break; sleep 0.1; done
+    if running "$name"; then kill -9 -- "-$(cat "$run/$name.pid")" 2>/dev/null || true; fi
+  fi
+  rm -f "$run/$name.pid"
 }
 
 cmd_down() {
   local name
-  for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
-    if running "$name"; then
-      kill -- "-$(cat "$run/$name.pid")" 2>/dev/null || kill "$(cat "$run/$name.pid")" 2>/dev/null || true
-      for _ in $(seq 50); do running "$name" || break; sleep 0.1; done
-    fi
-    rm -f "$run/$name.pid"
-  done
+  real_nodes_down
+  for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$name"; done
   # A fresh etcd each time: tests start from an empty cluster.
   rm -rf "$run/etcd"
   log "down"
@@ -220,7 +586,8 @@ case "${1:-}" in
   build) cmd_build ;;
   built) built ;;
   up) cmd_up ;;
+  image) cmd_image ;;
   env) echo "export KUBECONFIG=$kubeconfig"; echo "export PATH=$bin:$PATH" ;;
   down) cmd_down ;;
-  *) echo "usage: $0 build|built|up|env|down" >&2; exit 2 ;;
+  *) echo "usage: $0 build|built|up|image|env|down" >&2; exit 2 ;;
 esac

@@ -18,13 +18,13 @@ class TwoNodes:
     with two processes, neither launcher knows when the other node's trainer dies: only the
     trainers' own watchdog can stop the survivor."""
 
-    def __init__(self, tmp_path, port: int, output_dir, train_args: list[str]):
+    def __init__(self, tmp_path, port: int, output_dir, train_args: list[str], nproc=(1, 1)):
         self.tmp, self.launchers = Path(tmp_path), []
         self.heartbeats = Path(output_dir) / contract.HEARTBEATS
         self.earlier = set(self.heartbeats.glob("*")) if self.heartbeats.is_dir() else set()
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         for node in (0, 1):
-            cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nnodes", "2", "--master",
+            cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nnodes", "2", "--nproc_per_node", str(nproc[node]), "--master",
                    f"127.0.0.1:{port}", "--rank", str(node), "--log_dir", str(self.tmp / f"node{node}"),
                    str(TRAIN), *train_args]
             self.launchers.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,

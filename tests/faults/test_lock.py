@@ -9,9 +9,11 @@ import time
 
 import pytest
 
+from faults_helpers import wait_for_step
 from trainer import contract
 from trainer.lock import LockError, RunLock
-from trainer.watchdog import machine
+from trainer.watchdog import machine, write_json
+from trainer_helpers import REPO, run_cli, tiny_run_args
 
 HOLD = ("import sys, time\nfrom trainer.lock import RunLock\nRunLock(sys.argv[1]).acquire()\n"
         "print('held', flush=True)\ntime.sleep(120)\n")
@@ -71,7 +73,7 @@ def test_an_earlier_start_of_the_same_job_on_another_host_is_taken_over(tmp_path
     lock.release()
 
 
-def test_the_holder_refreshes_its_heartbeat_and_release_leaves_a_successors_lock(tmp_path):
+def test_the_holder_refreshes_its_heartbeat(tmp_path):
     lock = RunLock(tmp_path, refresh_every=0.05)
     lock.acquire()
     first = json.loads((tmp_path / contract.LOCK).read_text())["beat"]
@@ -79,8 +81,15 @@ def test_the_holder_refreshes_its_heartbeat_and_release_leaves_a_successors_lock
     while json.loads((tmp_path / contract.LOCK).read_text())["beat"] == first:
         assert time.monotonic() < deadline, "the lock's heartbeat never moved"
         time.sleep(0.05)
-    # another run took the directory over (this one was judged gone): release must not remove its lock
-    (tmp_path / contract.LOCK).write_text(json.dumps({**machine(), "token": "successor", "time": time.time()}))
+    lock.release()
+    assert not (tmp_path / contract.LOCK).exists()
+
+
+def test_release_leaves_a_successors_lock(tmp_path):
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    # this run was judged gone (e.g. frozen for minutes) and another one took the directory over
+    write_json(tmp_path / contract.LOCK, {**machine(), "token": "successor", "time": time.time()})
     lock.release()
     assert json.loads((tmp_path / contract.LOCK).read_text())["token"] == "successor"
 
@@ -89,8 +98,6 @@ def test_the_holder_refreshes_its_heartbeat_and_release_leaves_a_successors_lock
 def test_two_runs_on_one_output_directory(tmp_path, image_root):
     """A second simsiam-train on a directory a live run writes fails at once naming it; once that
     run is killed (its lock left behind), the next run takes the directory over with a warning."""
-    from faults_helpers import wait_for_step
-    from trainer_helpers import REPO, run_cli, tiny_run_args
     out = tmp_path / "out"
     first = subprocess.Popen([sys.executable, "-m", "trainer.cli",
                               *tiny_run_args(out, image_root, "-o", "Global.epochs=500")],

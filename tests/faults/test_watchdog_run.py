@@ -22,8 +22,8 @@ def _args(out, image_root, *extra):
 def nodes(tmp_path, image_root):
     runs = []
 
-    def start(port, *extra):
-        run = TwoNodes(tmp_path, port, tmp_path / "out", _args(tmp_path / "out", image_root, *extra))
+    def start(port, *extra, nproc=(1, 1)):
+        run = TwoNodes(tmp_path, port, tmp_path / "out", _args(tmp_path / "out", image_root, *extra), nproc)
         runs.append(run)
         return run
     yield start
@@ -31,16 +31,20 @@ def nodes(tmp_path, image_root):
         run.close()
 
 
-def test_a_killed_rank_stops_the_other_with_the_peer_lost_code_naming_it(tmp_path, nodes):
-    run = nodes(29631)
-    victim = run.trainer_pid(1)
+def test_a_killed_rank_stops_the_other_node_with_the_peer_lost_code_naming_it(tmp_path, nodes):
+    """Node 0 runs ranks 0 and 1, node 1 runs rank 2. Rank 2 is killed: both ranks of node 0 stop
+    with 75 (rank 1 following rank 0 before node 0's launcher kills it), so node 0's launcher, what
+    a pod or a Slurm task reports, exits 75 too."""
+    run = nodes(29631, nproc=(2, 1))
+    victim = run.trainer_pid(2)
     wait_for_step(tmp_path / "out", 3)
     killed = time.monotonic()
     os.kill(victim, signal.SIGKILL)
     assert run.wait(0) == contract.EXIT_PEER_LOST, run.log(0)[-3000:]
-    print(f"rank 0 exited {time.monotonic() - killed:.1f} s after rank 1 was killed")
+    print(f"node 0 exited {time.monotonic() - killed:.1f} s after rank 2 was killed")
     log = (tmp_path / "out" / contract.TRAIN_LOG).read_text()
-    assert f"peer lost: rank 1" in log and f"pid {victim}" in log, log[-2000:]
+    assert f"peer lost: rank 2 (" in log and f"pid {victim})" in log, log[-2000:]
+    assert "[rank 1] ERROR: peer lost" in run.log(0)
     assert "Traceback" not in run.log(0)
 
 
@@ -62,6 +66,8 @@ def test_a_frozen_rank_stops_the_other_while_it_waits_in_a_collective(tmp_path, 
 
 
 def test_a_clean_run_and_a_sigterm_on_one_rank_end_without_a_peer_lost_exit(tmp_path, nodes):
+    """No false alarm: ranks that end together (done, or the agreed SIGTERM stop) leave cleanly, even
+    with a peer timeout shorter than the time between their exits."""
     run = nodes(29633, "-o", "Global.epochs=3", "-o", "Global.peer_timeout_seconds=3")
     assert (run.wait(0), run.wait(1)) == (0, 0), run.log(0)[-3000:] + run.log(1)[-3000:]
     again = nodes(29634, "-o", "Global.auto_resume=True", "-o", "Global.peer_timeout_seconds=3")

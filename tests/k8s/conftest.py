@@ -8,11 +8,14 @@ fail instead when SIMSIAM_REQUIRE_ALL=1 (CI).
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import sys
 
 import pytest
 
-from k8s_util import CLUSTER_SCRIPT, make_spec
+from k8s_util import CLUSTER_SCRIPT, E2E_NAMESPACE, REAL_NODE_LABEL, make_spec
 from simsiam_job.backends.kubernetes import KubernetesBackend
 from simsiam_job.spec import JobSpec
 from testlib import unavailable
@@ -36,7 +39,9 @@ def cluster(tmp_path_factory) -> dict[str, str]:
     built = subprocess.run([str(CLUSTER_SCRIPT), "built"], capture_output=True, text=True)
     if built.returncode != 0:
         unavailable("Kubernetes binaries are not built: run tests/cluster/k8s.sh build")
-    up = subprocess.run([str(CLUSTER_SCRIPT), "up"], capture_output=True, text=True, timeout=300)
+    # SIMSIAM_PYTHON writes the real nodes' data volume (Fashion-MNIST ImageFolder).
+    up = subprocess.run([str(CLUSTER_SCRIPT), "up"], capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "SIMSIAM_PYTHON": sys.executable})
     if up.returncode != 0:
         pytest.fail(f"tests/cluster/k8s.sh up failed:\n{up.stdout}\n{up.stderr}")
     env = dict(line.removeprefix("export ").split("=", 1)
@@ -46,3 +51,28 @@ def cluster(tmp_path_factory) -> dict[str, str]:
     env["HOME"] = str(tmp_path_factory.mktemp("home"))
     yield env
     subprocess.run([str(CLUSTER_SCRIPT), "down"], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def real_cluster(cluster) -> dict:
+    """The cluster's two real worker nodes with the trainer image loaded (tests/cluster/k8s.sh
+    image: built from docker/Dockerfile.cpu, or taken from its cache). Returns {"env": the CLI's
+    environment, "data"/"output": where the claims `data` and `output` of namespace simsiam-e2e
+    keep their files on this machine}."""
+    kubectl = ["kubectl", "--kubeconfig", cluster["KUBECONFIG"]]
+    env = {**os.environ, **cluster}
+    nodes = subprocess.run([*kubectl, "get", "nodes", "-l", REAL_NODE_LABEL, "-o", "name"], env=env,
+                           capture_output=True, text=True).stdout.split()
+    if len(nodes) != 2:
+        unavailable("the test cluster has no real nodes (tests/cluster/k8s.sh up needs root, "
+                    "containerd, runc, buildah and the CNI plugins)")
+    image = subprocess.run([str(CLUSTER_SCRIPT), "image"], capture_output=True, text=True, timeout=3600)
+    if image.returncode != 0:
+        pytest.fail(f"tests/cluster/k8s.sh image failed:\n{image.stderr[-3000:]}")
+    paths = {}
+    for claim in ("data", "output"):
+        pv = json.loads(subprocess.run(
+            [*kubectl, "get", "pv", f"{E2E_NAMESPACE}-{claim}", "-o", "json"], env=env,
+            capture_output=True, text=True, check=True).stdout)
+        paths[claim] = pv["spec"]["hostPath"]["path"]
+    return {"env": env, **paths}

@@ -10,6 +10,10 @@ from simsiam_job.spec import JobSpec, Phase
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = REPO / "tests" / "cluster" / "k8s.sh"
 RECIPE = REPO / "trainer" / "configs" / "simsiam_resnet50_pt_in1k_1n8c_dp_fp32.yaml"
+# Set up by tests/cluster/k8s.sh up on the real nodes: the namespace of the end-to-end jobs, and the
+# label of the real (kubelet + containerd) nodes.
+E2E_NAMESPACE = "simsiam-e2e"
+REAL_NODE_LABEL = "simsiam-test/real-node=true"
 
 
 def make_spec(name: str = "demo", *, nodes: int = 2, gpus: int = 8, data: str | None = "imagenet",

@@ -76,7 +76,7 @@ def ns(kube, request):
 
 
 def run_cli(cluster, *args, input: str | None = None, check: bool = True, extra_env=None):
-    env = {**cluster, "SIMSIAM_JOB_CONFIG": "/nonexistent", **PYTHONPATH, **(extra_env or {})}
+    env = {**cluster, "SIMSIAM_JOB_CONFIG": "/dev/null", **PYTHONPATH, **(extra_env or {})}
     out = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, input=input,
                          timeout=120)
     if check:
@@ -450,7 +450,7 @@ def test_logs_rank_all_and_follow(cluster, kube, ns, tmp_path):
     assert "progress: epoch 1/90  step 7/626  loss -0.2500  1234.5 img/s  ETA 1h30m" in shown
     assert f"output: pvc:{OUTPUT_CLAIM}/talk (in the pods: /output/talk)" in shown
 
-    env = {**cluster, "SIMSIAM_JOB_CONFIG": "/nonexistent", **PYTHONPATH}
+    env = {**cluster, "SIMSIAM_JOB_CONFIG": "/dev/null", **PYTHONPATH}
     follower = subprocess.Popen([CLI, "logs", "-f", ref], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert follower.stdout.readline().strip() == "epoch 0 step 1 loss 0.5"

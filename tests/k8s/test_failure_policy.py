@@ -26,7 +26,7 @@ def test_failure_policy_restarts_a_lost_peer_uncounted_and_fails_bad_input_and_d
 
 def test_the_trainer_gets_the_job_name_attempt_and_restart_bound(render):
     job = docs_by_kind(render(make_spec("pt", nodes=2, gpus=8, group_restarts=5)))["Job"]
-    env = {v["name"]: v["value"] for v in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {v["name"]: v.get("value") for v in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env[contract.JOB_ENV] == "pt" and env[contract.ATTEMPT_ENV] == "1"
     assert env[contract.GROUP_RESTARTS_ENV] == "5"
     assert job["metadata"]["annotations"][ATTEMPT_ANNOTATION] == "1"
@@ -57,7 +57,7 @@ def test_resume_renders_the_same_job_as_the_next_attempt(render, version):
     assert [d["kind"] for d in second] == ["ConfigMap", "Service", "Job"]
     job = docs_by_kind(second)["Job"]
     assert job["metadata"]["annotations"][ATTEMPT_ANNOTATION] == "2"
-    env = {v["name"]: v["value"] for v in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {v["name"]: v.get("value") for v in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env[contract.ATTEMPT_ENV] == "2"
     # apart from the attempt, exactly what was submitted: same config, command, volumes, policy
     expected = json.loads(json.dumps(by_kind["Job"]))

@@ -45,7 +45,7 @@ def test_manifests_validate_strictly(render, version, nodes, gpus, volumes, gpu_
 def test_a_multi_node_job_without_an_output_claim_is_refused_in_one_line(tmp_path):
     """Each pod's emptyDir would hold its own checkpoints: after a restart the ranks could never
     resume from the same one."""
-    env = {**os.environ, "HOME": str(tmp_path), "SIMSIAM_JOB_CONFIG": str(tmp_path / "none.yaml")}
+    env = {**os.environ, "HOME": str(tmp_path), "SIMSIAM_JOB_CONFIG": "/dev/null"}
     refused = run_cli(["render", "pretrain", "-b", "kubernetes", "--nodes", "2", "--gpus", "8",
                        "--image", "x", "--data", "imagenet"], env)
     assert_one_line_error(refused, 2, "a job on 2 nodes needs an output claim")
@@ -78,12 +78,18 @@ def test_job_shape_two_nodes_eight_gpus(render):
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     (container,) = pod["containers"]
-    assert container["securityContext"] == {"allowPrivilegeEscalation": False,
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                             "capabilities": {"drop": ["ALL"]}}
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
     argv = container["command"]
-    assert argv[:3] == ["python", "-m", "paddle.distributed.launch"]
-    assert argv[argv.index("--master") + 1] == "pt-0.pt:6768"
+    # Rank 0's IP, not its name, becomes --master (paddle's master listens only on its own IP):
+    # the pod finds it first, then runs paddle's launcher.
+    assert argv[:3] == ["python", "-m", "trainer.rendezvous"] and "--master" not in argv
+    assert argv[argv.index("--rank0-host") + 1] == "pt-0.pt" and argv[argv.index("--port") + 1] == "6768"
+    assert argv[argv.index("--node-rank") + 1] == "$(JOB_COMPLETION_INDEX)"
+    assert argv[argv.index("--pod-ip") + 1] == "$(POD_IP)"
+    assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in container["env"]
+    assert argv[argv.index("--") + 1:][:3] == ["python", "-m", "paddle.distributed.launch"]
     assert argv[argv.index("--nnodes") + 1] == "2"
     assert argv[argv.index("--rank") + 1] == "$(JOB_COMPLETION_INDEX)"
     assert argv[argv.index("--nproc_per_node") + 1] == "8" and "--devices" not in argv
@@ -94,8 +100,12 @@ def test_job_shape_two_nodes_eight_gpus(render):
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert mounts["data"]["readOnly"] is True and mounts["data"]["mountPath"] == "/data"
     assert mounts["dshm"]["mountPath"] == "/dev/shm"
+    assert mounts["config"]["readOnly"] is True
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
+    # Writable paths under the read-only root: scratch space and HOME.
+    assert {mounts[v]["mountPath"]: volumes[v]["emptyDir"] for v in ("tmp", "home")} == {
+        "/tmp": {}, "/home/simsiam": {}}
     assert volumes["config"]["configMap"]["name"] == cm["metadata"]["name"]
     assert cm["data"]["config.yaml"] == make_spec().config_yaml
 
@@ -105,7 +115,9 @@ def test_single_node_cpu_job_has_no_gpu_parts(render):
     (container,) = pod["containers"]
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
     assert "nodeSelector" not in pod and "tolerations" not in pod
+    assert container["command"][:3] == ["python", "-m", "paddle.distributed.launch"]
     assert "--master" not in container["command"] and "--nproc_per_node" in container["command"]
+    assert pod["automountServiceAccountToken"] is False
 
 
 def test_hostile_values_stay_values(render):
@@ -173,7 +185,7 @@ def kubeconfig_for(tmp_path, server: str) -> Path:
 
 def cli_env(tmp_path, kubeconfig, **extra):
     return {**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path),
-            "SIMSIAM_JOB_CONFIG": "/nonexistent", **extra}
+            "SIMSIAM_JOB_CONFIG": "/dev/null", **extra}
 
 
 def test_unreachable_api_server_is_one_line_with_a_hint(tmp_path):

@@ -193,3 +193,68 @@ def test_list_reports_an_unreachable_default_cluster_but_still_lists(user_env):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "error: kubernetes:" in proc.stderr and "no jobs" in proc.stderr
     assert run_cli(["list", "--backend", "local"], env).returncode == 0
+
+
+# ---- mistakes caught at render time, on the laptop --------------------------------------------
+
+PASSL = REPO / "tests" / "passl"
+K8S = ["--backend", "kubernetes"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["render", "pretrain", *CFG, "-o", "Global.output_dir=/elsewhere"], "use --output"),
+    (["render", "pretrain", *CFG, "-o", "Global.device=gpu"], "use --gpus"),
+    (["render", "pretrain", *CFG, "-o", "Global=x"], "the launcher sets Global.output_dir"),
+    (["render", "pretrain", *CFG, "--data", "/d", "-o", "DataLoader.Train.dataset.root=/x"],
+     "give one or the other"),
+    (["render", "pretrain", *CFG, "-o", "Model.name=simsiam_resnet05_pretrain"],
+     "did you mean 'simsiam_resnet50_pretrain'"),
+    (["render", "pretrain", *CFG, "-o", "Optimizer.lr.learning_rate=.nan"], "expected a finite number"),
+    (["submit", "pretrain", *CFG, "-o", "Optimizer.weight_decay=.inf", "--dry-run", "client"],
+     "expected a finite number"),
+    (["render", "pretrain", *CFG, *K8S, "--set", "namespace=ML_Team"], "namespace 'ML_Team' is not a DNS-1123 label"),
+    (["render", "pretrain", *CFG, *K8S, "--set", "memory=lots"], "memory 'lots' is not a Kubernetes quantity"),
+    (["render", "pretrain", *CFG, *K8S, "--set", "cpu=0"], "cpu '0' must be more than zero"),
+    (["render", "pretrain", *CFG, *K8S, "--set", "shm_size=16 Gi"], "not a Kubernetes quantity"),
+    (["render", "pretrain", *CFG, *K8S, "--set", "shm_size=64Gi"], "larger than the memory limit 8Gi"),
+    (["render", "pretrain", *CFG, *K8S, "--set", "memory=4Gi", "--set", "shm_size=5Gi"],
+     "larger than the memory limit 4Gi"),
+    (["render", "pretrain", *CFG, *K8S, "--set", "service_account=Bad Account"], "not a DNS-1123 name"),
+    (["render", "pretrain", *CFG, *K8S, "--set", "gpu_product=A100 80GB"], "not a label value"),
+    (["render", "pretrain", *CFG, *K8S, "--set", "port=0"], "not a port number"),
+    (["render", "pretrain", *CFG, "--set", "grace_seconds=nan"], "expected a finite number"),
+])
+def test_mistakes_fail_at_render_time(user_env, args, message):
+    assert_one_line_error(run_cli(args, user_env), 2, message)
+
+
+def test_missing_file_named_by_simsiam_job_config_is_an_error(user_env, tmp_path):
+    env = {**user_env, "SIMSIAM_JOB_CONFIG": str(tmp_path / "my-settings.yaml")}
+    assert_one_line_error(run_cli(["render", "pretrain", *CFG], env), 2,
+                          f"SIMSIAM_JOB_CONFIG names {tmp_path / 'my-settings.yaml'}, which does not exist")
+    run_cli(["render", "pretrain", *CFG], {**user_env, "SIMSIAM_JOB_CONFIG": "/dev/null"}, check=True)  # no settings
+
+
+def test_shm_is_never_larger_than_the_memory_limit(user_env):
+    def shm_and_memory(*args):
+        docs = list(yaml.safe_load_all(run_cli(["render", "pretrain", *CFG, *K8S, *args], user_env, check=True).stdout))
+        pod = next(d for d in docs if d["kind"] == "Job")["spec"]["template"]["spec"]
+        volume = next(v for v in pod["volumes"] if v["name"] == "dshm")
+        return volume["emptyDir"]["sizeLimit"], pod["containers"][0]["resources"]["limits"]["memory"]
+
+    assert shm_and_memory() == ("4096Mi", "8Gi")                        # CPU pod: half its 8Gi
+    assert shm_and_memory("--gpus", "8") == ("16Gi", "256Gi")
+    assert shm_and_memory("--set", "memory=20Gi", "--set", "shm_size=20Gi") == ("20Gi", "20Gi")
+
+
+@pytest.mark.parametrize("phase, name, gpus", [("pretrain", "pretrain.yaml", "8"),
+                                                ("linear-probe", "linear_probe.yaml", "8")])
+def test_passl_formatted_configs_render_as_written(user_env, phase, name, gpus):
+    """PASSL's own spelling (1e-4, None, .1) goes through validation and into the job's config."""
+    proc = run_cli(["render", phase, "-c", PASSL / name, *K8S, "--gpus", gpus], user_env, check=True)
+    config_map = next(d for d in yaml.safe_load_all(proc.stdout) if d["kind"] == "ConfigMap")
+    config = yaml.safe_load(config_map["data"]["config.yaml"])
+    if phase == "pretrain":
+        assert config["Optimizer"]["weight_decay"] == 1e-4
+    else:
+        assert config["Optimizer"]["trust_coefficient"] == 1e-3

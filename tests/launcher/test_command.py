@@ -8,7 +8,7 @@ import sys
 
 import yaml
 
-from simsiam_job.command import launch_args
+from simsiam_job.command import launch_args, trainer_args
 from simsiam_job.spec import JobSpec, Phase
 from testlib import CPU_CONFIG
 
@@ -38,3 +38,19 @@ def test_gpu_launch_works_when_cuda_visible_devices_lists_other_gpus(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     # Paddle's device index is relative to CUDA_VISIBLE_DEVICES: 0 is GPU 5, 1 is GPU 7.
     assert {p.name: p.read_text() for p in tmp_path.glob("gpu.*")} == {"gpu.0": "0", "gpu.1": "1"}
+
+
+def test_a_pretrain_config_with_an_eval_split_reads_it_from_the_data_location():
+    """The Fashion-MNIST pretrain config holds a labelled Eval split for its kNN monitor: `--data`
+    must point it at DATA/val as it does for the linear probe, or the monitor reads the config's
+    laptop path inside the job."""
+    from simsiam_job.build import Request, build_spec
+    from trainer.config import shipped_config
+
+    config = str(shipped_config("simsiam_cifar_resnet18_fmnist_pt_cpu"))
+    spec = build_spec(Request(phase="pretrain", backend="local", gpus=0, config=config, name="knn"))
+    argv = trainer_args(spec, config_path="c.yaml", data_dir="/data/fmnist", output_dir="/out")
+    assert 'DataLoader.Eval.dataset.root="/data/fmnist/val"' in argv
+    spec = build_spec(Request(phase="pretrain", backend="local", gpus=0, config=str(CPU_CONFIG), name="plain"))
+    argv = trainer_args(spec, config_path="c.yaml", data_dir="/data/fmnist", output_dir="/out")
+    assert not any(a.startswith("DataLoader.Eval") for a in argv)

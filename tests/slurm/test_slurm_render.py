@@ -37,7 +37,7 @@ def render(tmp_path, *, nodes=1, gpus=0, procs=1, sets=(), image=None, data="/da
     req = Request(phase="pretrain", backend="slurm", nodes=nodes, gpus=gpus, procs=procs,
                   config=TINY[1], overrides=list(overrides), image=image, name=name, data=data,
                   output=output, env=list(env), sets=[f"job_root={tmp_path}/jobs", *sets])
-    spec = build_spec(req, environ={"SIMSIAM_JOB_CONFIG": str(tmp_path / "none.yaml")})
+    spec = build_spec(req, environ={"SIMSIAM_JOB_CONFIG": os.devnull})
     return spec, get_backend("slurm", spec.options).render(spec)
 
 

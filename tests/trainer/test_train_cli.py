@@ -27,3 +27,43 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+PASSL_PRETRAIN = str(REPO / "tests/passl/pretrain.yaml")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--bogus"], "unrecognized argument: --bogus"),
+    (["--confg", "x.yaml"], "unrecognized argument: --confg (did you mean --config?)"),
+    (["convert", "--bogus"], "unrecognized argument: --bogus"),
+    (["-c", RECIPE, "--bogus"], "unrecognized argument: --bogus"),
+    (["-c", RECIPE, "-o", "Optimizer.lr.learning_rate=.nan"], "bad value for 'Optimizer.lr.learning_rate'"),
+    (["-c", RECIPE, "-o", "Optimizer.weight_decay=.inf"], "expected a finite number"),
+])
+def test_mistakes_are_named_in_one_line(args, message):
+    result = run_cli(args, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_passl_formatted_config_runs_as_written(tmp_path):
+    """PASSL's own formatting (weight_decay: 1e-4) passes the config checks; the run then stops at
+    the data set, the first thing this machine lacks."""
+    result = run_cli(["-c", PASSL_PRETRAIN, "-o", "Global.device=cpu", "-o", f"Global.output_dir={tmp_path}",
+                      "-o", "DataLoader.Train.dataset.root=/nonexistent/train"])
+    assert result.returncode == 2, result.stderr
+    assert "/nonexistent/train does not exist" in result.stderr, result.stderr
+    assert "bad value" not in result.stderr
+
+
+def test_alias_bomb_is_refused_at_once(tmp_path):
+    """9 levels of 10 aliases: 10**9 strings once expanded, in a section nothing else checks."""
+    levels = ["Infer:", "  l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 10)]
+    path = tmp_path / "laughs.yaml"
+    path.write_text(open(RECIPE).read() + "\n".join(levels) + "\n")
+    result = run_cli(["-c", str(path)], timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "YAML aliases expand it beyond" in lines[0], result.stderr

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import ClassVar
 
+from simsiam_job import validate
 from simsiam_job.backends.base import (
     GROUP_RESTARTS_HELP, BaseBackend, JobRef, JobStatus, JobSummary, Rendered, option, poll,
 )
@@ -42,7 +43,8 @@ class Options:
         "", "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else the in-cluster service account)")
     gpu_product: str = option("NVIDIA-A100-SXM4-80GB",
                               "nodeSelector nvidia.com/gpu.product for GPU jobs; empty for any GPU node")
-    shm_size: str = option("16Gi", "size limit of the memory-backed /dev/shm")
+    shm_size: str = option("", "size limit of the memory-backed /dev/shm (default: 16Gi, at most half the "
+                               "memory limit)")
     data_pvc: str = option(
         "", "data claim used when --data is not given (CLAIM or CLAIM/SUBPATH), mounted read-only at /data")
     output_pvc: str = option(
@@ -66,6 +68,21 @@ class Options:
         for name in ("connect_timeout", "read_timeout"):
             if not getattr(self, name) > 0:
                 raise UsageError(f"kubernetes option {name} must be > 0, got {getattr(self, name)}")
+        # Names and quantities fail at render time, on the laptop, not in the API server.
+        if self.namespace:
+            validate.dns1123_label("namespace", self.namespace)
+        for name in ("service_account", "priority_class"):
+            if getattr(self, name):
+                validate.dns1123_subdomain(name, getattr(self, name))
+        for secret in self.image_pull_secrets:
+            validate.dns1123_subdomain("image_pull_secrets", secret)
+        validate.label_value("gpu_product", self.gpu_product)
+        for name in ("shm_size", "cpu", "memory"):
+            if getattr(self, name):
+                validate.quantity(name, getattr(self, name))
+        validate.port("port", self.port)
+        validate.at_least_zero("backoff_limit", self.backoff_limit)
+        validate.at_least_zero("termination_grace", self.termination_grace)
 
 
 class KubernetesBackend(BaseBackend):
@@ -114,20 +131,16 @@ class KubernetesBackend(BaseBackend):
         # (No blockOwnerDeletion: where admission enforces it, it needs rights on jobs/finalizers.)
         owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job.metadata.uid,
                  "controller": True}
-        created: list = []
         try:
-            for kind, create, delete in (
-                ("ConfigMap", api.core.create_namespaced_config_map, api.core.delete_namespaced_config_map),
-                ("Service", api.core.create_namespaced_service, api.core.delete_namespaced_service),
-            ):
+            for kind, create in (("ConfigMap", api.core.create_namespaced_config_map),
+                                 ("Service", api.core.create_namespaced_service)):
                 body = dict(by_kind[kind])
                 if job.metadata.uid:  # a server-side dry run may return the Job without one
                     body["metadata"] = {**body["metadata"], "ownerReferences": [owner]}
                 api.call(f"creating {kind.lower()} {name}", create, ns, body, dry_run=server_dry)
-                created.append(delete)
         except (BackendError, UsageError):
             if server_dry is None:
-                self._rollback(name, ns, created)
+                self._rollback(name, ns)
             raise
         return ref
 
@@ -154,16 +167,15 @@ class KubernetesBackend(BaseBackend):
                                "run resume again in a moment")
         return self._create(name, ns, manifests)
 
-    def _rollback(self, name: str, ns: str, created: list) -> None:
-        """Undo a half-done submit: the Job first (its pods go with it), then what else exists."""
+    def _rollback(self, name: str, ns: str) -> None:
+        """Undo a half-done submit: delete the Job; what was created after it (the ConfigMap, the
+        Service) carries its owner reference and goes with it, so the Role needs no delete there."""
         api = self.api
-        deletions = [(api.batch.delete_namespaced_job, {"propagation_policy": "Background"})]
-        deletions += [(delete, {}) for delete in created]
-        for delete, kwargs in deletions:
-            try:
-                api.call(f"rolling back job {name}", delete, name, ns, missing="", **kwargs)
-            except NotFoundError:
-                pass
+        try:
+            api.call(f"rolling back job {name}", api.batch.delete_namespaced_job, name, ns, missing="",
+                     propagation_policy="Background")
+        except NotFoundError:
+            pass
 
     # ---- status, logs ----------------------------------------------------------------------------
 

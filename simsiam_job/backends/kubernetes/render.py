@@ -10,11 +10,12 @@ import dataclasses
 import re
 from typing import Any
 
-from simsiam_job import command, templates
+from simsiam_job import command, templates, validate
 from simsiam_job.backends.base import Rendered
 from simsiam_job.errors import UsageError
 from simsiam_job.spec import JobSpec
 from trainer import contract
+from trainer.rendezvous import command as rendezvous_command
 
 TEMPLATE = "k8s/job.yaml.j2"
 CONFIG_DIR = "/etc/simsiam"      # the ConfigMap's mount
@@ -22,6 +23,7 @@ DATA_MOUNT = "/data"             # the data claim, read-only
 OUTPUT_MOUNT = "/output"         # the output claim; each job writes OUTPUT_MOUNT/<job name>/
 ATTEMPT_ANNOTATION = "simsiam-job/attempt"   # 2 after the first `simsiam-job resume`, ...
 IMAGE_UID = 1000                 # the non-root user of docker/Dockerfile
+IMAGE_HOME = "/home/simsiam"     # its HOME (paddle's caches), an emptyDir under a read-only root
 # Phases that resume from checkpoints after a restart (a smoke job does not): on several nodes
 # their ranks must share the checkpoints, on an output claim.
 RESUMING_PHASES = ("pretrain", "linear-probe")
@@ -72,10 +74,13 @@ def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, 
             "ranks could never resume from the same checkpoint")
     output = output or Volume("")
     service = spec.name  # the Service shares the job's name: pods are <job>-<index>.<job>
-    master = f"{spec.name}-0.{service}:{opts.port}" if spec.nodes > 1 else None
-    argv = command.launch_args(
-        spec, master=master, nnodes=spec.nodes, node_rank="$(JOB_COMPLETION_INDEX)",
-        log_dir=f"{OUTPUT_MOUNT}/{spec.name}/launch-logs/rank-$(JOB_COMPLETION_INDEX)",
+    # Several nodes: each pod first finds rank 0's IP (trainer.rendezvous adds --master).
+    rendezvous = rendezvous_command(
+        rank0_host=f"{spec.name}-0.{service}", port=opts.port,
+        node_rank="$(JOB_COMPLETION_INDEX)", pod_ip="$(POD_IP)") if spec.nodes > 1 else []
+    argv = rendezvous + command.launch_args(
+        spec, master=None, nnodes=spec.nodes, node_rank="$(JOB_COMPLETION_INDEX)",
+        log_dir=f"{launch_logs(spec)}/rank-$(JOB_COMPLETION_INDEX)",
     ) + command.trainer_args(
         spec, config_path=f"{CONFIG_DIR}/config.yaml",
         data_dir=DATA_MOUNT if data else None, output_dir=f"{OUTPUT_MOUNT}/{spec.name}",
@@ -88,7 +93,10 @@ def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, 
     if spec.gpus:
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(spec.gpus)
     env = [{"name": k, "value": v} for k, v in spec.env]
+    env += [{"name": k, "valueFrom": {"secretKeyRef": dict(zip(("name", "key"), ref.split("/", 1)))}}
+            for k, ref in spec.env_secrets]
     env.append({"name": "PYTHONUNBUFFERED", "value": "1"})  # logs reach `kubectl logs` at once
+    env.append({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     # The trainer names the job in its lock (a restarted pod takes its own job's lock over) and,
     # rank 0, counts the group's starts of this attempt in the output volume: past the bound it
     # exits 2 with "gave up after N group restarts: ...", which fails the job (FailJob).
@@ -120,12 +128,14 @@ def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, 
         "priority_class": opts.priority_class,
         "image_pull_secrets": [{"name": s} for s in opts.image_pull_secrets],
         "uid": IMAGE_UID,
-        "shm_size": opts.shm_size,
+        "home": IMAGE_HOME,
+        "shm_size": validate.shm_size(opts.shm_size, limits["memory"]),
         "config_dir": CONFIG_DIR,
         "data": data and dataclasses.asdict(data),
         "data_mount": DATA_MOUNT,
         "output": dataclasses.asdict(output),
         "output_mount": OUTPUT_MOUNT,
+        "launch_logs": launch_logs(spec),
     }
 
 
@@ -163,3 +173,9 @@ def next_attempt(job: dict, config_map: dict, service: dict) -> list[dict]:
             if var.get("name") == contract.ATTEMPT_ENV:
                 var["value"] = str(attempt)
     return [config_map, service, job]
+
+
+def launch_logs(spec: JobSpec) -> str:
+    """paddle's launcher copies its whole environment, secrets included, into its log directory:
+    the pods' init container makes this folder (on the output claim) private before it starts."""
+    return f"{OUTPUT_MOUNT}/{spec.name}/launch-logs"
