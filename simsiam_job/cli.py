@@ -295,7 +295,7 @@ def resume(
     _err(f"{new_ref}: attempt {backend.status(new_ref).attempt}, resuming from the newest checkpoint "
          f"in {backend.output_location(new_ref)}")
     if wait:
-        raise typer.Exit(_follow(new_ref))
+        raise typer.Exit(_follow(new_ref, backend))
 
 
 @app.command("list")
