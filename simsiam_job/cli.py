@@ -224,7 +224,8 @@ def status(
         data["ref"] = str(st.ref)
         typer.echo(json.dumps(data, indent=2, default=str))
         return
-    typer.echo(f"{st.ref}  {st.state.value}" + (f"  ({st.reason})" if st.reason else ""))
+    typer.echo(f"{st.ref}  {st.state.value}" + (f"  attempt {st.attempt}" if st.attempt > 1 else "")
+               + (f"  ({st.reason})" if st.reason else ""))
     from simsiam_job.progress import format_progress
 
     progress = format_progress(st.progress)
@@ -275,6 +276,28 @@ def cancel(jobref: JobRefArg) -> None:
     typer.echo(backend.cancel(ref))
 
 
+@app.command()
+def resume(
+    jobref: JobRefArg,
+    wait: Annotated[bool, typer.Option("--wait", "-w", help="Follow the new attempt to its end; exit "
+                                                             "with its outcome.")] = False,
+) -> None:
+    """Start a new attempt of a FAILED or CANCELLED job: same config and output location, continuing
+    from its newest valid checkpoint. Prints the attempt's reference.
+
+    \b
+    Example:
+      simsiam-job resume local://simsiam-pretrain-x7k2p
+    """
+    ref, backend = _backend_for(jobref)
+    new_ref = backend.resume(ref)
+    typer.echo(str(new_ref))
+    _err(f"{new_ref}: attempt {backend.status(new_ref).attempt}, resuming from the newest checkpoint "
+         f"in {backend.output_location(new_ref)}")
+    if wait:
+        raise typer.Exit(_follow(new_ref, backend))
+
+
 @app.command("list")
 def list_(
     backend: Annotated[Optional[BackendArg], typer.Option("--backend", "-b", help="Only this backend "
@@ -316,9 +339,9 @@ def list_(
     if not rows:
         _err("no jobs" + ("" if all_ else " (add --all for older ones)"))
         raise typer.Exit(1 if failed else 0)
-    table = [("JOBREF", "PHASE", "STATE", "AGE")] + [
-        (str(r.ref), r.phase, r.state.value, _age(r.age_seconds)) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    table = [("JOBREF", "PHASE", "STATE", "ATTEMPT", "AGE")] + [
+        (str(r.ref), r.phase, r.state.value, str(r.attempt), _age(r.age_seconds)) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     if failed:

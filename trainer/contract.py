@@ -113,3 +113,11 @@ LOCK = "run.lock"               # one writer per output directory: holder's host
 HEARTBEATS = "heartbeats"       # heartbeats/<generation>/rank-NNNNN.json, one file per rank per start
 JOB_ENV = "SIMSIAM_JOB_NAME"    # the launcher's job name, recorded in the lock; a restart of the same
                                 # job takes over its own lock
+# Kubernetes recreates the pods of a group restart itself, with no supervisor of ours around them:
+# there rank 0 bounds the group's starts. It appends one record per start to OUTPUT_DIR/starts.jsonl
+# (job, attempt, generation, time, and what ended the start before), and refuses to start (exit 2,
+# "gave up after N group restarts: ...") once an attempt has restarted more than
+# SIMSIAM_GROUP_RESTARTS times. Unset (local, Slurm: their launcher counts): no bound here.
+STARTS = "starts.jsonl"
+GROUP_RESTARTS_ENV = "SIMSIAM_GROUP_RESTARTS"
+ATTEMPT_ENV = "SIMSIAM_JOB_ATTEMPT"     # the job's attempt (simsiam-job resume starts the next)

@@ -12,6 +12,7 @@ fails at once naming the holder. A lock whose holder is gone is taken over with 
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import threading
@@ -168,6 +169,7 @@ def claim(cfg: dict, env) -> str | None:
             note = lock.acquire()
             _held = lock
             generation = watchdog.new_generation()
+            count_start(output_dir, generation)
             watchdog.remove_old_generations(output_dir, generation)
             decision = ("ok", generation, note)
         except ConfigError as e:
@@ -177,6 +179,46 @@ def claim(cfg: dict, env) -> str | None:
         raise LockError(value)
     watchdog.start(output_dir, value, env.rank, env.world_size, cfg["Global"]["peer_timeout_seconds"])
     return note
+
+
+def previous_end(output_dir: Path) -> str:
+    """What ended the group's previous start, as its ranks' heartbeats tell (read before rank 0
+    removes them): the first rank that saw a peer lost, or that failed."""
+    from trainer import watchdog
+    for beat in sorted((output_dir / contract.HEARTBEATS).glob("*/rank-*.json")):
+        record = read_json(beat) or {}
+        if record.get("state") in (watchdog.LOST_PEER, watchdog.FAILED) and record.get("detail"):
+            return f"rank {record.get('rank')}: {record['detail']}"
+    return "the previous start ended without a rank saying why (a pod or node lost)"
+
+
+def count_start(output_dir: Path, generation: str) -> None:
+    """Where no launcher of ours counts the group's starts (Kubernetes recreates the pods itself):
+    record this start in OUTPUT_DIR/starts.jsonl and refuse it (ConfigError: exit 2, which fails the
+    job) once this attempt of the job has restarted more than contract.GROUP_RESTARTS_ENV times."""
+    bound = os.environ.get(contract.GROUP_RESTARTS_ENV)
+    if not bound:
+        return
+    path = output_dir / contract.STARTS
+    job, attempt = job_identity(), os.environ.get(contract.ATTEMPT_ENV, "1")
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        lines = []
+    earlier = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("job") == job and record.get("attempt") == attempt:
+            earlier.append(record)
+    cause = previous_end(output_dir) if earlier else None
+    with open(path, "a") as f:
+        f.write(json.dumps({"job": job, "attempt": attempt, "generation": generation,
+                            "time": time.time(), "after": cause}) + "\n")
+    if len(earlier) > int(bound):
+        raise ConfigError(f"gave up after {bound} group restarts: {cause}")
 
 
 def release_held() -> None:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from simsiam_job.errors import UsageError
+from trainer import contract
 
 
 class State(str, enum.Enum):
@@ -80,6 +82,7 @@ class JobStatus:
     detail: dict[str, Any] = dataclasses.field(default_factory=dict)  # backend extras for --json
     progress: dict | None = None    # the trainer's newest step record (trainer.contract), as written
     output: str | None = None       # where the job's output directory lives, in the user's words
+    attempt: int = 1                # 2 after the first `simsiam-job resume`, and so on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +94,7 @@ class JobSummary:
     phase: str
     state: State
     age_seconds: float | None
+    attempt: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +142,11 @@ class Backend(Protocol):
         (``linear-probe --from REF`` reads ``<output>/encoder.pdparams`` from there)."""
         ...
 
+    def resume(self, ref: JobRef) -> JobRef:
+        """A new attempt of a FAILED or CANCELLED job: same config, same output location; the
+        trainer continues from the newest valid checkpoint there (Global.auto_resume)."""
+        ...
+
 
 # ---- what every backend shares -----------------------------------------------------------------
 
@@ -146,6 +155,34 @@ def option(default: Any, help: str) -> Any:
     text; ``--set KEY=VALUE``, the config file's section and ``SIMSIAM_JOB_<BACKEND>_<KEY>`` fill
     it (simsiam_job/defaults.py), ``simsiam-job options BACKEND`` lists it."""
     return dataclasses.field(default=default, metadata={"help": help})
+
+
+# ---- how a trainer group ended: restart it, or fail ----------------------------------------------
+
+GROUP_RESTARTS_HELP = ("whole-group restarts after a lost rank (peer-lost exit, a signal) before the "
+                       "job fails; exit 2 (bad input) and 3 (diverged) never restart")
+# Exits that say retrying cannot help: the job fails at once with the trainer's line.
+FINAL_EXITS = (contract.EXIT_BAD_INPUT, contract.EXIT_DIVERGED)
+
+
+def describe_exit(code: int | None) -> str:
+    """A process's end in words: a negative code (Python's form of "killed by signal N") names the
+    signal ("killed by SIGKILL"); the trainer's own codes carry their meaning."""
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    meaning = contract.EXIT_MEANINGS.get(code)
+    return f"exit code {code}" + (f" ({meaning})" if meaning and code else "")
+
+
+def restartable(code: int | None) -> bool:
+    """A rank's end that a whole-group restart may cure: a lost peer, a signal (SIGKILL, OOM
+    killer, a lost launcher), a SIGTERM preemption. Everything else fails the job."""
+    return code is not None and (code < 0 or code in (contract.EXIT_PEER_LOST, contract.EXIT_PREEMPTED))
 
 
 T = TypeVar("T")
@@ -242,6 +279,22 @@ class BaseBackend:
 
     def _stop(self, ref: JobRef) -> str | None:
         """Send TERM; return a line instead when there is nothing to stop."""
+        raise NotImplementedError
+
+    # ---- resume: a new attempt of a finished, unsuccessful job -----------------------------------
+
+    def resume(self, ref: JobRef) -> JobRef:
+        """Refuse a job that still runs or already succeeded (one line, exit 2); else start the
+        next attempt with the same config and output location (``_resume``)."""
+        st = self.status(ref)
+        if st.state is State.SUCCEEDED:
+            raise UsageError(f"{ref} already succeeded (attempt {st.attempt}): nothing to resume")
+        if st.state not in (State.FAILED, State.CANCELLED):
+            raise UsageError(f"{ref} is {st.state.value} (attempt {st.attempt}): only a FAILED or "
+                             f"CANCELLED job can be resumed (stop it first: simsiam-job cancel {ref})")
+        return self._resume(ref, st)
+
+    def _resume(self, ref: JobRef, status: JobStatus) -> JobRef:
         raise NotImplementedError
 
     def _stopped(self, ref: JobRef) -> bool:

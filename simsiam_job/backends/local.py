@@ -3,15 +3,23 @@
 A run lives in ``$XDG_DATA_HOME/simsiam-job/runs/<job name>/`` (default
 ``~/.local/share/simsiam-job/runs/``)::
 
-    spec.json      the job as submitted        config.yaml   the resolved trainer config
+    spec.json      the job as submitted (and its attempt)     config.yaml   the resolved trainer config
     command.json   argv + env that was run     pid           the supervisor's process id
-    logs/          launch.log (paddle's launcher), workerlog.<rank> (one per trainer process)
-    exit.json      exit code, written when the launcher ends    cancelled   written by cancel
+    logs/          launch.log (paddle's launcher and the supervisor's notes), workerlog.<rank>
+    restarts.json  the group restarts of this attempt so far (and why)
+    exit.json      outcome: the deciding exit code, the reason, the restarts   cancelled   written by cancel
+    attempts/N/    what an earlier attempt left (exit.json, ...) when it was resumed
     output/        the trainer's output directory (unless --output was given)
 
 The supervisor (``python -m simsiam_job.backends.local RUN_DIR``) leads its own session, so the
-job outlives the CLI; it runs the launcher, waits, and records the exit code. A supervisor that is
-gone without an exit record is reported as such (UNKNOWN), never guessed.
+job outlives the CLI; it runs paddle's launcher, waits, and decides: success; a lost rank (a
+signal, the peer-lost exit, a lost launcher) restarts the whole group, up to ``group_restarts``
+times; anything else fails with the trainer's own line.
+
+Every process the run starts carries RUN_ENV=<run dir> in its environment. paddle puts each
+trainer in a session of its own, and a killed launcher leaves its trainers to init, so the run's
+processes are found by that marker, not by a process group: status says RUNNING while any of them
+lives, and cancel signals all of them, whether or not the supervisor is still there.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -30,15 +39,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from simsiam_job.backends.base import (
-    BaseBackend, FileLines, JobRef, JobStatus, JobSummary, NodeStatus, Rendered, State,
-    follow_lines, option,
+    FINAL_EXITS, GROUP_RESTARTS_HELP, BaseBackend, FileLines, JobRef, JobStatus, JobSummary,
+    NodeStatus, Rendered, State, describe_exit, follow_lines, option, poll, restartable,
 )
 from simsiam_job.command import launch_args, trainer_args
 from simsiam_job.errors import BackendError, NotFoundError, UsageError
 from simsiam_job.spec import JobSpec, Phase
 from trainer import contract
 
-RUN_ENV = "SIMSIAM_JOB_RUN_ID"  # set on every process of a run: lets cancel find stray workers
+RUN_ENV = "SIMSIAM_JOB_RUN_DIR"  # <run dir>, on every process of a run: how status and cancel find them
 RECENT_SECONDS = 24 * 3600      # `list` without --all hides runs that finished before this
 
 
@@ -48,6 +57,11 @@ class Options:
     grace_seconds: float = option(60.0, "cancel: seconds between SIGTERM (the trainer checkpoints) and SIGKILL")
     python: str | None = option(
         None, "Python interpreter with paddle and simsiam-train (default: the one running simsiam-job)")
+    group_restarts: int = option(3, GROUP_RESTARTS_HELP)
+
+    def __post_init__(self) -> None:
+        if self.group_restarts < 0:
+            raise UsageError(f"local option group_restarts must be >= 0, got {self.group_restarts}")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -115,7 +129,8 @@ class LocalBackend(BaseBackend):
             "PYTHONUNBUFFERED": "1",
             # Share the cores between the processes instead of each grabbing all of them.
             "OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // procs)),
-            RUN_ENV: spec.name,
+            RUN_ENV: str(run_dir),
+            contract.JOB_ENV: spec.name,    # the trainer's lock names the job; a restart takes its own over
             **dict(spec.env),
         }
         # --env-secret: the supervisor reads each file when the run starts; only its path is kept.
@@ -153,7 +168,7 @@ class LocalBackend(BaseBackend):
         run_dir = Path(payload["run_dir"])
         if run_dir.exists():
             raise UsageError(f"a local run named {spec.name!r} exists already ({run_dir}); choose "
-                             "another --name")
+                             f"another --name (or continue it: simsiam-job resume {ref})")
         if dry_run:
             return ref
         # Private: paddle's launcher copies its environment (--env, --env-secret values) into logs/.
@@ -166,22 +181,9 @@ class LocalBackend(BaseBackend):
                   if f.name not in ("config", "config_yaml", "options")}
         record.update(phase=spec.phase.value, env=[list(p) for p in spec.env], created=time.time(),
                       output_dir=payload["output_dir"], ranks=spec.world_size,
-                      options=dataclasses.asdict(self.options))
+                      options=dataclasses.asdict(self.options), attempt=1)
         _write_atomic(run_dir / "spec.json", json.dumps(record, indent=2))
-        with open(run_dir / "logs" / "supervisor.log", "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "simsiam_job.backends.local", str(run_dir)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, close_fds=True, cwd=run_dir,
-            )
-        # The supervisor writes its pid once it runs (a pid read from /proc too early shows an
-        # empty command line); wait for that, so status never sees a run without one.
-        while not (run_dir / "pid").exists():
-            if proc.poll() is not None:
-                log_text = (run_dir / "logs" / "supervisor.log").read_text(errors="replace").strip()
-                raise BackendError(f"the local supervisor exited at once ({proc.returncode}): "
-                                   f"{(log_text.splitlines() or ['no output'])[-1]}")
-            time.sleep(0.02)
+        _start_supervisor(run_dir)
         return ref
 
     # ---- follow ---------------------------------------------------------------------------------
@@ -191,11 +193,14 @@ class LocalBackend(BaseBackend):
         spec = _read_json(run_dir / "spec.json") or {}
         state, reason, exit_code = self._state(run_dir)
         output_dir = spec.get("output_dir", str(run_dir / "output"))
-        detail = {"run_dir": str(run_dir), "output_dir": output_dir, "exit_code": exit_code}
-        node = NodeStatus(rank=0, state=state, host=socket.gethostname(), reason=reason, exit_code=exit_code)
+        restarts = _group_restarts(run_dir)
+        detail = {"run_dir": str(run_dir), "output_dir": output_dir, "exit_code": exit_code,
+                  "group_restarts": restarts, "processes": run_processes(run_dir)}
+        node = NodeStatus(rank=0, state=state, host=socket.gethostname(), reason=reason,
+                          exit_code=exit_code, restarts=restarts)
         return JobStatus(ref=ref, state=state, reason=reason, nodes=(node,), detail=detail,
                          progress=contract.read_last_step(Path(output_dir) / contract.METRICS),
-                         output=output_dir)
+                         output=output_dir, attempt=int(spec.get("attempt", 1)))
 
     def _state(self, run_dir: Path) -> tuple[State, str | None, int | None]:
         cancelled = (run_dir / "cancelled").exists()
@@ -203,32 +208,44 @@ class LocalBackend(BaseBackend):
         if done is not None:
             code = done.get("exit_code")
             if cancelled:
-                return State.CANCELLED, "cancelled by the user", code
+                return State.CANCELLED, done.get("reason") or "cancelled by the user", code
             if code == 0:
                 return State.SUCCEEDED, None, code
-            return State.FAILED, self._failure_reason(run_dir, code), code
-        try:
-            pid = int((run_dir / "pid").read_text())
-        except (OSError, ValueError):
+            return State.FAILED, done.get("reason") or self._failure_reason(run_dir, code), code
+        pid = _pid(run_dir)
+        if pid is None:
             return State.PENDING, "starting", None
-        if _alive(pid, run_dir):
+        supervised = _alive(pid, run_dir)
+        processes = run_processes(run_dir)
+        if supervised or processes:
+            if not supervised:
+                return State.RUNNING, (f"its supervisor (pid {pid}) is gone, {len(processes)} process(es) of "
+                                       "the run still run; nothing will restart or record them "
+                                       f"(stop them: simsiam-job cancel local://{run_dir.name})"), None
             if cancelled:
                 return State.RUNNING, "cancelling: waiting for the trainer to checkpoint and exit", None
             if not (run_dir / "logs" / "workerlog.0").exists():
                 return State.PENDING, "starting the trainer processes", None
+            restarting = _read_json(run_dir / "restarts.json")
+            if restarting:
+                return State.RUNNING, (f"group restart {restarting['restarts']} of at most "
+                                       f"{restarting['bound']}, after: {restarting['cause']}"), None
             return State.RUNNING, None, None
-        return State.UNKNOWN, (f"the run's supervisor (pid {pid}) is gone and recorded no exit status "
-                               "(killed, or the machine restarted); its logs are in "
-                               f"{run_dir / 'logs'}"), None
+        if cancelled:
+            return State.CANCELLED, "cancelled by the user (its supervisor was gone)", None
+        return State.FAILED, (f"the run's supervisor (pid {pid}) was killed and no process of the run is "
+                              "left; no outcome was recorded (continue from the newest checkpoint: "
+                              f"simsiam-job resume local://{run_dir.name})"), None
 
     def _failure_reason(self, run_dir: Path, code: int | None) -> str:
-        """The trainer's own last error line if there is one."""
+        """The trainer's own last error line if there is one (runs from before outcomes were
+        recorded with a reason)."""
         for log in sorted((run_dir / "logs").glob("workerlog.*")) + [run_dir / "logs" / "launch.log"]:
             lines = _last_lines(log, 200)
             for line in reversed(lines):
                 if "error:" in line.lower():  # "simsiam-train: error: ...", "ValueError: ..."
-                    return f"exit code {code}: {line.strip()[:300]}"
-        return f"exit code {code} (see: simsiam-job logs local://{run_dir.name} --all)"
+                    return f"{describe_exit(code)}: {line.strip()[:300]}"
+        return f"{describe_exit(code)} (see: simsiam-job logs local://{run_dir.name} --all)"
 
     def logs(self, ref: JobRef, *, rank: int | None = 0, all_ranks: bool = False,
              follow: bool = False, tail: int | None = None) -> Iterator[str]:
@@ -255,14 +272,9 @@ class LocalBackend(BaseBackend):
         yield from follow_lines(read, lambda: self._state(run_dir)[0] not in (State.PENDING, State.RUNNING),
                                 follow=follow)
 
-    # ---- cancel: TERM to the run's process group; paddle's launcher passes it to every trainer
-    # process, which writes a checkpoint and exits -------------------------------------------------
-
-    def _pid(self, run_dir: Path) -> int | None:
-        try:
-            return int((run_dir / "pid").read_text())
-        except (OSError, ValueError):
-            return None
+    # ---- cancel: TERM to every process of the run (each trainer writes a checkpoint and exits),
+    # KILL to what is left after the grace period; the supervisor restarts nothing once the run
+    # is marked cancelled -------------------------------------------------------------------------
 
     def _stop(self, ref: JobRef) -> str | None:
         run_dir = self._run_dir(ref)
@@ -270,27 +282,52 @@ class LocalBackend(BaseBackend):
         if state.finished:
             return f"{ref} had already finished: {state.value}"
         (run_dir / "cancelled").touch()
-        pid = self._pid(run_dir)
-        if pid is None or not _alive(pid, run_dir):
-            _kill_run_processes(ref.id, signal.SIGKILL)
-            return f"cancelled {ref} (its supervisor was already gone)"
-        os.killpg(pid, signal.SIGTERM)
+        # the grace period the run was submitted with (the supervisor uses it too)
+        options = (_read_json(run_dir / "spec.json") or {}).get("options") or {}
+        self.grace_seconds = float(options.get("grace_seconds", self.grace_seconds))
+        supervised = _alive(_pid(run_dir) or 0, run_dir)
+        processes = _signal_all(run_dir, signal.SIGTERM)
+        gone = "" if supervised else " (its supervisor was gone)"
+        if not processes and not supervised:
+            _record_cancel(run_dir, "cancelled by the user; nothing of the run was running")
+            return f"cancelled {ref}: nothing of it was running{gone}"
+        self.stopped_after_term = (f"sent SIGTERM to {len(processes)} process(es) of the run{gone}; "
+                                   "all exited after it (the trainer checkpoints on SIGTERM)")
         return None
 
     def _stopped(self, ref: JobRef) -> bool:
         run_dir = self._run_dir(ref)
-        pid = self._pid(run_dir)
-        return pid is None or not _alive(pid, run_dir)
+        if run_processes(run_dir):
+            return False
+        if _alive(_pid(run_dir) or 0, run_dir):
+            return (run_dir / "exit.json").exists()
+        _record_cancel(run_dir, "cancelled by the user (its supervisor was gone)")
+        return True
 
     def _kill(self, ref: JobRef) -> str:
         run_dir = self._run_dir(ref)
-        pid = self._pid(run_dir)
-        if pid is not None and _alive(pid, run_dir):
-            os.killpg(pid, signal.SIGKILL)
-        _kill_run_processes(ref.id, signal.SIGKILL)
-        if not (run_dir / "exit.json").exists():
-            _write_atomic(run_dir / "exit.json", json.dumps({"exit_code": -9, "killed": True, "finished": time.time()}))
-        return f"killed after {self.grace_seconds:g} s without exiting on SIGTERM"
+        killed = _signal_all(run_dir, signal.SIGKILL)
+        # the supervisor records the outcome once the launcher is gone; without one, cancel does
+        if not poll(lambda: (run_dir / "exit.json").exists(), timeout=10) or not killed:
+            _record_cancel(run_dir, "cancelled by the user: killed after the grace period")
+        return (f"sent SIGTERM, then SIGKILL to {len(killed)} process(es) still running "
+                f"{self.grace_seconds:g} s later")
+
+    # ---- resume: the next attempt in the same run directory and output directory ----------------
+
+    def _resume(self, ref: JobRef, status: JobStatus) -> JobRef:
+        run_dir = self._run_dir(ref)
+        attempt = status.attempt + 1
+        history = run_dir / "attempts" / str(status.attempt)
+        history.mkdir(parents=True, exist_ok=True)
+        for name in ("exit.json", "cancelled", "restarts.json", "pid"):
+            if (run_dir / name).exists():
+                os.replace(run_dir / name, history / name)
+        spec = _read_json(run_dir / "spec.json") or {}
+        spec.update(attempt=attempt, resumed=time.time())
+        _write_atomic(run_dir / "spec.json", json.dumps(spec, indent=2))
+        _start_supervisor(run_dir)
+        return ref
 
     def list(self, *, all_jobs: bool = False) -> list[JobSummary]:
         rows = []
@@ -308,7 +345,8 @@ class LocalBackend(BaseBackend):
             created = spec.get("created")
             rows.append(JobSummary(ref=JobRef(self.name, run_dir.name), name=run_dir.name,
                                    phase=spec.get("phase", "?"), state=state,
-                                   age_seconds=(now - created) if created else None))
+                                   age_seconds=(now - created) if created else None,
+                                   attempt=int(spec.get("attempt", 1))))
         rows.sort(key=lambda row: row.age_seconds if row.age_seconds is not None else float("inf"))
         return rows
 
@@ -325,18 +363,127 @@ def _last_lines(path: Path, n: int) -> list[str]:
         return []
 
 
-def _kill_run_processes(run_id: str, sig: int) -> None:
-    """Signal every process of this user that carries the run's marker in its environment
-    (paddle starts each trainer in its own session, out of reach of the supervisor's group)."""
-    marker = f"{RUN_ENV}={run_id}".encode()
+def _pid(run_dir: Path) -> int | None:
+    try:
+        return int((run_dir / "pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _group_restarts(run_dir: Path) -> int:
+    record = _read_json(run_dir / "exit.json") or _read_json(run_dir / "restarts.json") or {}
+    return int(record.get("restarts", 0))
+
+
+def _record_cancel(run_dir: Path, reason: str) -> None:
+    """The outcome of a cancelled run whose supervisor cannot record it any more."""
+    if not (run_dir / "exit.json").exists():
+        _write_atomic(run_dir / "exit.json", json.dumps(
+            {"exit_code": None, "reason": reason, "restarts": _group_restarts(run_dir), "finished": time.time()}))
+
+
+def run_processes(run_dir: Path) -> list[int]:
+    """The live processes of this run (paddle's launcher, every trainer): those of this user that
+    carry RUN_ENV=<run dir> in their environment, wherever they were re-parented. Zombies are dead."""
+    marker = f"{RUN_ENV}={run_dir}".encode()
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
-                os.kill(int(entry.name), sig)
-        except (OSError, ProcessLookupError):
+            if marker not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                found.append(int(entry.name))
+        except OSError:
             continue
+    return found
+
+
+def _signal_all(run_dir: Path, sig: int) -> list[int]:
+    """Send ``sig`` to every live process of the run; returns the ones it reached."""
+    reached = []
+    for pid in run_processes(run_dir):
+        try:
+            os.kill(pid, sig)
+            reached.append(pid)
+        except ProcessLookupError:
+            pass
+    return reached
+
+
+def _start_supervisor(run_dir: Path) -> None:
+    with open(run_dir / "logs" / "supervisor.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "simsiam_job.backends.local", str(run_dir)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True, cwd=run_dir,
+        )
+    # The supervisor writes its pid once it runs (a pid read from /proc too early shows an
+    # empty command line); wait for that, so status never sees a run without one.
+    while not (run_dir / "pid").exists():
+        if proc.poll() is not None:
+            log_text = (run_dir / "logs" / "supervisor.log").read_text(errors="replace").strip()
+            raise BackendError(f"the local supervisor exited at once ({proc.returncode}): "
+                               f"{(log_text.splitlines() or ['no output'])[-1]}")
+        time.sleep(0.02)
+
+
+# ---- the supervisor ------------------------------------------------------------------------------
+
+# paddle's launcher names the rank that ended its group first: "Container rank 1 status failed cmd
+# [...] code -9 log ...". That rank is the cause; the others were stopped by the launcher.
+_FAILED_RANK = re.compile(r"Container rank (\d+) status failed .*? code (-?\d+)")
+
+
+class _Start:
+    """One start of the group: where each log stood when it began, so only its own lines count."""
+
+    def __init__(self, run_dir: Path):
+        self.logs = run_dir / "logs"
+        self.offsets = {p.name: p.stat().st_size for p in self.logs.glob("*") if p.is_file()}
+
+    def lines(self, name: str) -> list[str]:
+        try:
+            with open(self.logs / name, "rb") as f:
+                f.seek(self.offsets.get(name, 0))
+                return f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return []
+
+    def cause(self, launcher_code: int) -> tuple[int | None, int, str]:
+        """(rank, its exit code, the cause in words) of this start's end."""
+        for line in self.lines("launch.log"):
+            m = _FAILED_RANK.search(line)
+            if m:
+                rank, code = int(m.group(1)), int(m.group(2))
+                return rank, code, f"rank {rank} {describe_exit(code)}"
+        if launcher_code < 0:
+            return None, launcher_code, f"paddle's launcher was {describe_exit(launcher_code)}"
+        # paddle's launcher exits with its first failed trainer's code, a signal -N as 256 - N
+        code = launcher_code - 256 if launcher_code >= 192 else launcher_code
+        return None, code, f"the trainer group ended with {describe_exit(code)}"
+
+    def error_line(self, rank: int | None) -> str | None:
+        """The trainer's own one-line reason ("simsiam-train: error: ..."), rank's first."""
+        names = [f"workerlog.{rank}"] if rank is not None else []
+        names += sorted(n for n in self.offsets if n.startswith("workerlog.")) + ["workerlog.0"]
+        for name in names:
+            for line in reversed(self.lines(name)):
+                if "error:" in line.lower():
+                    return line.strip()[:400]
+        return None
+
+
+def _stop_leftovers(run_dir: Path, grace: float, say) -> None:
+    """After the launcher ended: no trainer may run on unseen. TERM (each checkpoints), then KILL."""
+    left = _signal_all(run_dir, signal.SIGTERM)
+    if not left:
+        return
+    say(f"{len(left)} trainer process(es) outlived paddle's launcher: sent SIGTERM")
+    if not poll(lambda: not run_processes(run_dir), timeout=grace):
+        say(f"sent SIGKILL to {len(_signal_all(run_dir, signal.SIGKILL))} process(es) still running after {grace:g} s")
+        poll(lambda: not run_processes(run_dir), timeout=10)
 
 
 def _read_secrets(env_files: dict[str, str]) -> dict[str, str]:
@@ -353,28 +500,67 @@ def _read_secrets(env_files: dict[str, str]) -> dict[str, str]:
 
 
 def supervise(run_dir: Path) -> int:
-    """Run the launcher, wait for it, record its exit code. TERM is ignored here: it also reaches
-    the launcher (same process group), and this process must outlive it to record the outcome."""
+    """Run paddle's launcher until the group succeeds, fails for good, or is cancelled; restart
+    the whole group after a lost rank (at most ``group_restarts`` times); record the outcome.
+    TERM is ignored here: this process must outlive the group to record how it ended."""
     signal.signal(signal.SIGTERM, lambda *_: None)
     _write_atomic(run_dir / "pid", str(os.getpid()))
     command = json.loads((run_dir / "command.json").read_text())
-    env = {**os.environ, **command["env"]}
+    options = (_read_json(run_dir / "spec.json") or {}).get("options") or {}
+    bound = int(options.get("group_restarts", 3))
+    grace = float(options.get("grace_seconds", 60.0))
+    env = {**os.environ, **command["env"], RUN_ENV: str(run_dir)}
     env["PATH"] = command["path_prefix"] + os.pathsep + env.get("PATH", "")
+    restarts = 0
     with open(run_dir / "logs" / "launch.log", "ab") as log:
+        def say(message: str) -> None:
+            log.write(f"simsiam-job: {message}\n".encode())
+            log.flush()
+
         try:
             env.update(_read_secrets(command.get("env_files", {})))
+            outcome = None
         except ValueError as err:
-            log.write(f"error: {err}\n".encode())
-            _write_atomic(run_dir / "exit.json", json.dumps({"exit_code": 2, "finished": time.time()}))
-            return 0
-        try:
-            proc = subprocess.Popen(command["argv"], cwd=run_dir, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT)
-            code = proc.wait()
-        except OSError as err:
-            log.write(f"error: cannot start {command['argv'][0]}: {err}\n".encode())
-            code = 127
-    _write_atomic(run_dir / "exit.json", json.dumps({"exit_code": code, "finished": time.time()}))
+            say(f"error: {err}")
+            outcome = {"exit_code": 2, "reason": str(err)}
+        while outcome is None:
+            if restarts and (run_dir / "cancelled").exists():    # cancelled between two starts
+                outcome = {"exit_code": None, "reason": "cancelled by the user"}
+                break
+            start = _Start(run_dir)
+            try:
+                proc = subprocess.Popen(command["argv"], cwd=run_dir, env=env, stdin=subprocess.DEVNULL,
+                                        stdout=log, stderr=subprocess.STDOUT)
+                launcher_code = proc.wait()
+            except OSError as err:
+                say(f"error: cannot start {command['argv'][0]}: {err}")
+                outcome = {"exit_code": 127, "reason": f"cannot start {command['argv'][0]}: {err}"}
+                break
+            _stop_leftovers(run_dir, grace, say)
+            if launcher_code == 0:
+                outcome = {"exit_code": 0, "reason": None}
+                break
+            rank, code, cause = start.cause(launcher_code)
+            if (run_dir / "cancelled").exists():
+                outcome = {"exit_code": code, "reason": f"cancelled by the user ({cause})"}
+                break
+            if not restartable(code):
+                line = start.error_line(rank)
+                why = "retrying cannot help" if code in FINAL_EXITS else "not a lost rank, not restarted"
+                outcome = {"exit_code": code, "reason": f"{cause}, {why}" + (f": {line}" if line else "")}
+                break
+            if restarts >= bound:
+                outcome = {"exit_code": code, "reason": f"gave up after {restarts} group restart{'' if restarts == 1 else 's'}: {cause}"}
+                break
+            restarts += 1
+            say(f"group restart {restarts} of at most {bound}: {cause}; starting every rank again "
+                "(they resume from the newest checkpoint)")
+            _write_atomic(run_dir / "restarts.json",
+                          json.dumps({"restarts": restarts, "bound": bound, "cause": cause, "time": time.time()}))
+        if outcome["reason"]:
+            say(f"outcome: {outcome['reason']}")
+    outcome.update(restarts=restarts, finished=time.time())
+    _write_atomic(run_dir / "exit.json", json.dumps(outcome))
     return 0
 
 

@@ -23,8 +23,8 @@ from typing import ClassVar, Literal
 
 from simsiam_job import command, templates
 from simsiam_job.backends.base import (
-    BaseBackend, FileLines, JobRef, JobStatus, JobSummary, NodeStatus, Rendered, State,
-    follow_lines, option,
+    GROUP_RESTARTS_HELP, BaseBackend, FileLines, JobRef, JobStatus, JobSummary, NodeStatus, Rendered,
+    State, follow_lines, option,
 )
 from simsiam_job.errors import BackendError, NotFoundError, UsageError
 from simsiam_job.spec import JobSpec
@@ -56,6 +56,7 @@ class Options:
     port: int = option(0, "rendezvous port on the first node; 0: derived from the job id")
     signal_grace: int = option(300, "seconds before the time limit when the trainer gets TERM to checkpoint")
     requeue: bool = option(True, "let Slurm requeue the job after preemption or node failure")
+    group_restarts: int = option(3, GROUP_RESTARTS_HELP + " (in the same allocation)")
     cancel_grace: int = option(60, "seconds cancel waits after TERM before it sends KILL")
     command_timeout: float = option(30.0, "seconds any Slurm command (sbatch, squeue, ...) may take")
 
@@ -64,7 +65,7 @@ class Options:
             _check_word(getattr(self, name), name, _SLURM_NAME)
         _check_word(self.time, "time", _TIME)
         _check_word(self.mem, "mem", _MEM)
-        for name in ("cpus_per_task", "cpus_per_gpu", "port", "signal_grace", "cancel_grace"):
+        for name in ("cpus_per_task", "cpus_per_gpu", "port", "signal_grace", "cancel_grace", "group_restarts"):
             if getattr(self, name) < 0:
                 raise UsageError(f"slurm option {name} must be >= 0, got {getattr(self, name)}")
         if not self.command_timeout > 0:
@@ -258,19 +259,35 @@ def parse_job(job_id: str, squeue: str, scontrol: str, sacct: str | None = None)
     return None
 
 
+def marker(phase: str, attempt: int = 1) -> str:
+    """The job's --comment: ``simsiam-job:PHASE``, plus ``:attempt-N`` from the second attempt on
+    (resume passes it on sbatch's command line, which overrides the script's)."""
+    return f"{MARKER}:{phase}" + (f":attempt-{attempt}" if attempt > 1 else "")
+
+
+def parse_marker(comment: str) -> tuple[str, int] | None:
+    """(phase, attempt) of a comment written by ``marker``; None for other jobs."""
+    ours = re.match(rf"{MARKER}:([a-z-]+)", comment)
+    if ours is None:
+        return None
+    attempt = re.search(r"attempt-(\d+)", comment)
+    return ours.group(1), int(attempt.group(1)) if attempt else 1
+
+
 def parse_list(squeue: str, now: dt.datetime) -> list[JobSummary]:
     """``squeue --states=all -o LIST_FORMAT``: the jobs carrying our marker."""
     rows = []
     for line in squeue.splitlines():
         job_id, state, submitted, name, comment = line.split("|", 4)
-        if not comment.startswith(f"{MARKER}:"):
+        ours = parse_marker(comment)
+        if ours is None:
             continue
         try:
             age = (now - dt.datetime.fromisoformat(submitted)).total_seconds()
         except ValueError:
             age = None
-        rows.append(JobSummary(ref=JobRef("slurm", job_id), name=name, phase=comment.split(":", 1)[1],
-                               state=_common_state(state), age_seconds=age))
+        rows.append(JobSummary(ref=JobRef("slurm", job_id), name=name, phase=ours[0],
+                               state=_common_state(state), age_seconds=age, attempt=ours[1]))
     return rows
 
 
@@ -335,13 +352,13 @@ class SlurmBackend(BaseBackend):
 
         script = templates.render_text(
             TEMPLATE,
-            name=spec.name, phase=spec.phase.value, marker=f"{MARKER}:{spec.phase.value}",
+            name=spec.name, phase=spec.phase.value, marker=marker(spec.phase.value),
             nodes=spec.nodes, gpus=spec.gpus, gpu_directive=o.gpu_directive,
             cpus_per_task=cpus_per_task, mem=o.mem, time=o.time, partition=o.partition,
             account=o.account, qos=o.qos, job_dir=job_dir, log_dir=f"{job_dir}/logs",
             signal_grace=o.signal_grace, requeue=o.requeue, venv=_abs_path(o.venv, "venv") if o.venv else "",
             env=list(spec.env), env_files=list(spec.env_secrets), port=o.port, container=o.container,
-            image=spec.image, mounts=mounts, node_command=node_command,
+            image=spec.image, mounts=mounts, node_command=node_command, group_restarts=o.group_restarts,
         )
         meta = json.dumps({"name": spec.name, "phase": spec.phase.value, "nodes": spec.nodes,
                            "output_dir": output_dir, "data_dir": data_dir}, indent=2) + "\n"
@@ -379,6 +396,34 @@ class SlurmBackend(BaseBackend):
         job_id = proc.stdout.strip().split(";")[0]
         if not job_id.isdigit():
             raise BackendError(f"sbatch: unexpected answer {proc.stdout.strip()!r}")
+        self._record_attempt(job_dir, job_id)
+        return JobRef(self.name, job_id)
+
+    @staticmethod
+    def _record_attempt(job_dir: Path, job_id: str) -> None:
+        """job.json lists the job ids of every attempt, oldest first."""
+        meta = json.loads((job_dir / META).read_text())
+        meta["attempts"] = [*meta.get("attempts", []), job_id]
+        tmp = job_dir / f".{META}.tmp"
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        tmp.replace(job_dir / META)
+
+    # ---- resume: the same script, config and output directory, as a new job --------------------
+
+    def _resume(self, ref: JobRef, status: JobStatus) -> JobRef:
+        job = self._job(ref)
+        meta = self._meta(job)
+        attempts = meta.get("attempts") or [ref.id]
+        if attempts[-1] != ref.id:
+            raise UsageError(f"{ref} was resumed already as slurm://{attempts[-1]}: resume that one")
+        job_dir = Path(job.workdir)
+        phase = (parse_marker(job.comment) or (meta.get("phase", "pretrain"), 1))[0]
+        proc = self._run(["sbatch", "--parsable", f"--comment={marker(phase, status.attempt + 1)}", SCRIPT],
+                         cwd=str(job_dir))
+        job_id = proc.stdout.strip().split(";")[0]
+        if not job_id.isdigit():
+            raise BackendError(f"sbatch: unexpected answer {proc.stdout.strip()!r}")
+        self._record_attempt(job_dir, job_id)
         return JobRef(self.name, job_id)
 
     # ---- following a job -----------------------------------------------------------------------
@@ -409,11 +454,21 @@ class SlurmBackend(BaseBackend):
         nodes = tuple(NodeStatus(rank=i, state=state, host=h, restarts=job.restarts)
                       for i, h in enumerate(hosts))
         output_dir = self._meta(job).get("output_dir")
+        notes = _script_notes(job)
+        restarts = [n for n in notes if n.startswith("group restart ")]
+        errors = [n.removeprefix("error: ") for n in notes if n.startswith("error: ")]
+        reason = _reason(job.state, job.reason, job.restarts, job.exit_code)
+        if state is State.FAILED and errors:
+            reason = errors[-1]             # the batch script's own verdict names the rank and why
+        elif state is State.RUNNING and restarts:
+            reason = restarts[-1]
         return JobStatus(
-            ref=ref, state=state, reason=_reason(job.state, job.reason, job.restarts, job.exit_code),
+            ref=ref, state=state, reason=reason,
             nodes=nodes, progress=self._progress(job, output_dir), output=output_dir,
+            attempt=(parse_marker(job.comment) or ("", 1))[1],
             detail={"slurm_state": job.state, "slurm_reason": job.reason, "name": job.name,
-                    "job_dir": job.workdir, "restarts": job.restarts, "exit_code": job.exit_code},
+                    "job_dir": job.workdir, "restarts": job.restarts, "exit_code": job.exit_code,
+                    "group_restarts": len(restarts)},
         )
 
     def _progress(self, job: SlurmJob, output_dir: str | None) -> dict | None:
@@ -490,6 +545,22 @@ class SlurmBackend(BaseBackend):
         if not isinstance(output_dir, str):
             raise NotFoundError(f"{ref}: {job.workdir} is not a simsiam-job directory")
         return output_dir
+
+
+def _script_notes(job: SlurmJob) -> list[str]:
+    """What the batch script said about the group ("group restart ...", "error: ..."), in order,
+    for this job's latest run (a requeue starts its notes afresh)."""
+    notes: list[str] = []
+    if not job.workdir:
+        return notes
+    for path in sorted(Path(job.workdir, "logs").glob(f"batch-{job.id}-*.out")):
+        for line in _tail_lines(path):
+            if line.startswith("simsiam-job: job "):
+                if "group start 1)" in line:
+                    notes = []
+            elif line.startswith("simsiam-job: "):
+                notes.append(line.removeprefix("simsiam-job: "))
+    return notes
 
 
 def _tail_lines(path: Path, size: int = 65536) -> list[str]:

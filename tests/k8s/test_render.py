@@ -67,11 +67,8 @@ def test_job_shape_two_nodes_eight_gpus(render):
     assert job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
     assert job["spec"]["backoffLimit"] == 5
-    rules = job["spec"]["podFailurePolicy"]["rules"]
-    assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In",
-                                                             "values": [2]},
-                        "onPodConditions": []}
-    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    rules = job["spec"]["podFailurePolicy"]["rules"]   # (tests/k8s/test_failure_policy.py: what they mean)
+    assert [r["action"] for r in rules] == ["FailJob", "Ignore", "Ignore"]
     pod = job["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never" and pod["subdomain"] == svc["metadata"]["name"]
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]

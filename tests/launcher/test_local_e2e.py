@@ -74,8 +74,8 @@ def test_logs_per_rank_all_and_tail(home, pretrain):
 def test_list_shows_the_run_with_state_and_age(home, pretrain):
     env, _ = home
     rows = run_cli(["list"], env, check=True).stdout.splitlines()
-    assert rows[0].split() == ["JOBREF", "PHASE", "STATE", "AGE"]
-    assert any(r.split()[:3] == [pretrain[0], "pretrain", "SUCCEEDED"] for r in rows[1:])
+    assert rows[0].split() == ["JOBREF", "PHASE", "STATE", "ATTEMPT", "AGE"]
+    assert any(r.split()[:4] == [pretrain[0], "pretrain", "SUCCEEDED", "1"] for r in rows[1:])
 
 
 def test_linear_probe_from_the_pretrain_job_uses_its_encoder(home, pretrain):
@@ -103,7 +103,7 @@ def test_cancel_mid_run_checkpoints_and_reports_cancelled(home):
     assert st["state"] == "CANCELLED"
     checkpoints = list(Path(st["detail"]["output_dir"], "checkpoints").iterdir())
     assert checkpoints, "SIGTERM must leave a checkpoint"
-    assert _run_processes("long") == []
+    assert _run_processes(st) == []
     assert "already finished" in run_cli(["cancel", ref], env, check=True).stdout
 
 
@@ -111,13 +111,13 @@ def test_a_vanished_run_is_reported_not_guessed(home):
     env, data = home
     ref, _ = submit(env, data, "pretrain", "-c", CPU_CONFIG, "--name", "gone", *TINY, "-o", "Global.epochs=500")
     st, _ = wait_for(ref, env, lambda s: s["state"] == "RUNNING")
-    for pid in _run_processes("gone") + [int(Path(st["detail"]["run_dir"], "pid").read_text())]:
+    for pid in _run_processes(st) + [int(Path(st["detail"]["run_dir"], "pid").read_text())]:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     st, _ = wait_for(ref, env, lambda s: s["state"] != "RUNNING", timeout=30)
-    assert st["state"] == "UNKNOWN" and "gone" in st["reason"]
+    assert st["state"] == "FAILED" and "was killed" in st["reason"] and "resume" in st["reason"]
 
 
 def test_a_trainer_error_fails_the_job_with_its_message(home, tmp_path):
@@ -130,8 +130,9 @@ def test_a_trainer_error_fails_the_job_with_its_message(home, tmp_path):
     assert str(empty / "train") in st["reason"]
 
 
-def _run_processes(run_id):
-    marker = f"SIMSIAM_JOB_RUN_ID={run_id}".encode()
+def _run_processes(st):
+    """The run's live processes, found as a user would: by the marker in their environment."""
+    marker = f"SIMSIAM_JOB_RUN_DIR={st['detail']['run_dir']}".encode()
     pids = []
     for entry in Path("/proc").iterdir():
         try:

@@ -16,13 +16,15 @@ from collections.abc import Iterator
 from typing import ClassVar
 
 from simsiam_job import validate
-from simsiam_job.backends.base import BaseBackend, JobRef, JobStatus, JobSummary, Rendered, option
+from simsiam_job.backends.base import (
+    GROUP_RESTARTS_HELP, BaseBackend, JobRef, JobStatus, JobSummary, Rendered, option, poll,
+)
 from simsiam_job.backends.kubernetes import render as _render
 from simsiam_job.backends.kubernetes.client import Api, namespace
 from simsiam_job.backends.kubernetes.logs import PodLogs
 from simsiam_job.backends.kubernetes.render import IMAGE_UID, OUTPUT_MOUNT, Volume, parse_claim  # noqa: F401
 from simsiam_job.backends.kubernetes.status import (  # noqa: F401  (read by the tests)
-    job_state, job_status, newest_pods, progress_of,
+    attempt_of, job_state, job_status, newest_pods, progress_of,
 )
 from simsiam_job.errors import BackendError, NotFoundError, UsageError
 from simsiam_job.spec import JobSpec
@@ -50,7 +52,9 @@ class Options:
     service_account: str = option("", "serviceAccountName of the pods")
     priority_class: str = option("", "priorityClassName of the pods")
     image_pull_secrets: tuple[str, ...] = option((), "comma-separated Secret names for pulling the image")
-    backoff_limit: int = option(3, "pod failures (other than exit code 2 and disruptions) before the job fails")
+    backoff_limit: int = option(
+        3, "pod failures (other than exit codes 2, 3, 75 and disruptions) before the job fails")
+    group_restarts: int = option(3, GROUP_RESTARTS_HELP + " (counted by the trainer in the output volume)")
     cpu: str = option("", "CPU request per pod (default: 8 per GPU, 2 without GPUs)")
     memory: str = option("", "memory request per pod (default: 32Gi per GPU, 8Gi without GPUs)")
     port: int = option(6768, "rendezvous port of rank 0")
@@ -112,16 +116,20 @@ class KubernetesBackend(BaseBackend):
         ref = JobRef(self.name, f"{self.namespace()}/{spec.name}")
         if dry_run == "client":
             return ref
+        return self._create(spec.name, self.api.namespace, rendered.payload, dry_run)
+
+    def _create(self, name: str, ns: str, manifests: list[dict], dry_run: str | None = None) -> JobRef:
+        """The Job first, then the ConfigMap and Service it owns (rolled back if one fails)."""
         api = self.api
-        ns = api.namespace
+        ref = JobRef(self.name, f"{ns}/{name}")
         server_dry = "All" if dry_run == "server" else None
-        by_kind = {doc["kind"]: doc for doc in rendered.payload}
-        job = api.call(f"creating job {spec.name}", api.batch.create_namespaced_job, ns, by_kind["Job"],
+        by_kind = {doc["kind"]: doc for doc in manifests}
+        job = api.call(f"creating job {name}", api.batch.create_namespaced_job, ns, by_kind["Job"],
                        dry_run=server_dry)
         # The Job owns the ConfigMap and Service, so deleting the Job (cancel, or kubectl) removes
         # them. Its uid exists only now, hence Job first; its pods wait for the ConfigMap to mount.
         # (No blockOwnerDeletion: where admission enforces it, it needs rights on jobs/finalizers.)
-        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": spec.name, "uid": job.metadata.uid,
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job.metadata.uid,
                  "controller": True}
         try:
             for kind, create in (("ConfigMap", api.core.create_namespaced_config_map),
@@ -129,12 +137,35 @@ class KubernetesBackend(BaseBackend):
                 body = dict(by_kind[kind])
                 if job.metadata.uid:  # a server-side dry run may return the Job without one
                     body["metadata"] = {**body["metadata"], "ownerReferences": [owner]}
-                api.call(f"creating {kind.lower()} {spec.name}", create, ns, body, dry_run=server_dry)
+                api.call(f"creating {kind.lower()} {name}", create, ns, body, dry_run=server_dry)
         except (BackendError, UsageError):
             if server_dry is None:
-                self._rollback(spec.name, ns)
+                self._rollback(name, ns)
             raise
         return ref
+
+    # ---- resume: the next attempt under the same name, from the objects of the last one -----------
+
+    def _resume(self, ref: JobRef, status: JobStatus) -> JobRef:
+        ns, name = self._split(ref)
+        api = self.api
+        serialize = api.batch.api_client.sanitize_for_serialization
+        missing = f"no job {name!r} in namespace {ns!r}"
+        job = serialize(api.call(f"reading job {name}", api.batch.read_namespaced_job, name, ns, missing=missing))
+        config_map = serialize(api.call(f"reading config map {name}", api.core.read_namespaced_config_map,
+                                        name, ns, missing=f"{missing}: its config map is gone"))
+        service = serialize(api.call(f"reading service {name}", api.core.read_namespaced_service, name, ns,
+                                     missing=f"{missing}: its service is gone"))
+        manifests = _render.next_attempt(job, config_map, service)
+        # The finished Job goes with its pods, config map and service (owned by it); its output
+        # volume stays. The name is free again once they are all gone.
+        api.call(f"deleting job {name}", api.batch.delete_namespaced_job, name, ns,
+                 propagation_policy="Foreground", missing=missing)
+        if not poll(lambda: self._left(ref) is None and api.gone(
+                f"reading config map {name}", api.core.read_namespaced_config_map, name, ns), timeout=120, interval=1):
+            raise BackendError(f"{ref}: the previous attempt's objects are still being deleted after 120 s; "
+                               "run resume again in a moment")
+        return self._create(name, ns, manifests)
 
     def _rollback(self, name: str, ns: str) -> None:
         """Undo a half-done submit: delete the Job; what was created after it (the ConfigMap, the
@@ -241,6 +272,7 @@ class KubernetesBackend(BaseBackend):
                 ref=JobRef(self.name, f"{meta.namespace}/{meta.name}"), name=meta.name,
                 phase=(meta.labels or {}).get("simsiam-job/phase", "?"),
                 state=job_state(job, None), age_seconds=None if created is None else now - created,
+                attempt=attempt_of(job),
             ))
         return sorted(rows, key=lambda row: (row.age_seconds is None, row.age_seconds or 0))
 

@@ -14,12 +14,14 @@ from simsiam_job import command, templates, validate
 from simsiam_job.backends.base import Rendered
 from simsiam_job.errors import UsageError
 from simsiam_job.spec import JobSpec
+from trainer import contract
 from trainer.rendezvous import command as rendezvous_command
 
 TEMPLATE = "k8s/job.yaml.j2"
 CONFIG_DIR = "/etc/simsiam"      # the ConfigMap's mount
 DATA_MOUNT = "/data"             # the data claim, read-only
 OUTPUT_MOUNT = "/output"         # the output claim; each job writes OUTPUT_MOUNT/<job name>/
+ATTEMPT_ANNOTATION = "simsiam-job/attempt"   # 2 after the first `simsiam-job resume`, ...
 IMAGE_UID = 1000                 # the non-root user of docker/Dockerfile
 IMAGE_HOME = "/home/simsiam"     # its HOME (paddle's caches), an emptyDir under a read-only root
 # Phases that resume from checkpoints after a restart (a smoke job does not): on several nodes
@@ -53,15 +55,16 @@ def output_volume(spec: JobSpec, options) -> Volume | None:
     return parse_claim(location, "--output") if location else None
 
 
-def render(spec: JobSpec, options, namespace: str) -> Rendered:
-    docs = templates.render_yaml_stream(TEMPLATE, **context(spec, options, namespace))
+def render(spec: JobSpec, options, namespace: str, attempt: int = 1) -> Rendered:
+    """attempt: 1 for submit; resume renders the next attempt of the same job."""
+    docs = templates.render_yaml_stream(TEMPLATE, **context(spec, options, namespace, attempt))
     import yaml
 
     text = yaml.safe_dump_all(docs, sort_keys=False)
     return Rendered(text=text, files={f"{spec.name}.yaml": text}, payload=docs)
 
 
-def context(spec: JobSpec, opts, namespace: str) -> dict[str, Any]:
+def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, Any]:
     data = parse_claim(spec.data or opts.data_pvc, "--data") if (spec.data or opts.data_pvc) else None
     output = output_volume(spec, opts)
     if output is None and spec.nodes > 1 and spec.phase.value in RESUMING_PHASES:
@@ -94,17 +97,25 @@ def context(spec: JobSpec, opts, namespace: str) -> dict[str, Any]:
             for k, ref in spec.env_secrets]
     env.append({"name": "PYTHONUNBUFFERED", "value": "1"})  # logs reach `kubectl logs` at once
     env.append({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+    # The trainer names the job in its lock (a restarted pod takes its own job's lock over) and,
+    # rank 0, counts the group's starts of this attempt in the output volume: past the bound it
+    # exits 2 with "gave up after N group restarts: ...", which fails the job (FailJob).
+    env += [{"name": contract.JOB_ENV, "value": spec.name},
+            {"name": contract.ATTEMPT_ENV, "value": str(attempt)},
+            {"name": contract.GROUP_RESTARTS_ENV, "value": str(opts.group_restarts)}]
     return {
         "name": spec.name,
         "namespace": namespace,
         "service": service,
         "labels": spec.labels,
-        "annotations": {"simsiam-job/config-source": spec.config_source},
+        "annotations": {"simsiam-job/config-source": spec.config_source, ATTEMPT_ANNOTATION: str(attempt)},
         "config_yaml": spec.config_yaml,
         "nodes": spec.nodes,
         "gpus": spec.gpus,
         "port": opts.port,
         "backoff_limit": opts.backoff_limit,
+        "fail_job_exit_codes": [contract.EXIT_BAD_INPUT, contract.EXIT_DIVERGED],
+        "restart_exit_codes": [contract.EXIT_PEER_LOST],
         "termination_grace": opts.termination_grace,
         "image": spec.image,
         "command": argv,
@@ -126,6 +137,42 @@ def context(spec: JobSpec, opts, namespace: str) -> dict[str, Any]:
         "output_mount": OUTPUT_MOUNT,
         "launch_logs": launch_logs(spec),
     }
+
+
+# What the API server adds to objects: not part of what we send.
+_SERVER_METADATA = ("uid", "resourceVersion", "creationTimestamp", "managedFields", "generation",
+                    "selfLink", "ownerReferences", "deletionTimestamp", "deletionGracePeriodSeconds")
+_SERVER_POD_LABELS = ("controller-uid", "batch.kubernetes.io/controller-uid", "job-name",
+                      "batch.kubernetes.io/job-name")
+
+
+def next_attempt(job: dict, config_map: dict, service: dict) -> list[dict]:
+    """The manifests of a job's next attempt (``simsiam-job resume``), from the objects of the one
+    before as the API server returns them (plain dicts): the same config, volumes and command, the
+    attempt annotation and the trainer's SIMSIAM_JOB_ATTEMPT one higher, so the trainer counts the
+    new attempt's group restarts afresh; the server's own fields removed."""
+    import copy
+
+    docs = []
+    for obj in (config_map, service, job):
+        doc = copy.deepcopy(obj)
+        doc.pop("status", None)
+        for key in _SERVER_METADATA:
+            doc["metadata"].pop(key, None)
+        docs.append(doc)
+    config_map, service, job = docs
+    spec = job["spec"]
+    spec.pop("selector", None)          # the server derives it again, with the new Job's uid
+    pod_meta = spec["template"].setdefault("metadata", {})
+    pod_meta["labels"] = {k: v for k, v in (pod_meta.get("labels") or {}).items() if k not in _SERVER_POD_LABELS}
+    annotations = job["metadata"].setdefault("annotations", {})
+    attempt = int(annotations.get(ATTEMPT_ANNOTATION, "1")) + 1
+    annotations[ATTEMPT_ANNOTATION] = str(attempt)
+    for container in spec["template"]["spec"]["containers"]:
+        for var in container.get("env") or []:
+            if var.get("name") == contract.ATTEMPT_ENV:
+                var["value"] = str(attempt)
+    return [config_map, service, job]
 
 
 def launch_logs(spec: JobSpec) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from simsiam_job.backends.base import JobRef, JobStatus, NodeStatus, State
-from simsiam_job.backends.kubernetes.render import OUTPUT_MOUNT
+from simsiam_job.backends.kubernetes.render import ATTEMPT_ANNOTATION, OUTPUT_MOUNT
 from trainer import contract
 
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
@@ -111,7 +111,13 @@ def job_status(ref: JobRef, job, pods, *, progress: dict | None = None) -> JobSt
               "succeeded": job.status.succeeded or 0, "failed": job.status.failed or 0,
               "pods": {n.rank: newest[n.rank].metadata.name for n in node_states if n.rank in newest}}
     return JobStatus(ref=ref, state=state, reason=reason, nodes=tuple(node_states), detail=detail,
-                     progress=progress, output=output_location(job))
+                     progress=progress, output=output_location(job), attempt=attempt_of(job))
+
+
+def attempt_of(job) -> int:
+    """The job's attempt, from the annotation resume sets (1 without one)."""
+    value = (job.metadata.annotations or {}).get(ATTEMPT_ANNOTATION, "1")
+    return int(value) if value.isdigit() else 1
 
 
 def output_location(job) -> str | None:

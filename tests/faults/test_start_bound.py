@@ -1,0 +1,41 @@
+"""Rank 0's bound on group restarts where no launcher of ours counts them (Kubernetes recreates the
+pods itself): starts are recorded in OUTPUT_DIR/starts.jsonl; past the bound the start is refused
+with one line naming what ended the start before; a new attempt counts afresh."""
+
+import json
+
+import pytest
+
+from trainer import contract, lock
+from trainer.config import ConfigError
+
+
+def _lost_peer(output, generation):
+    beats = output / contract.HEARTBEATS / generation
+    beats.mkdir(parents=True)
+    (beats / "rank-00000.json").write_text(json.dumps(
+        {"rank": 0, "state": "lost-peer", "detail": "rank 1 was lost (no heartbeat from rank 1 for 31 s)"}))
+
+
+def test_restarts_past_the_bound_are_refused_naming_the_lost_rank(tmp_path, monkeypatch):
+    monkeypatch.setenv(contract.JOB_ENV, "pt")
+    monkeypatch.setenv(contract.GROUP_RESTARTS_ENV, "1")
+    monkeypatch.setenv(contract.ATTEMPT_ENV, "1")
+    lock.count_start(tmp_path, "g1")                 # the first start
+    _lost_peer(tmp_path, "g1")
+    lock.count_start(tmp_path, "g2")                 # restart 1 of at most 1
+    with pytest.raises(ConfigError) as refused:      # restart 2: too many
+        lock.count_start(tmp_path, "g3")
+    assert str(refused.value) == ("gave up after 1 group restarts: rank 0: rank 1 was lost "
+                                  "(no heartbeat from rank 1 for 31 s)")
+    monkeypatch.setenv(contract.ATTEMPT_ENV, "2")    # simsiam-job resume: a new attempt
+    lock.count_start(tmp_path, "g4")
+    records = [json.loads(line) for line in (tmp_path / contract.STARTS).read_text().splitlines()]
+    assert [(r["attempt"], r["generation"]) for r in records] == [("1", "g1"), ("1", "g2"), ("1", "g3"), ("2", "g4")]
+
+
+def test_without_a_bound_nothing_is_counted(tmp_path, monkeypatch):
+    monkeypatch.delenv(contract.GROUP_RESTARTS_ENV, raising=False)
+    for generation in ("g1", "g2", "g3", "g4", "g5"):
+        lock.count_start(tmp_path, generation)
+    assert not (tmp_path / contract.STARTS).exists()
