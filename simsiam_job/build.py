@@ -11,6 +11,8 @@ import json
 import os
 import re
 import secrets
+import shlex
+import stat
 import string
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,6 +23,7 @@ from simsiam_job.backends.base import JobRef, State
 from simsiam_job.errors import UsageError
 from simsiam_job.locate import located_options
 from simsiam_job.spec import JobSpec, Phase, validate_name
+from simsiam_job.validate import DNS1123_SUBDOMAIN
 from trainer.contract import PHASE_TASKS
 
 # The shipped recipe each phase runs when no -c is given (trainer/configs/).
@@ -71,6 +74,7 @@ class Request:
     output: str | None = None
     from_ref: str | None = None
     env: Sequence[str] = ()
+    env_secrets: Sequence[str] = ()
     sets: Sequence[str] = ()
 
 
@@ -122,6 +126,51 @@ def _env_pairs(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
             raise UsageError(f"--env {name}: the value contains a NUL byte")
         pairs.append((name, value))
     return tuple(pairs)
+
+
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
+
+
+def _env_secrets(items: Sequence[str], backend: str, env_names: set[str]) -> tuple[tuple[str, str], ...]:
+    """``--env-secret NAME=REF`` -> (NAME, REF), checked for the backend: SECRET/KEY on Kubernetes,
+    else a file that only the user can read (its path is kept, never its content)."""
+    pairs: list[tuple[str, str]] = []
+    for item in items:
+        name, sep, ref = item.partition("=")
+        if not sep or not _ENV_NAME.match(name) or not ref:
+            raise UsageError(f"malformed --env-secret {item!r}: expected NAME=SECRET/KEY (kubernetes) "
+                             "or NAME=FILE (slurm, local)")
+        if name in env_names or name in (n for n, _ in pairs):
+            raise UsageError(f"--env-secret {name}: {name} is set twice (by --env or --env-secret)")
+        pairs.append((name, _secret_key_ref(name, ref) if backend == "kubernetes" else _secret_file(name, ref)))
+    return tuple(pairs)
+
+
+def _secret_key_ref(name: str, ref: str) -> str:
+    secret, sep, key = ref.partition("/")
+    if not sep or not DNS1123_SUBDOMAIN.match(secret) or len(secret) > 253 or not _SECRET_KEY.match(key):
+        raise UsageError(f"--env-secret {name}={ref}: on Kubernetes write SECRET/KEY, a Secret in the "
+                         "job's namespace and one of its keys (e.g. wandb/api-key)")
+    return ref
+
+
+def _secret_file(name: str, path: str) -> str:
+    """The absolute path of a secret file that exists, is readable and that nobody else can read."""
+    if "\0" in path or "\n" in path:
+        raise UsageError(f"--env-secret {name}: a file path cannot contain NUL or newline characters")
+    full = os.path.abspath(os.path.expanduser(path))
+    try:
+        st = os.stat(full)
+    except OSError as err:
+        raise UsageError(f"--env-secret {name}={path}: {err.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"--env-secret {name}={path}: not a regular file")
+    if st.st_mode & 0o077:
+        raise UsageError(f"--env-secret {name}={path}: group or others have access to this file (mode "
+                         f"{stat.S_IMODE(st.st_mode):04o}); make it yours alone: chmod 600 {shlex.quote(full)}")
+    if not os.access(full, os.R_OK):
+        raise UsageError(f"--env-secret {name}={path}: you cannot read this file")
+    return full
 
 
 def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, str] = os.environ) -> JobSpec:
@@ -177,13 +226,15 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
         raise UsageError(f"{config_path} is a {task} config, but the phase {phase.value} needs "
                          f"Global.task_type {expected}")
 
+    env = _env_pairs(req.env)
+    env_secrets = _env_secrets(req.env_secrets, backend, {n for n, _ in env})
     return JobSpec(
         name=name, phase=phase, backend=backend, nodes=nodes, gpus=gpus,
         image=_image(req.image or defaults.top_level_default("image", user, environ) or DEFAULT_IMAGE),
         config_source=config_path, config=config, config_yaml=dump(config),
         data=data,
         output=req.output or defaults.top_level_default("output", user, environ),
-        from_ref=req.from_ref, env=_env_pairs(req.env), options=options, procs_per_node=req.procs,
+        from_ref=req.from_ref, env=env, env_secrets=env_secrets, options=options, procs_per_node=req.procs,
     )
 
 

@@ -87,18 +87,23 @@ From = Annotated[Optional[str], typer.Option(
     "--from", metavar="JOBREF", help="linear-probe: the finished pretrain job whose encoder to probe (a JOBREF).")]
 Env = Annotated[Optional[list[str]], typer.Option(
     "--env", "-e", metavar="NAME=VALUE", help="Environment variable NAME=VALUE for the trainer processes (repeatable).")]
+EnvSecret = Annotated[Optional[list[str]], typer.Option(
+    "--env-secret", metavar="NAME=REF", help="Environment variable NAME read from a secret where the job "
+    "runs, never written by simsiam-job (repeatable). REF: SECRET/KEY on kubernetes; a file only you "
+    "can read (chmod 600) on slurm and local.")]
 Sets = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY=VALUE", help="Backend option KEY=VALUE (repeatable); `simsiam-job options BACKEND` lists them.")]
 
 
 def _spec(phase, backend, nodes, gpus, procs, config, overrides, image, name, data, output,
-          from_ref, env, sets, *, check_from: bool):
+          from_ref, env, env_secret, sets, *, check_from: bool):
     from simsiam_job.build import Request, build_spec
 
     return build_spec(Request(
         phase=phase.value, backend=backend.value if backend else None, nodes=nodes, gpus=gpus,
         procs=procs, config=config, overrides=overrides or (), image=image, name=name, data=data,
-        output=output, from_ref=from_ref, env=env or (), sets=sets or ()), check_from=check_from)
+        output=output, from_ref=from_ref, env=env or (), env_secrets=env_secret or (), sets=sets or ()),
+        check_from=check_from)
 
 
 @app.command()
@@ -106,7 +111,8 @@ def submit(
     phase: Annotated[PhaseArg, typer.Argument(help="pretrain, linear-probe or smoke (a short check of the cluster).")],
     backend: Backend = None, nodes: Nodes = None, gpus: Gpus = None, procs: Procs = 1,
     config: Config = None, override: Overrides = None, image: Image = None, name: Name = None,
-    data: Data = None, output: Output = None, from_: From = None, env: Env = None, set_: Sets = None,
+    data: Data = None, output: Output = None, from_: From = None, env: Env = None,
+    env_secret: EnvSecret = None, set_: Sets = None,
     dry_run: Annotated[Optional[DryRun], typer.Option(
         "--dry-run", help="client: validate and print the job reference only; server: also let "
                           "the backend validate (Kubernetes server-side dry run).")] = None,
@@ -124,7 +130,7 @@ def submit(
     from simsiam_job.backends import get_backend
 
     spec = _spec(phase, backend, nodes, gpus, procs, config, override, image, name, data, output,
-                 from_, env, set_, check_from=dry_run is None)
+                 from_, env, env_secret, set_, check_from=dry_run is None)
     job_backend = get_backend(spec.backend, spec.options)
     ref = job_backend.submit(spec, dry_run=dry_run.value if dry_run else None)
     if dry_run:
@@ -146,7 +152,8 @@ def render(
     phase: Annotated[PhaseArg, typer.Argument(help="pretrain, linear-probe or smoke (a short check of the cluster).")],
     backend: Backend = None, nodes: Nodes = None, gpus: Gpus = None, procs: Procs = 1,
     config: Config = None, override: Overrides = None, image: Image = None, name: Name = None,
-    data: Data = None, output: Output = None, from_: From = None, env: Env = None, set_: Sets = None,
+    data: Data = None, output: Output = None, from_: From = None, env: Env = None,
+    env_secret: EnvSecret = None, set_: Sets = None,
     out: Annotated[Optional[str], typer.Option(
         "--out", help="Write the files into this directory instead of printing.")] = None,
 ) -> None:
@@ -163,7 +170,7 @@ def render(
     from simsiam_job.backends import get_backend
 
     spec = _spec(phase, backend, nodes, gpus, procs, config, override, image, name, data, output,
-                 from_, env, set_, check_from=False)
+                 from_, env, env_secret, set_, check_from=False)
     rendered = get_backend(spec.backend, spec.options).render(spec)
     if out is None:
         sys.stdout.write(rendered.text)
@@ -288,7 +295,7 @@ def resume(
     _err(f"{new_ref}: attempt {backend.status(new_ref).attempt}, resuming from the newest checkpoint "
          f"in {backend.output_location(new_ref)}")
     if wait:
-        raise typer.Exit(_follow(new_ref))
+        raise typer.Exit(_follow(new_ref, backend))
 
 
 @app.command("list")

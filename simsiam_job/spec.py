@@ -49,6 +49,9 @@ class JobSpec:
     output: str | None = None       # output location; likewise
     from_ref: str | None = None     # linear-probe --from JOBREF (the pretrain job)
     env: tuple[tuple[str, str], ...] = ()          # --env NAME=VALUE for the trainer processes
+    # --env-secret NAME=REF: the value is read where the job runs, never written by us. REF is
+    # SECRET/KEY on Kubernetes, elsewhere the absolute path of a file only the user can read.
+    env_secrets: tuple[tuple[str, str], ...] = ()
     options: Any = None             # the backend's own frozen Options dataclass
     procs_per_node: int = 1         # CPU processes per node when gpus == 0
 

@@ -29,7 +29,7 @@ def user(tmp_path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIMSIAM_JOB_")}
     env.update(HOME=str(tmp_path / "home"), XDG_DATA_HOME=str(tmp_path / "data"),
                XDG_CONFIG_HOME=str(tmp_path / "config"), OMP_NUM_THREADS="1")
-    (tmp_path / "home").mkdir(exist_ok=True)
+    (tmp_path / "home").mkdir(parents=True, exist_ok=True)
     return env
 
 

@@ -81,3 +81,36 @@ def wait_for(ref, env, predicate, *, timeout=240, what="the expected state"):
         time.sleep(0.3)
     logs = run_cli(["logs", "--all", "--tail", "40", ref], env).stdout
     raise AssertionError(f"{ref}: no {what} within {timeout} s; states {seen}, last {st}\n{logs}")
+
+
+@pytest.fixture
+def shared_dir():
+    """A folder every user of the machine can enter and list (0755, under the system's temporary
+    folder), standing in for a shared filesystem or an output volume."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="simsiam-shared-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+NOBODY = 65534
+
+
+def another_user_can_read(path: Path, shared: Path) -> bool:
+    """Whether a different, unprivileged user could read ``path`` (below ``shared``): for real, by
+    reading it as uid/gid 65534 when the tests run as root; else from the modes, as the kernel
+    judges them (every folder from ``shared`` down searchable by others, the file readable)."""
+    if os.geteuid() == 0:
+        return subprocess.run(["cat", str(path)], user=NOBODY, group=NOBODY, extra_groups=[],
+                              capture_output=True).returncode == 0
+    folders = [path.parent, *[p for p in path.parent.parents if shared in (p, *p.parents)]]
+    return all(os.stat(d).st_mode & 0o001 for d in folders) and bool(os.stat(path).st_mode & 0o004)
+
+
+def files_holding(root: Path, *values: str) -> list[Path]:
+    """Every file below ``root`` whose bytes contain any of ``values``."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()
+                  and any(v.encode() in p.read_bytes() for v in values))

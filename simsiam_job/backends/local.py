@@ -133,6 +133,8 @@ class LocalBackend(BaseBackend):
             contract.JOB_ENV: spec.name,    # the trainer's lock names the job; a restart takes its own over
             **dict(spec.env),
         }
+        # --env-secret: the supervisor reads each file when the run starts; only its path is kept.
+        env_files = dict(spec.env_secrets)
         # simsiam-train is looked up on PATH: put the interpreter's bin directory first.
         path_prefix = str(Path(python).parent)
         text = "\n".join([
@@ -141,10 +143,12 @@ class LocalBackend(BaseBackend):
             f"# run directory: {run_dir}",
             f"cd {shlex.quote(str(run_dir))}",
             f"PATH={shlex.quote(path_prefix)}:\"$PATH\" "
-            + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " \\",
+            + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+            + "".join(f' {k}="$(cat {shlex.quote(p)})"' for k, p in env_files.items()) + " \\",
             "  " + shlex.join(argv),
         ]) + "\n"
-        payload = {"argv": argv, "env": env, "path_prefix": path_prefix, "run_dir": str(run_dir),
+        payload = {"argv": argv, "env": env, "env_files": env_files, "path_prefix": path_prefix,
+                   "run_dir": str(run_dir),
                    "output_dir": str(output_dir), "data_dir": data_dir}
         return Rendered(text=text, files={"run.sh": text, "config.yaml": spec.config_yaml}, payload=payload)
 
@@ -167,7 +171,9 @@ class LocalBackend(BaseBackend):
                              f"another --name (or continue it: simsiam-job resume {ref})")
         if dry_run:
             return ref
-        (run_dir / "logs").mkdir(parents=True)
+        # Private: paddle's launcher copies its environment (--env, --env-secret values) into logs/.
+        run_dir.mkdir(mode=0o700, parents=True)
+        (run_dir / "logs").mkdir()
         Path(payload["output_dir"]).mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(spec.config_yaml)
         (run_dir / "command.json").write_text(json.dumps(payload, indent=2))
@@ -480,6 +486,19 @@ def _stop_leftovers(run_dir: Path, grace: float, say) -> None:
         poll(lambda: not run_processes(run_dir), timeout=10)
 
 
+def _read_secrets(env_files: dict[str, str]) -> dict[str, str]:
+    """--env-secret values, read now, at run time (like a shell's "$(cat FILE)": without the
+    trailing newline); never written anywhere by us."""
+    values = {}
+    for name, path in env_files.items():
+        try:
+            values[name] = Path(path).read_text().rstrip("\n")
+        except (OSError, UnicodeDecodeError) as err:
+            reason = getattr(err, "strerror", None) or err
+            raise ValueError(f"--env-secret {name}: cannot read {path}: {reason}") from None
+    return values
+
+
 def supervise(run_dir: Path) -> int:
     """Run paddle's launcher until the group succeeds, fails for good, or is cancelled; restart
     the whole group after a lost rank (at most ``group_restarts`` times); record the outcome.
@@ -498,7 +517,13 @@ def supervise(run_dir: Path) -> int:
             log.write(f"simsiam-job: {message}\n".encode())
             log.flush()
 
-        while True:
+        try:
+            env.update(_read_secrets(command.get("env_files", {})))
+            outcome = None
+        except ValueError as err:
+            say(f"error: {err}")
+            outcome = {"exit_code": 2, "reason": str(err)}
+        while outcome is None:
             if restarts and (run_dir / "cancelled").exists():    # cancelled between two starts
                 outcome = {"exit_code": None, "reason": "cancelled by the user"}
                 break

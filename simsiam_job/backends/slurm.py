@@ -357,8 +357,8 @@ class SlurmBackend(BaseBackend):
             cpus_per_task=cpus_per_task, mem=o.mem, time=o.time, partition=o.partition,
             account=o.account, qos=o.qos, job_dir=job_dir, log_dir=f"{job_dir}/logs",
             signal_grace=o.signal_grace, requeue=o.requeue, venv=_abs_path(o.venv, "venv") if o.venv else "",
-            env=list(spec.env), port=o.port, container=o.container, image=spec.image,
-            mounts=mounts, node_command=node_command, group_restarts=o.group_restarts,
+            env=list(spec.env), env_files=list(spec.env_secrets), port=o.port, container=o.container,
+            image=spec.image, mounts=mounts, node_command=node_command, group_restarts=o.group_restarts,
         )
         meta = json.dumps({"name": spec.name, "phase": spec.phase.value, "nodes": spec.nodes,
                            "output_dir": output_dir, "data_dir": data_dir}, indent=2) + "\n"
@@ -379,7 +379,9 @@ class SlurmBackend(BaseBackend):
                 f"job directory {job_dir} already exists (a job named {spec.name!r} ran before): "
                 "choose another --name, or remove the directory")
         try:
-            (job_dir / "logs").mkdir(parents=True)
+            # Private: the script holds the --env values, paddle's logs copy the environment.
+            job_dir.mkdir(mode=0o700, parents=True)
+            (job_dir / "logs").mkdir()
         except OSError as err:
             raise UsageError(f"cannot create the job directory {job_dir}: {err.strerror}") from None
         try:

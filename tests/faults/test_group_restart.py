@@ -51,7 +51,7 @@ def test_bad_data_fails_at_once_without_a_restart(tmp_path):
 
 def test_a_diverged_run_fails_at_once_without_a_restart(tmp_path, fmnist):
     env = user(tmp_path)
-    ref = submit(env, fmnist, "nan-lr", "-o", "Optimizer.lr.learning_rate=.nan")
+    ref = submit(env, fmnist, "huge-lr", "-o", "Optimizer.lr.learning_rate=1.0e+30")
     st = wait_finished(ref, env, timeout=120)
     assert st["state"] == "FAILED" and st["detail"]["exit_code"] == 3
     assert st["detail"]["group_restarts"] == 0

@@ -67,19 +67,15 @@ def test_cancel_sends_sigkill_only_after_the_grace_period(tmp_path, fmnist):
 
 
 def test_a_second_run_on_the_same_output_directory_fails_naming_the_holder(tmp_path, fmnist):
-    """Two users' run directories, one --output: the trainer's lock refuses the second run, and
-    the launcher shows the trainer's line as the job's reason."""
-    env = user(tmp_path)
+    """Two users, one shared --output: the trainer's lock refuses the second run, and the launcher
+    shows the trainer's line as the job's reason."""
+    env_a, env_b = user(tmp_path / "a"), user(tmp_path / "b")
     out = tmp_path / "shared-output"
-    first = submit(env, fmnist, "writer", "-o", "Global.epochs=500", "--output", out,
-                   "--set", f"runs_dir={tmp_path / 'runs-a'}")
+    first = submit(env_a, fmnist, "writer", "-o", "Global.epochs=500", "--output", out)
     poll(lambda: (out / "writer" / "run.lock").exists(), 120, "the first run taking the lock")
-    second = submit(env, fmnist, "writer", "-o", "Global.epochs=1", "--output", out,
-                    "--set", f"runs_dir={tmp_path / 'runs-b'}")
-    env_b = {**env, "SIMSIAM_JOB_LOCAL_RUNS_DIR": str(tmp_path / "runs-b")}
+    second = submit(env_b, fmnist, "writer", "-o", "Global.epochs=1", "--output", out)
     st = wait_finished(second, env_b, timeout=120)
     assert st["state"] == "FAILED" and st["detail"]["exit_code"] == 2
     assert "is in use by job writer on host" in st["reason"], st["reason"]
-    env_a = {**env, "SIMSIAM_JOB_LOCAL_RUNS_DIR": str(tmp_path / "runs-a")}
     assert job_status(first, env_a)["state"] == "RUNNING"
     run_cli(["cancel", first], env_a, check=True, timeout=120)

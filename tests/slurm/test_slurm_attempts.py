@@ -28,7 +28,7 @@ def test_the_batch_script_restarts_the_group_up_to_the_bound(tmp_path):
     from testlib import run_cli
     import os
 
-    env = {**os.environ, "HOME": str(tmp_path), "SIMSIAM_JOB_CONFIG": str(tmp_path / "none.yaml")}
+    env = {**os.environ, "HOME": str(tmp_path), "SIMSIAM_JOB_CONFIG": "/dev/null"}
     script = run_cli(["render", "pretrain", "-b", "slurm", "--nodes", "2", "--name", "pt",
                       "--set", "group_restarts=5"], env, check=True).stdout
     assert "GROUP_RESTARTS=5\n" in script and "export SIMSIAM_JOB_NAME=pt\n" in script

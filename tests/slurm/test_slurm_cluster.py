@@ -185,7 +185,7 @@ def test_requeue_mid_run_resumes_from_the_checkpoint(tmp_path, user_env, fmnist)
     assert "SIGTERM received" in (output / "train.log").read_text()
     resumed = [line for line in log.splitlines() if "resumed from" in line]
     assert len(resumed) == 1 and " at epoch " in resumed[0] and ", step " in resumed[0], resumed
-    assert "simsiam-job: job " + job_id + " (restart 1)" in (
+    assert "simsiam-job: job " + job_id + " (requeue 1, group start 1)" in (
         "".join(p.read_text() for p in (tmp_path / "jobs" / "requeue-me" / "logs").glob("batch-*.out")))
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     # Resumed exactly where TERM stopped it: every step once, none lost or repeated.

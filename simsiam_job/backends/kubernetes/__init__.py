@@ -131,20 +131,16 @@ class KubernetesBackend(BaseBackend):
         # (No blockOwnerDeletion: where admission enforces it, it needs rights on jobs/finalizers.)
         owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job.metadata.uid,
                  "controller": True}
-        created: list = []
         try:
-            for kind, create, delete in (
-                ("ConfigMap", api.core.create_namespaced_config_map, api.core.delete_namespaced_config_map),
-                ("Service", api.core.create_namespaced_service, api.core.delete_namespaced_service),
-            ):
+            for kind, create in (("ConfigMap", api.core.create_namespaced_config_map),
+                                 ("Service", api.core.create_namespaced_service)):
                 body = dict(by_kind[kind])
                 if job.metadata.uid:  # a server-side dry run may return the Job without one
                     body["metadata"] = {**body["metadata"], "ownerReferences": [owner]}
                 api.call(f"creating {kind.lower()} {name}", create, ns, body, dry_run=server_dry)
-                created.append(delete)
         except (BackendError, UsageError):
             if server_dry is None:
-                self._rollback(name, ns, created)
+                self._rollback(name, ns)
             raise
         return ref
 
@@ -171,16 +167,15 @@ class KubernetesBackend(BaseBackend):
                                "run resume again in a moment")
         return self._create(name, ns, manifests)
 
-    def _rollback(self, name: str, ns: str, created: list) -> None:
-        """Undo a half-done submit: the Job first (its pods go with it), then what else exists."""
+    def _rollback(self, name: str, ns: str) -> None:
+        """Undo a half-done submit: delete the Job; what was created after it (the ConfigMap, the
+        Service) carries its owner reference and goes with it, so the Role needs no delete there."""
         api = self.api
-        deletions = [(api.batch.delete_namespaced_job, {"propagation_policy": "Background"})]
-        deletions += [(delete, {}) for delete in created]
-        for delete, kwargs in deletions:
-            try:
-                api.call(f"rolling back job {name}", delete, name, ns, missing="", **kwargs)
-            except NotFoundError:
-                pass
+        try:
+            api.call(f"rolling back job {name}", api.batch.delete_namespaced_job, name, ns, missing="",
+                     propagation_policy="Background")
+        except NotFoundError:
+            pass
 
     # ---- status, logs ----------------------------------------------------------------------------
 

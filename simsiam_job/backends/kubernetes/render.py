@@ -83,7 +83,7 @@ def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, 
         rounds_dir=f"{OUTPUT_MOUNT}/{spec.name}/{ROUNDS_DIR}" if output.claim else "") if spec.nodes > 1 else []
     argv = rendezvous + command.launch_args(
         spec, master=None, nnodes=spec.nodes, node_rank="$(JOB_COMPLETION_INDEX)",
-        log_dir=f"{OUTPUT_MOUNT}/{spec.name}/launch-logs/rank-$(JOB_COMPLETION_INDEX)",
+        log_dir=f"{launch_logs(spec)}/rank-$(JOB_COMPLETION_INDEX)",
     ) + command.trainer_args(
         spec, config_path=f"{CONFIG_DIR}/config.yaml",
         data_dir=DATA_MOUNT if data else None, output_dir=f"{OUTPUT_MOUNT}/{spec.name}",
@@ -96,6 +96,8 @@ def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, 
     if spec.gpus:
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(spec.gpus)
     env = [{"name": k, "value": v} for k, v in spec.env]
+    env += [{"name": k, "valueFrom": {"secretKeyRef": dict(zip(("name", "key"), ref.split("/", 1)))}}
+            for k, ref in spec.env_secrets]
     env.append({"name": "PYTHONUNBUFFERED", "value": "1"})  # logs reach `kubectl logs` at once
     env.append({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     # The trainer names the job in its lock (a restarted pod takes its own job's lock over) and,
@@ -138,6 +140,7 @@ def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, 
         "data_mount": DATA_MOUNT,
         "output": dataclasses.asdict(output),
         "output_mount": OUTPUT_MOUNT,
+        "launch_logs": launch_logs(spec),
     }
 
 
@@ -175,3 +178,9 @@ def next_attempt(job: dict, config_map: dict, service: dict) -> list[dict]:
             if var.get("name") == contract.ATTEMPT_ENV:
                 var["value"] = str(attempt)
     return [config_map, service, job]
+
+
+def launch_logs(spec: JobSpec) -> str:
+    """paddle's launcher copies its whole environment, secrets included, into its log directory:
+    the pods' init container makes this folder (on the output claim) private before it starts."""
+    return f"{OUTPUT_MOUNT}/{spec.name}/launch-logs"
