@@ -103,10 +103,12 @@ class RunLock:
             except FileNotFoundError:
                 return "it was released"
             return f"the lock file is unreadable and {age:.0f} s old" if age > self.stale_after else None
-        if same_machine(holder, self.record):
-            return None if pid_alive(holder.get("pid", 0)) else f"its process {holder.get('pid')} no longer exists"
+        # The same job first: a Kubernetes pod that replaces rank 0 has the old pod's hostname
+        # (<job>-0), and a fresh pid namespace often gets the old one's inode and pids.
         if holder.get("job") and holder.get("job") == self.record["job"]:
             return f"it is an earlier start of the same job {holder['job']}"
+        if same_machine(holder, self.record):
+            return None if pid_alive(holder.get("pid", 0)) else f"its process {holder.get('pid')} no longer exists"
         age = time.time() - float(holder.get("time", 0))
         return f"its heartbeat is {age:.0f} s old" if age > self.stale_after else None
 

@@ -1,33 +1,70 @@
-"""How each pod of a multi-node Kubernetes job finds rank 0, then becomes paddle's launcher.
+"""How each pod of a multi-node Kubernetes job finds rank 0, runs paddle's launcher, and keeps a
+restarted group from ever meeting a member of the group before it.
 
 Paddle's launcher (``paddle.distributed.launch``) starts its rendezvous server on rank 0 only when
 ``--master`` names 127.0.0.1 or that node's own IP; given a DNS name it never listens, and every
-node waits for a master that does not exist. So the pod of rank 0 passes its own IP (from the
-downward API), and the other pods resolve rank 0's stable name (``<job>-0.<service>``, published by
-the headless Service), retrying until DNS answers: the name exists only once rank 0's pod has an
-address. The process then execs the launcher with ``--master IP:PORT``.
+node waits for a master that does not exist. So rank 0 passes its own pod IP (from the downward
+API), and the other pods learn it from rank 0.
+
+Rounds. When one pod of a group is lost, the Job controller replaces that index only, while the
+others may still be alive for a while (blocked in a collective until the trainer's watchdog makes
+them exit 75). A replacement must not join the old rank 0, nor a new rank 0 be joined by an old
+member. With a shared output directory (``--rounds-dir``, on the output claim) every start of the
+group is a numbered *round*, kept in one small file per rank under ROUNDS_DIR:
+
+  - rank 0's pod opens round R = (highest round seen) + 1 and writes ``{round, master: IP:PORT}``;
+  - any other pod first writes ``waiting`` with the round its index last joined (``after``), then
+    waits for rank 0 to announce a round newer than that, records that it joined it, and only then
+    starts the launcher with that round's master. A replacement pod therefore never uses the round
+    its predecessor was in;
+  - while the launcher runs, this process watches the files: a newer round from rank 0 (rank 0 was
+    replaced), or a replacement pod of another rank waiting after this round (that rank was lost),
+    means this pod's group is over: the launcher and trainer are killed at once and the pod exits
+    75 (contract.EXIT_PEER_LOST), which the Job's podFailurePolicy ignores, so the index is
+    recreated and joins the next round.
+
+The Job replaces a pod only once it has ended (podFailurePolicy implies podReplacementPolicy
+Failed), so there is never more than one live pod per index, and only rank 0's pod writes rounds.
+Without shared storage (a smoke job without an output claim) there are no rounds: the other pods
+resolve rank 0's stable name (``<job>-0.<service>``, published by the headless Service).
+
+Exit status: the launcher's; 143 when the pod was asked to stop (SIGTERM: deleted, evicted,
+drained, cancelled; paddle's launcher itself exits 15 there), 75 when the group was superseded.
 
 Paddle-free: the launcher builds this command (``command``), the image runs it::
 
     python -m trainer.rendezvous --rank0-host NAME --port PORT --node-rank N --pod-ip IP \
-        -- python -m paddle.distributed.launch ARGS...
+        [--rounds-dir DIR] -- python -m paddle.distributed.launch ARGS...
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
 import socket
+import subprocess
 import sys
 import time
+import uuid
+from pathlib import Path
+
+from trainer import contract
 
 LAUNCHER = "paddle.distributed.launch"
+ROUNDS_DIR = "rendezvous"       # in the job's output directory: rank-NNNNN.json, one per rank
+POLL = 1.0                      # seconds between looks at the rounds while waiting or running
+KILLED_BY_SIGTERM = 128 + signal.SIGTERM
 
 
-def command(*, rank0_host: str, port: int, node_rank: str, pod_ip: str) -> list[str]:
+def command(*, rank0_host: str, port: int, node_rank: str, pod_ip: str, rounds_dir: str = "") -> list[str]:
     """The words before the launcher's own command in a pod's command line."""
-    return ["python", "-m", "trainer.rendezvous", "--rank0-host", rank0_host, "--port", str(port),
-            "--node-rank", node_rank, "--pod-ip", pod_ip, "--"]
+    words = ["python", "-m", "trainer.rendezvous", "--rank0-host", rank0_host, "--port", str(port),
+             "--node-rank", node_rank, "--pod-ip", pod_ip]
+    if rounds_dir:
+        words += ["--rounds-dir", rounds_dir]
+    return [*words, "--"]
 
 
 def resolve(host: str, timeout: float, *, interval: float = 1.0, say=print) -> str:
@@ -48,12 +85,159 @@ def resolve(host: str, timeout: float, *, interval: float = 1.0, say=print) -> s
             time.sleep(interval)
 
 
-def with_master(argv: list[str], master: str) -> list[str]:
-    """``argv`` (a ``python -m paddle.distributed.launch ...`` command) with ``--master`` added."""
+def with_master(argv: list[str], master: str, round_: int = 0) -> list[str]:
+    """``argv`` (a ``python -m paddle.distributed.launch ...`` command) with ``--master`` added; with
+    a round, its ``--job_id`` (the key space of the master's store) made that round's own."""
     if LAUNCHER not in argv:
         raise ValueError(f"expected a `python -m {LAUNCHER} ...` command after --, got {argv[:3]}")
     at = argv.index(LAUNCHER) + 1
-    return [*argv[:at], "--master", master, *argv[at:]]
+    argv = [*argv[:at], "--master", master, *argv[at:]]
+    if round_:
+        if "--job_id" in argv[at:]:
+            i = argv.index("--job_id", at) + 1
+            argv[i] = f"{argv[i]}-round-{round_}"
+        else:
+            argv[at:at] = ["--job_id", f"round-{round_}"]
+    return argv
+
+
+# ---- rounds ---------------------------------------------------------------------------------------
+
+def _write(path: Path, record: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, path)
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+class Rounds:
+    """This pod's view of the rounds in ``directory`` (see the module's docstring)."""
+
+    def __init__(self, directory, rank: int):
+        self.directory, self.rank = Path(directory), rank
+        self.pod = uuid.uuid4().hex      # this pod's run (a pod runs this program once)
+        self.round = 0                   # the round this pod joined
+
+    def path(self, rank: int) -> Path:
+        return self.directory / f"rank-{rank:05d}.json"
+
+    def records(self) -> dict[int, dict]:
+        found = {}
+        for path in self.directory.glob("rank-*.json"):
+            record = _read(path)
+            if record is not None and isinstance(record.get("rank"), int):
+                found[record["rank"]] = record
+        return found
+
+    @staticmethod
+    def last_round(record: dict | None) -> int:
+        """The newest round a rank's pods took part in (or are waiting to follow)."""
+        if not record:
+            return 0
+        return int(record.get("round") or record.get("after") or 0)
+
+    def open(self, master_ip: str, port: int) -> str:
+        """Rank 0: announce the next round, master at our own address. Returns the master."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.round = max([self.last_round(r) for r in self.records().values()], default=0) + 1
+        master = f"{master_ip}:{port}"
+        _write(self.path(0), {"rank": 0, "pod": self.pod, "round": self.round, "master": master,
+                              "time": round(time.time(), 3)})
+        return master
+
+    def join(self, timeout: float, say=print) -> str:
+        """Any other rank: wait for a round newer than the one this index last joined; join it.
+        Returns its master."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        after = self.last_round(_read(self.path(self.rank)))
+        _write(self.path(self.rank), {"rank": self.rank, "pod": self.pod, "round": None, "after": after,
+                                      "time": round(time.time(), 3)})
+        deadline, next_note = time.monotonic() + timeout, 0.0
+        while True:
+            rank0 = _read(self.path(0)) or {}
+            if self.last_round(rank0) > after and rank0.get("master"):
+                self.round = rank0["round"]
+                _write(self.path(self.rank), {"rank": self.rank, "pod": self.pod, "round": self.round,
+                                              "time": round(time.time(), 3)})
+                return rank0["master"]
+            now = time.monotonic()
+            if now >= deadline:
+                raise TimeoutError(f"rank 0 announced no round after round {after} in {self.directory} "
+                                   f"within {timeout:.0f}s")
+            if now >= next_note:
+                say(f"rendezvous: node {self.rank} waiting for rank 0 to open a round after round {after}",
+                    flush=True)
+                next_note = now + 15
+            time.sleep(POLL)
+
+    def superseded(self) -> str | None:
+        """Why this pod's round is over (a member was replaced, or rank 0 opened a newer round),
+        else None."""
+        for rank, record in sorted(self.records().items()):
+            if rank == self.rank:
+                continue
+            if rank == 0 and self.last_round(record) > self.round:
+                return f"rank 0 opened round {record['round']} (a new pod)"
+            if record.get("round") is None and record.get("after") == self.round:
+                return f"rank {rank} was replaced by a new pod"
+        return None
+
+
+# ---- the launcher, supervised ---------------------------------------------------------------------
+
+def supervise(launch: list[str], rounds: Rounds | None, say=print) -> int:
+    """Run the launcher; forward SIGTERM/SIGINT to it; with rounds, end it at once (exit 75) when
+    this pod's round is superseded. Returns the pod's exit status."""
+    stopping, started = [], []
+
+    def forward(signum, frame):
+        stopping.append(signum)
+        if started:
+            started[0].send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    proc = subprocess.Popen(launch, start_new_session=True)
+    started.append(proc)
+    if stopping:                    # a signal that came while the launcher was being started
+        proc.send_signal(stopping[0])
+    while True:
+        try:
+            code = proc.wait(timeout=POLL)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        why = rounds.superseded() if rounds is not None and not stopping else None
+        if why:
+            # The group cannot go on (a member is gone): nothing to save, no collective to wait for.
+            say(f"rendezvous: round {rounds.round} is over: {why}; node {rounds.rank} stops "
+                f"(exit {contract.EXIT_PEER_LOST}) to join the next round", flush=True)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            return contract.EXIT_PEER_LOST
+    if code < 0:
+        code = 128 - code
+    if stopping and code in (signal.SIGTERM, KILLED_BY_SIGTERM):
+        code = contract.EXIT_PREEMPTED      # paddle's launcher exits with the signal's number
+    return code
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stop_waiting(signum, frame):
+    raise _Stopped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,28 +246,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True, help="rendezvous port of rank 0")
     parser.add_argument("--node-rank", required=True, help="this pod's rank (the Job's completion index)")
     parser.add_argument("--pod-ip", default="", help="this pod's IP (required on rank 0)")
+    parser.add_argument("--rounds-dir", default="",
+                        help="a directory every pod shares (on the output claim): numbered rounds keep "
+                             "a restarted group apart from the one before")
     parser.add_argument("--timeout", type=float, default=600.0,
-                        help="seconds to wait for rank 0's name to resolve (default 600)")
+                        help="seconds to wait for rank 0 (its name or its round; default 600)")
     parser.add_argument("launch", nargs=argparse.REMAINDER, help="-- the launcher's command")
     args = parser.parse_args(argv)
     launch = args.launch[1:] if args.launch[:1] == ["--"] else args.launch
+    rounds = None
+    # Asked to stop before the launcher runs (as PID 1 a SIGTERM would otherwise be ignored).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_waiting)
     try:
-        if args.node_rank == "0":
-            if not args.pod_ip:
-                raise ValueError("rank 0 needs its own address: --pod-ip (the pod's status.podIP)")
-            ip = args.pod_ip
+        if not args.node_rank.isdigit():
+            raise ValueError(f"--node-rank must be a number, got {args.node_rank!r}")
+        rank = int(args.node_rank)
+        with_master(launch, "")         # a malformed command fails before any waiting
+        if rank == 0 and not args.pod_ip:
+            raise ValueError("rank 0 needs its own address: --pod-ip (the pod's status.podIP)")
+        if args.rounds_dir:
+            rounds = Rounds(args.rounds_dir, rank)
+            master = rounds.open(args.pod_ip, args.port) if rank == 0 else rounds.join(args.timeout)
+            where = f", round {rounds.round}"
         else:
-            ip = resolve(args.rank0_host, args.timeout)
-        launch = with_master(launch, f"{ip}:{args.port}")
+            ip = args.pod_ip if rank == 0 else resolve(args.rank0_host, args.timeout)
+            master, where = f"{ip}:{args.port}", ""
+        launch = with_master(launch, master, rounds.round if rounds else 0)
     except ValueError as err:       # a malformed command: retrying cannot help
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return contract.EXIT_BAD_INPUT
     except TimeoutError as err:     # rank 0 may come up on a retry of the pod
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"rendezvous: node {args.node_rank}, master {ip}:{args.port} ({args.rank0_host})", flush=True)
-    os.execvp(launch[0], launch)
-    return 0  # not reached
+    except OSError as err:          # the shared directory cannot be written
+        print(f"error: rendezvous in {args.rounds_dir}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    except _Stopped:
+        print(f"rendezvous: node {args.node_rank} stopped by a signal while waiting for rank 0", flush=True)
+        return contract.EXIT_PREEMPTED
+    print(f"rendezvous: node {args.node_rank}, master {master} ({args.rank0_host}){where}", flush=True)
+    return supervise(launch, rounds)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,17 @@ def test_an_earlier_start_of_the_same_job_on_another_host_is_taken_over(tmp_path
     lock.release()
 
 
+def test_an_earlier_start_of_the_same_job_that_looks_like_this_process_is_taken_over(tmp_path, monkeypatch):
+    """A replaced Kubernetes pod of rank 0: the same hostname, and its new pid namespace got the old
+    one's inode, where the old holder's pid is alive again (here: this very process)."""
+    monkeypatch.setenv(contract.JOB_ENV, "simsiam-pretrain-x7k2p")
+    me = machine()
+    _foreign_lock(tmp_path, job="simsiam-pretrain-x7k2p", host=me["host"], pidns=me["pidns"], pid=os.getpid())
+    lock = RunLock(tmp_path)
+    assert "earlier start of the same job" in lock.acquire()
+    lock.release()
+
+
 def test_the_holder_refreshes_its_heartbeat(tmp_path):
     lock = RunLock(tmp_path, refresh_every=0.05)
     lock.acquire()

@@ -88,6 +88,9 @@ def test_job_shape_two_nodes_eight_gpus(render):
     assert argv[argv.index("--rank0-host") + 1] == "pt-0.pt" and argv[argv.index("--port") + 1] == "6768"
     assert argv[argv.index("--node-rank") + 1] == "$(JOB_COMPLETION_INDEX)"
     assert argv[argv.index("--pod-ip") + 1] == "$(POD_IP)"
+    # Numbered rounds on the output claim keep a restarted group apart from the one before.
+    assert argv[argv.index("--rounds-dir") + 1] == "/output/pt/rendezvous"
+    assert {"name": "SIMSIAM_JOB_NAME", "value": "pt"} in container["env"]
     assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in container["env"]
     assert argv[argv.index("--") + 1:][:3] == ["python", "-m", "paddle.distributed.launch"]
     assert argv[argv.index("--nnodes") + 1] == "2"

@@ -1,12 +1,21 @@
 """trainer.rendezvous, the first program of every pod of a multi-node Kubernetes job: it hands
-paddle's launcher rank 0's IP as --master (paddle's master never listens on a name). Run as the pod
-runs it, with a stand-in for the launcher that prints the command it was given; the real launcher,
-on real pods, is in test_nodes.py."""
+paddle's launcher rank 0's IP as --master (paddle's master never listens on a name), and with a
+shared directory numbers the group's starts (rounds) so that a restarted group never meets a member
+of the one before. Run as the pod runs it, on real processes, with a stand-in for the launcher that
+prints the command it was given; the real launcher, on real pods, is in test_nodes.py and
+test_nodes_restart.py."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+import pytest
 
 from testlib import REPO
 
@@ -47,3 +56,139 @@ def test_a_name_that_never_resolves_ends_with_one_line_after_the_timeout():
 def test_rank_0_without_its_ip_is_refused():
     run = rendezvous("--rank0-host", "job-0.job", "--port", "6768", "--node-rank", "0", "--", *LAUNCHER, "0")
     assert run.returncode == 2 and run.stderr.startswith("error: rank 0 needs its own address")
+
+
+# ---- rounds: a restarted group never meets the one before (real processes, a shared directory) ----
+
+
+class Pod:
+    """One pod's first process: trainer.rendezvous with a stand-in launcher that writes its pid to
+    ``<name>.pid``, prints its arguments and then sleeps (``sleeps``) or exits."""
+
+    def __init__(self, tmp: Path, name: str, rank: int, ip: str = "", sleeps: bool = True):
+        self.pidfile = tmp / f"{name}.pid"
+        body = 'echo $$ > "$0.pid"; echo "$@"; ' + ("exec sleep 120" if sleeps else "exit 0")
+        launcher = ["sh", "-c", body, str(tmp / name), "-m", "paddle.distributed.launch", "--job_id", "pt"]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trainer.rendezvous", "--rank0-host", "pt-0.pt", "--port", "6768",
+             "--node-rank", str(rank), "--pod-ip", ip, "--rounds-dir", str(tmp / "rendezvous"), "--", *launcher],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def launched(self, timeout: float = 60) -> int:
+        """The stand-in launcher's pid, once it runs."""
+        deadline = time.monotonic() + timeout
+        while not (self.pidfile.is_file() and self.pidfile.read_text().strip()):
+            assert self.proc.poll() is None, self.proc.communicate()
+            assert time.monotonic() < deadline, "the launcher never started"
+            time.sleep(0.1)
+        return int(self.pidfile.read_text())
+
+    def finish(self, timeout: float = 60) -> tuple[int, str]:
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out + err
+
+    def lose(self) -> None:
+        """The pod is gone: its first process and the launcher under it, SIGKILLed."""
+        os.kill(self.launched(), signal.SIGKILL)
+        self.proc.kill()
+        self.proc.communicate()
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def record(tmp: Path, rank: int) -> dict:
+    try:
+        return json.loads((tmp / "rendezvous" / f"rank-{rank:05d}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def wait_until(predicate, what: str, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def pods():
+    started = []
+    yield lambda *args, **kw: started.append(Pod(*args, **kw)) or started[-1]
+    for pod in started:     # the launcher first: it holds the pipes of the process above it
+        if pod.pidfile.is_file() and pod.pidfile.read_text().strip():
+            try:
+                os.kill(int(pod.pidfile.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if pod.proc.poll() is None:
+            pod.proc.kill()
+        pod.proc.communicate()
+
+
+def test_the_first_group_meets_in_round_1_at_rank_0s_address(tmp_path, pods):
+    member = pods(tmp_path, "r1", 1, sleeps=False)             # may start before rank 0
+    wait_until(lambda: record(tmp_path, 1).get("after") == 0, "rank 1 waiting")
+    rank0 = pods(tmp_path, "r0", 0, ip="10.1.2.3", sleeps=False)
+    for pod in (rank0, member):
+        code, out = pod.finish()
+        assert code == 0, out
+        assert "master 10.1.2.3:6768 (pt-0.pt), round 1" in out, out
+        assert "-m paddle.distributed.launch --master 10.1.2.3:6768 --job_id pt-round-1" in out, out
+
+
+def test_a_replacement_waits_for_a_new_round_and_never_joins_its_predecessors(tmp_path, pods):
+    rank0 = pods(tmp_path, "r0", 0, ip="10.1.2.3")
+    first = pods(tmp_path, "r1", 1)
+    first.launched(), rank0.launched()
+    first.lose()                                               # rank 1's pod is lost
+    replacement = pods(tmp_path, "r1b", 1, sleeps=False)
+    # The old rank 0 still runs round 1: the new pod does not join it; rank 0's pod sees its group
+    # is over and leaves with 75 (the failure policy recreates it).
+    code, out = rank0.finish()
+    assert code == 75, out
+    assert "round 1 is over: rank 1 was replaced by a new pod; node 0 stops (exit 75)" in out, out
+    assert gone(rank0.launched())                              # its launcher went with it
+    assert replacement.proc.poll() is None and record(tmp_path, 1)["after"] == 1
+    new_rank0 = pods(tmp_path, "r0b", 0, ip="10.1.2.4", sleeps=False)
+    code, out = replacement.finish()
+    assert code == 0, out
+    assert "--master 10.1.2.4:6768 --job_id pt-round-2" in out and "10.1.2.3" not in out, out
+    assert new_rank0.finish()[0] == 0
+
+
+def test_a_member_leaves_with_75_when_rank_0_opens_a_newer_round(tmp_path, pods):
+    rank0 = pods(tmp_path, "r0", 0, ip="10.1.2.3")
+    member = pods(tmp_path, "r1", 1)
+    launcher = member.launched()
+    rank0.lose()                                               # rank 0's pod is lost, replaced
+    pods(tmp_path, "r0b", 0, ip="10.1.2.4")
+    code, out = member.finish()
+    assert code == 75, out
+    assert "round 1 is over: rank 0 opened round 2 (a new pod)" in out, out
+    assert gone(launcher)
+
+
+def test_sigterm_reaches_the_launcher_and_the_pod_exits_143(tmp_path):
+    # Paddle's launcher exits with the signal's number (15) after stopping its trainer.
+    launcher = ["sh", "-c", 'trap "exit 15" TERM; echo "$@"; sleep 120 & wait', "sh", "-m", "paddle.distributed.launch"]
+    proc = subprocess.Popen([sys.executable, "-m", "trainer.rendezvous", "--rank0-host", "pt-0.pt", "--port", "6768",
+                             "--node-rank", "0", "--pod-ip", "10.1.2.3", "--", *launcher],
+                            cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("rendezvous: node 0, master 10.1.2.3:6768")
+    assert proc.stdout.readline().startswith("-m paddle.distributed.launch --master")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143
+
+
+def test_sigterm_while_waiting_for_rank_0_exits_143(tmp_path, pods):
+    member = pods(tmp_path, "r1", 1)
+    wait_until(lambda: record(tmp_path, 1).get("after") == 0, "rank 1 waiting")
+    member.proc.send_signal(signal.SIGTERM)
+    code, out = member.finish()
+    assert code == 143 and "stopped by a signal while waiting for rank 0" in out, out

@@ -15,6 +15,7 @@ from simsiam_job.backends.base import Rendered
 from simsiam_job.errors import UsageError
 from simsiam_job.spec import JobSpec
 from trainer import contract
+from trainer.rendezvous import ROUNDS_DIR
 from trainer.rendezvous import command as rendezvous_command
 
 TEMPLATE = "k8s/job.yaml.j2"
@@ -74,10 +75,12 @@ def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, 
             "ranks could never resume from the same checkpoint")
     output = output or Volume("")
     service = spec.name  # the Service shares the job's name: pods are <job>-<index>.<job>
-    # Several nodes: each pod first finds rank 0's IP (trainer.rendezvous adds --master).
+    # Several nodes: each pod first finds rank 0's IP (trainer.rendezvous adds --master); with an
+    # output claim, through numbered rounds there, so a restarted group never meets the one before.
     rendezvous = rendezvous_command(
         rank0_host=f"{spec.name}-0.{service}", port=opts.port,
-        node_rank="$(JOB_COMPLETION_INDEX)", pod_ip="$(POD_IP)") if spec.nodes > 1 else []
+        node_rank="$(JOB_COMPLETION_INDEX)", pod_ip="$(POD_IP)",
+        rounds_dir=f"{OUTPUT_MOUNT}/{spec.name}/{ROUNDS_DIR}" if output.claim else "") if spec.nodes > 1 else []
     argv = rendezvous + command.launch_args(
         spec, master=None, nnodes=spec.nodes, node_rank="$(JOB_COMPLETION_INDEX)",
         log_dir=f"{launch_logs(spec)}/rank-$(JOB_COMPLETION_INDEX)",
@@ -115,7 +118,9 @@ def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, 
         "port": opts.port,
         "backoff_limit": opts.backoff_limit,
         "fail_job_exit_codes": [contract.EXIT_BAD_INPUT, contract.EXIT_DIVERGED],
-        "restart_exit_codes": [contract.EXIT_PEER_LOST],
+        # 75: a peer was lost (or this pod's rendezvous round superseded); 143: the pod was asked
+        # to stop (deleted, evicted) and saved a checkpoint. Either way the group restarts.
+        "restart_exit_codes": [contract.EXIT_PEER_LOST, contract.EXIT_PREEMPTED],
         "termination_grace": opts.termination_grace,
         "image": spec.image,
         "command": argv,

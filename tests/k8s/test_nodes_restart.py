@@ -1,0 +1,135 @@
+"""Whole-group restarts on real pods: a two-node job on the two real worker nodes of the test cluster
+loses rank 1 mid-epoch (evicted through the Eviction API, or its pod deleted); both ranks stop, both
+indices are recreated, the new pods meet in a new rendezvous round (never the old rank 0), rank 0
+resumes from the newest checkpoint, and the job succeeds with every step in metrics.jsonl once,
+without counting against backoffLimit. With group_restarts=0 the same loss fails the job instead.
+
+Driven through the ``simsiam-job`` CLI like test_nodes.py; the numbers measured (eviction to every
+old pod ended, to training again) are printed (pytest -s).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from k8s_util import E2E_NAMESPACE
+from localruns import assert_continuous, resumed_steps
+from test_nodes import ON_REAL_NODES, TINY, kubectl, name, nodes  # noqa: F401  (fixtures)
+from testlib import run_cli, wait_for
+
+pytestmark = [pytest.mark.k8s_nodes, pytest.mark.slow]
+
+EPOCHS = 60                  # 4 steps per epoch: 240 steps, a minute or two of training
+TOTAL_STEPS = 4 * EPOCHS
+
+
+def all_pods(nodes, job) -> list[dict]:
+    out = kubectl(nodes, "-n", E2E_NAMESPACE, "get", "pods", "-l", f"batch.kubernetes.io/job-name={job}",
+                  "-o", "json").stdout
+    return json.loads(out)["items"]
+
+
+def running_pod(nodes, job, index: int) -> dict:
+    (pod,) = [p for p in all_pods(nodes, job) if p["status"].get("phase") == "Running"
+              and p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == str(index)]
+    return pod
+
+
+def step_records(metrics: Path) -> list[dict]:
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    return [r for r in map(json.loads, lines) if r.get("type") == "step"]
+
+
+def wait_for_steps(metrics: Path, count: int, ref, env, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while len(step_records(metrics)) < count:
+        assert time.monotonic() < deadline, run_cli(["logs", "--all", "--tail", "40", ref], env).stdout
+        time.sleep(0.5)
+
+
+def lose_rank_1(nodes, pod_name: str, how: str) -> None:
+    if how == "evicted":
+        eviction = {"apiVersion": "policy/v1", "kind": "Eviction",
+                    "metadata": {"name": pod_name, "namespace": E2E_NAMESPACE}}
+        kubectl(nodes, "create", "--raw", f"/api/v1/namespaces/{E2E_NAMESPACE}/pods/{pod_name}/eviction",
+                "-f", "-", input=json.dumps(eviction))
+    else:
+        kubectl(nodes, "-n", E2E_NAMESPACE, "delete", "pod", pod_name, "--wait=false")
+
+
+def ended(nodes, job, names: set[str]) -> bool:
+    """Every pod in `names` has ended (or is gone: an evicted or deleted pod is removed)."""
+    return all(p["status"].get("phase") in ("Failed", "Succeeded") for p in all_pods(nodes, job)
+               if p["metadata"]["name"] in names)
+
+
+def submit(nodes, name, *extra) -> str:
+    return run_cli(["submit", "pretrain", "--nodes", "2", "--name", name, *ON_REAL_NODES, *TINY,
+                    "-o", f"Global.epochs={EPOCHS}", "-o", "Global.save_interval=1", *extra],
+                   nodes["env"], check=True).stdout.strip()
+
+
+@pytest.mark.parametrize("how", ["evicted", "deleted"])
+def test_losing_rank_1_mid_epoch_restarts_both_ranks_which_resume_and_succeed(nodes, name, how):
+    env, output = nodes["env"], Path(nodes["output"])
+    ref = submit(nodes, name)
+    metrics = output / name / "metrics.jsonl"
+    wait_for_steps(metrics, 14, ref, env)               # mid-epoch, past a few epoch checkpoints
+    old = {running_pod(nodes, name, 0)["metadata"]["name"], running_pod(nodes, name, 1)["metadata"]["name"]}
+    old_rank0_ip = running_pod(nodes, name, 0)["status"]["podIP"]
+    lost = running_pod(nodes, name, 1)["metadata"]["name"]
+
+    lost_at = time.time()
+    lose_rank_1(nodes, lost, how)
+    deadline = time.monotonic() + 60                    # every rank stops within a minute
+    while not ended(nodes, name, old):
+        assert time.monotonic() < deadline, all_pods(nodes, name)
+        time.sleep(0.5)
+    stopped_at = time.time()
+
+    final, _ = wait_for(ref, env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED", timeout=600)
+    steps = step_records(metrics)
+    again_at = next(r["time"] for r in steps if r["time"] > stopped_at)
+    print(f"\n{how}: every old pod ended {stopped_at - lost_at:.1f} s after rank 1 was {how}; "
+          f"training again {again_at - lost_at:.1f} s after")
+
+    # Both indices ran in new pods; the old ones ended (rank 0's with 75 or 143, both ignored by
+    # the failure policy), and none counted against backoffLimit.
+    pods_now = all_pods(nodes, name)
+    succeeded = {p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]: p["metadata"]["name"]
+                 for p in pods_now if p["status"].get("phase") == "Succeeded"}
+    assert set(succeeded) == {"0", "1"} and not set(succeeded.values()) & old, (succeeded, old)
+    for pod in pods_now:
+        if pod["metadata"]["name"] in old:
+            (container,) = pod["status"]["containerStatuses"]
+            assert container["state"]["terminated"]["exitCode"] in (75, 143), container
+    job = json.loads(kubectl(nodes, "-n", E2E_NAMESPACE, "get", "job", name, "-o", "json").stdout)
+    assert not job["status"].get("failed"), job["status"]
+
+    # The new group met in round 2 at the new rank 0's address, never the old one.
+    logs = run_cli(["logs", "--all", ref], env, check=True).stdout
+    new_rank0_ip = next(p["status"]["podIP"] for p in pods_now if p["metadata"]["name"] == succeeded["0"])
+    assert f"[rank 1] rendezvous: node 1, master {new_rank0_ip}:6768 ({name}-0.{name}), round 2" in logs, logs[-3000:]
+    assert new_rank0_ip != old_rank0_ip
+
+    # Rank 0 resumed once, at a global step past the start; every step is in metrics.jsonl, only
+    # those after that checkpoint written twice.
+    resumed = resumed_steps((output / name / "train.log").read_text())
+    assert len(resumed) == 1 and resumed[0] > 0, resumed
+    assert_continuous([r["global_step"] for r in steps], resumed, TOTAL_STEPS)
+    assert final["progress"]["global_step"] == TOTAL_STEPS
+
+
+def test_group_restarts_are_bounded_then_the_job_fails_with_the_reason(nodes, name):
+    env, output = nodes["env"], Path(nodes["output"])
+    ref = submit(nodes, name, "--set", "group_restarts=0")
+    wait_for_steps(output / name / "metrics.jsonl", 6, ref, env)
+    lose_rank_1(nodes, running_pod(nodes, name, 1)["metadata"]["name"], "evicted")
+    final, _ = wait_for(ref, env, lambda st: st["state"] == "FAILED", what="FAILED", timeout=600)
+    assert "exit code 2" in final["reason"] and "FailJob" in final["reason"], final["reason"]
+    logs = run_cli(["logs", ref], env, check=True).stdout
+    assert "gave up after 0 group restarts" in logs, logs[-3000:]
