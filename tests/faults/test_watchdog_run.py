@@ -23,7 +23,9 @@ def nodes(tmp_path, image_root):
     runs = []
 
     def start(port, *extra, nproc=(1, 1)):
-        run = TwoNodes(tmp_path, port, tmp_path / "out", _args(tmp_path / "out", image_root, *extra), nproc)
+        # Each start its own launcher logs; all share the output directory, as restarts do.
+        logs = tmp_path / f"start{len(runs)}"
+        run = TwoNodes(logs, port, tmp_path / "out", _args(tmp_path / "out", image_root, *extra), nproc)
         runs.append(run)
         return run
     yield start
@@ -35,8 +37,18 @@ def test_a_killed_rank_stops_the_other_node_with_the_peer_lost_code_naming_it(tm
     """Node 0 runs ranks 0 and 1, node 1 runs rank 2. Rank 2 is killed: both ranks of node 0 stop
     with 75 (rank 1 following rank 0 before node 0's launcher kills it), so node 0's launcher, what
     a pod or a Slurm task reports, exits 75 too."""
-    run = nodes(29631, nproc=(2, 1))
-    victim = run.trainer_pid(2)
+    for attempt in range(3):
+        run = nodes(29631 + 10 * attempt, nproc=(2, 1))
+        try:
+            victim = run.trainer_pid(2)
+            break
+        except AssertionError as e:
+            # Paddle's gloo sometimes fails to form a 3-rank group of two launchers on one host
+            # (a refused or timed-out pair connect during fleet.init, before any of our code runs):
+            # start again; the watchdog is what this test is about.
+            if "gloo/transport/tcp/pair.cc" not in str(e) or attempt == 2:
+                raise
+            run.close()
     wait_for_step(tmp_path / "out", 3)
     killed = time.monotonic()
     os.kill(victim, signal.SIGKILL)
