@@ -9,37 +9,19 @@ SIMSIAM_REQUIRE_ALL=1 (CI). The CLI runs as a user runs it: ``simsiam-job ...`` 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 
 import pytest
 
-from slurm_util import CLUSTER
-from testlib import fmnist, unavailable  # noqa: F401  (fmnist: a fixture)
+from testlib import fmnist, slurm_test_cluster  # noqa: F401  (fmnist: a fixture)
 
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """The two-node cluster (node1, node2); yields the environment for Slurm's commands."""
-    if os.geteuid() != 0:
-        unavailable("the Slurm test cluster needs root (network namespaces, slurmd)")
-    conf = subprocess.run(["bash", str(CLUSTER), "env"], capture_output=True, text=True, check=True)
-    slurm_conf = conf.stdout.strip().split("=", 1)[1]
-    # A cluster that was up before the tests (someone is using it) stays up after them.
-    was_up = shutil.which("scontrol") is not None and os.path.isfile(slurm_conf) and subprocess.run(
-        ["scontrol", "ping"], env={**os.environ, "SLURM_CONF": slurm_conf}, capture_output=True,
-        timeout=30).returncode == 0
-    try:
-        up = subprocess.run(["bash", str(CLUSTER), "up"], capture_output=True, text=True, timeout=600)
-    except subprocess.TimeoutExpired:
-        unavailable("tests/cluster/slurm.sh up did not finish in 600 s")
-    if up.returncode != 0:
-        unavailable(f"tests/cluster/slurm.sh up failed: {up.stderr.strip().splitlines()[-1:]}")
-    os.environ["SLURM_CONF"] = slurm_conf
-    yield {"SLURM_CONF": slurm_conf}
-    if not was_up:
-        subprocess.run(["bash", str(CLUSTER), "down"], capture_output=True, text=True, timeout=120)
+    with slurm_test_cluster() as env:
+        os.environ["SLURM_CONF"] = env["SLURM_CONF"]
+        yield env
 
 
 @pytest.fixture
