@@ -92,7 +92,7 @@ def test_two_node_pretrain_on_real_pods_then_a_probe(nodes, name):
     assert follow.returncode == 0, errors
     assert "epoch 4/4  step 4/4" in followed, followed[-3000:]
 
-    # Rank 1 found rank 0 through the headless Service's name, and got rank 0's pod IP.
+    # Rank 1 met rank 0 at rank 0's own pod IP (announced in the round files on the output claim).
     rank0_pod, rank1_pod = pods(nodes, name)
     logs = run_cli(["logs", "--all", ref], env, check=True).stdout
     rank0_ip = rank0_pod["status"]["podIP"]
