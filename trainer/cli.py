@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 
 from trainer import lock, watchdog
@@ -122,7 +123,7 @@ def run(cfg: dict, target: str | None = None) -> int:
         print(f"simsiam-train: {e}", file=sys.stderr)
         code = EXIT_PREEMPTED
     except Diverged as e:
-        print(f"simsiam-train: error: {e}", file=sys.stderr)
+        _error(str(e))
         code = EXIT_DIVERGED
     except KeyboardInterrupt:
         print("simsiam-train: interrupted", file=sys.stderr)
@@ -138,8 +139,23 @@ def run(cfg: dict, target: str | None = None) -> int:
     return code
 
 
-def _fail(message: str) -> int:
+# Kubernetes puts a container's termination message into the pod's status, where `simsiam-job
+# status` shows it. The kubelet provides this file; it exists nowhere else, and is never created here.
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def _error(message: str) -> None:
     print(f"simsiam-train: error: {message}", file=sys.stderr)
+    try:
+        fd = os.open(TERMINATION_LOG, os.O_WRONLY | os.O_TRUNC)
+    except OSError:
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(message[:1024])
+
+
+def _fail(message: str) -> int:
+    _error(message)
     return EXIT_BAD_INPUT
 
 

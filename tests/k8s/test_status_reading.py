@@ -106,3 +106,15 @@ def test_status_says_where_the_output_lives():
         "status": {}})
     assert job_status(REF, with_claim, []).output == "pvc:results/team/runs/pt (in the pods: /output/pt)"
     assert job_status(REF, job(), []).output is None   # an emptyDir: gone with the pod
+
+
+def test_a_failed_job_names_the_rank_that_ended_it_with_the_trainers_line():
+    """The trainer writes its one error line as the container's termination message: `status`
+    shows it beside the Job's condition (e.g. the group-restart bound, a bad config)."""
+    line = "gave up after 0 group restarts: rank 1 (host b) left without a word"
+    ended = pod(0, "Failed", container={"terminated": {"exitCode": 2, "reason": "Error", "message": line}})
+    other = pod(1, "Failed", container={"terminated": {"exitCode": 143, "reason": "Error"}})
+    failed = job_status(REF, job([("Failed", "PodFailurePolicy", "Container trainer for pod ns/pt-0 "
+                                   "failed with exit code 2 matching FailJob rule at index 0")]), [ended, other])
+    assert failed.state is State.FAILED
+    assert failed.reason.endswith(f"; rank 0: Error: exit code 2 ({line})"), failed.reason

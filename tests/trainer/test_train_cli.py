@@ -67,3 +67,19 @@ def test_alias_bomb_is_refused_at_once(tmp_path):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "YAML aliases expand it beyond" in lines[0], result.stderr
+
+
+def test_on_kubernetes_the_error_line_becomes_the_pods_termination_message(tmp_path, monkeypatch, capsys):
+    """The kubelet provides /dev/termination-log in a container (and `simsiam-job status` shows
+    what the trainer wrote there); where the file does not exist, nothing is created."""
+    import trainer.cli
+
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    monkeypatch.setattr(trainer.cli, "TERMINATION_LOG", str(log))
+    assert trainer.cli.main(["-c", str(tmp_path / "missing.yaml")]) == 2
+    said = capsys.readouterr().err.strip()
+    assert said == f"simsiam-train: error: {log.read_text()}" and "missing.yaml" in said
+    log.unlink()
+    assert trainer.cli.main(["-c", str(tmp_path / "missing.yaml")]) == 2
+    assert not log.exists()

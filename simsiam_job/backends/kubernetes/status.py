@@ -103,6 +103,10 @@ def job_status(ref: JobRef, job, pods, *, progress: dict | None = None) -> JobSt
         cond = _condition(job, "Failed") or _condition(job, "FailureTarget") or _condition(job, "Complete")
         if cond is not None and state is State.FAILED:
             reason = f"{cond.reason}: {cond.message}" if cond.message else cond.reason
+            # and the rank that ended it, with the trainer's own line (its termination message)
+            ended = next((n for n in node_states if n.exit_code not in (None, 0)), None)
+            if ended is not None:
+                reason += f"; rank {ended.rank}: {ended.reason}"
     else:
         waiting = next((n for n in node_states if n.state is State.PENDING and n.reason), None)
         if waiting is not None:
