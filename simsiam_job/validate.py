@@ -68,10 +68,14 @@ def port(name: str, value: int) -> int:
     return value
 
 
-def at_least_zero(name: str, value: int | float) -> int | float:
-    if not 0 <= value < float("inf"):
-        raise ValueError(f"{name} must be 0 or more, got {value}")
+def at_least_zero(name: str, value: int | float, most: int | float = float("inf")) -> int | float:
+    if not 0 <= value < float("inf") or value > most:
+        raise ValueError(f"{name} must be 0 or more" + (f" and at most {most}" if most < float("inf") else "")
+                         + f", got {value}")
     return value
+
+
+INT32_MAX = 2**31 - 1    # Kubernetes counts such as a Job's backoffLimit are int32
 
 
 DEFAULT_SHM = "16Gi"

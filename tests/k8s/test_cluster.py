@@ -218,6 +218,30 @@ def test_a_disruption_is_retried_without_counting_as_a_failure(cluster, kube, ns
     wait_until(lambda: status(cluster, ref)["state"] == "SUCCEEDED", what="SUCCEEDED")
 
 
+def test_resume_starts_attempt_2_of_a_failed_job_and_refuses_a_finished_one(cluster, kube, ns):
+    # backoffLimit 0: the first exit 1 fails the Job.
+    ref = submit(cluster, ns, "again", "--gpus", "1", "--set", "backoff_limit=0").stdout.strip()
+    (first,) = wait_until(lambda: running_pods(kube, ns, "again", 1), what="pod running")
+    end_pod(kube, first, "1")
+    wait_until(lambda: status(cluster, ref)["state"] == "FAILED", what="FAILED")
+    core, _, _ = kube
+    config = core.read_namespaced_config_map("again", ns).data
+    assert run_cli(cluster, "resume", ref).stdout.strip() == ref
+    (second,) = wait_until(lambda: running_pods(kube, ns, "again", 1), what="attempt 2 running")
+    assert second.metadata.name != first.metadata.name
+    result = status(cluster, ref)
+    assert result["state"] == "RUNNING" and result["attempt"] == 2
+    assert core.read_namespaced_config_map("again", ns).data == config      # the same config
+    end_pod(kube, second, "0")
+    wait_until(lambda: status(cluster, ref)["state"] == "SUCCEEDED", what="SUCCEEDED")
+    listed = run_cli(cluster, "list", "--backend", "kubernetes",
+                     extra_env={"SIMSIAM_JOB_KUBERNETES_NAMESPACE": ns}).stdout
+    assert [ref, "pretrain", "SUCCEEDED", "2"] in [line.split()[:4] for line in listed.splitlines()], listed
+    refused = run_cli(cluster, "resume", ref, check=False)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "succeeded" in refused.stderr.lower(), refused.stderr
+
+
 # ---- cancel, list, render | kubectl --------------------------------------------------------------------
 
 def test_cancel_removes_everything_and_list_finds_jobs_by_label(cluster, kube, ns):
@@ -276,10 +300,12 @@ def test_server_dry_run_is_judged_by_the_api_server(cluster, kube, ns):
     core, batch, _ = kube
     ok = submit(cluster, ns, "dry", "--gpus", "8", "--dry-run", "server")
     assert ok.returncode == 0
-    bad = submit(cluster, ns, "dry", "--gpus", "8", "--dry-run", "server", "--set", "memory=12 GB",
-                 check=False)
-    assert bad.returncode == 2
-    assert len(bad.stderr.strip().splitlines()) == 1 and "quantities must match" in bad.stderr
+    # What only the cluster knows (values are checked before anything is sent): the namespace.
+    bad = run_cli(cluster, "submit", "pretrain", "--backend", "kubernetes", "--name", "dry", "--gpus", "8",
+                  "--image", "registry.example.com/simsiam:test", "--set", f"namespace={ns}-gone",
+                  "--dry-run", "server", check=False)
+    assert bad.returncode != 0
+    assert len(bad.stderr.strip().splitlines()) == 1 and f'namespaces "{ns}-gone" not found' in bad.stderr
     assert batch.list_namespaced_job(ns).items == []
     assert core.list_namespaced_config_map(ns, label_selector="app.kubernetes.io/name=simsiam").items == []
 

@@ -163,6 +163,7 @@ CASES = [
     ([*K8S, "--set", "port=70000"], {}, 2, "not a port number"),
     ([*K8S, "--set", "port=abc"], {}, 2, "expected an integer"),
     ([*K8S, "--set", "backoff_limit=-1"], {}, 2, "0 or more"),
+    ([*K8S, "--set", "backoff_limit=3000000000"], {}, 2, "at most 2147483647"),  # int32 in a Job
     ([*K8S, "--set", "termination_grace=-5"], {}, 2, "0 or more"),
     ([*K8S, "--set", "image_pull_secrets=good,Bad_One"], {}, 2, "not a DNS-1123 name"),
     ([*K8S, "--set", "priority_class=High Priority"], {}, 2, "not a DNS-1123 name"),

@@ -81,7 +81,7 @@ class Options:
             if getattr(self, name):
                 validate.quantity(name, getattr(self, name))
         validate.port("port", self.port)
-        validate.at_least_zero("backoff_limit", self.backoff_limit)
+        validate.at_least_zero("backoff_limit", self.backoff_limit, validate.INT32_MAX)
         validate.at_least_zero("termination_grace", self.termination_grace)
 
 
