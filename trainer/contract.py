@@ -113,6 +113,9 @@ LOCK = "run.lock"               # one writer per output directory: holder's host
 HEARTBEATS = "heartbeats"       # heartbeats/<generation>/rank-NNNNN.json, one file per rank per start
 JOB_ENV = "SIMSIAM_JOB_NAME"    # the launcher's job name, recorded in the lock; a restart of the same
                                 # job takes over its own lock
+JOB_ID_ENV = "SIMSIAM_JOB_ID"   # what makes the job unique (a run directory, kubernetes://NS/NAME, a Slurm
+                               # job directory): only a start of the same job takes its lock over, never
+                               # another job that happens to share the name
 # Kubernetes recreates the pods of a group restart itself, with no supervisor of ours around them:
 # there rank 0 bounds the group's starts. It appends one record per start to OUTPUT_DIR/starts.jsonl
 # (job, attempt, generation, time, and what ended the start before), and refuses to start (exit 2,

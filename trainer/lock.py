@@ -43,6 +43,13 @@ def job_identity() -> str:
     return ""
 
 
+def job_id() -> str:
+    """What tells this job from another of the same name ('' when run by hand)."""
+    if os.environ.get(contract.JOB_ID_ENV):
+        return os.environ[contract.JOB_ID_ENV]
+    return f"slurm:{os.environ['SLURM_JOB_ID']}" if os.environ.get("SLURM_JOB_ID") else ""
+
+
 def describe(holder: dict) -> str:
     job = f"job {holder['job']}" if holder.get("job") else "a run"
     return (f"{job} on host {holder.get('host')}, pid {holder.get('pid')}, started {holder.get('started')}")
@@ -52,7 +59,7 @@ class RunLock:
     def __init__(self, output_dir, stale_after: float = STALE_AFTER, refresh_every: float = REFRESH_EVERY):
         self.path = Path(output_dir) / contract.LOCK
         self.stale_after, self.refresh_every = stale_after, refresh_every
-        self.record = {**machine(), "job": job_identity(),
+        self.record = {**machine(), "job": job_identity(), "job_id": job_id(),
                        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "token": uuid.uuid4().hex,
                        "beat": 0, "time": time.time()}
         self._stop = threading.Event()
@@ -105,8 +112,8 @@ class RunLock:
             return f"the lock file is unreadable and {age:.0f} s old" if age > self.stale_after else None
         # The same job first: a Kubernetes pod that replaces rank 0 has the old pod's hostname
         # (<job>-0), and a fresh pid namespace often gets the old one's inode and pids.
-        if holder.get("job") and holder.get("job") == self.record["job"]:
-            return f"it is an earlier start of the same job {holder['job']}"
+        if holder.get("job_id") and holder.get("job_id") == self.record["job_id"]:
+            return f"it is an earlier start of the same job {holder.get('job') or holder['job_id']}"
         if same_machine(holder, self.record):
             return None if pid_alive(holder.get("pid", 0)) else f"its process {holder.get('pid')} no longer exists"
         age = time.time() - float(holder.get("time", 0))

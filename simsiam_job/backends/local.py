@@ -131,6 +131,7 @@ class LocalBackend(BaseBackend):
             "OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // procs)),
             RUN_ENV: str(run_dir),
             contract.JOB_ENV: spec.name,    # the trainer's lock names the job; a restart takes its own over
+            contract.JOB_ID_ENV: str(run_dir),
             **dict(spec.env),
         }
         # --env-secret: the supervisor reads each file when the run starts; only its path is kept.

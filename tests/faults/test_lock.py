@@ -67,18 +67,30 @@ def test_another_hosts_lock_with_an_old_heartbeat_is_taken_over(tmp_path):
 
 def test_an_earlier_start_of_the_same_job_on_another_host_is_taken_over(tmp_path, monkeypatch):
     monkeypatch.setenv(contract.JOB_ENV, "simsiam-pretrain-x7k2p")
-    _foreign_lock(tmp_path, job="simsiam-pretrain-x7k2p")
+    monkeypatch.setenv(contract.JOB_ID_ENV, "kubernetes://team/simsiam-pretrain-x7k2p")
+    _foreign_lock(tmp_path, job="simsiam-pretrain-x7k2p", job_id="kubernetes://team/simsiam-pretrain-x7k2p")
     lock = RunLock(tmp_path)
     assert "earlier start of the same job" in lock.acquire()
     lock.release()
+
+
+def test_another_job_of_the_same_name_is_not_taken_for_an_earlier_start(tmp_path, monkeypatch):
+    """Two users may both call a run 'writer': the name alone never hands over a live lock."""
+    monkeypatch.setenv(contract.JOB_ENV, "writer")
+    monkeypatch.setenv(contract.JOB_ID_ENV, "/home/b/.local/share/simsiam-job/runs/writer")
+    _foreign_lock(tmp_path, job="writer", job_id="/home/a/.local/share/simsiam-job/runs/writer")
+    with pytest.raises(LockError, match="is in use by job writer on host another-node"):
+        RunLock(tmp_path).acquire()
 
 
 def test_an_earlier_start_of_the_same_job_that_looks_like_this_process_is_taken_over(tmp_path, monkeypatch):
     """A replaced Kubernetes pod of rank 0: the same hostname, and its new pid namespace got the old
     one's inode, where the old holder's pid is alive again (here: this very process)."""
     monkeypatch.setenv(contract.JOB_ENV, "simsiam-pretrain-x7k2p")
+    monkeypatch.setenv(contract.JOB_ID_ENV, "kubernetes://team/simsiam-pretrain-x7k2p")
     me = machine()
-    _foreign_lock(tmp_path, job="simsiam-pretrain-x7k2p", host=me["host"], pidns=me["pidns"], pid=os.getpid())
+    _foreign_lock(tmp_path, job="simsiam-pretrain-x7k2p", job_id="kubernetes://team/simsiam-pretrain-x7k2p",
+                  host=me["host"], pidns=me["pidns"], pid=os.getpid())
     lock = RunLock(tmp_path)
     assert "earlier start of the same job" in lock.acquire()
     lock.release()

@@ -154,12 +154,10 @@ print("HEAVY", heavy, code, file=sys.stderr)
 @pytest.mark.parametrize("args", [
     ["--help"],
     ["render", "pretrain", "-c", str(CPU_CONFIG), "--procs", "2"],
-    ["render", "pretrain", "--backend", "kubernetes", "--nodes", "16", "--gpus", "8"],
+    ["render", "pretrain", "--backend", "kubernetes", "--nodes", "16", "--gpus", "8", "--output", "results"],
     ["render", "pretrain", "--backend", "slurm", "--nodes", "2", "--gpus", "8"],
 ])
 def test_cli_start_up_imports_neither_paddle_nor_the_kubernetes_client(user_env, args):
-    if "--backend" in args and not (REPO / f"simsiam_job/backends/{args[args.index('--backend') + 1]}.py").exists():
-        pytest.skip("that backend is not in the tree yet")
     proc = subprocess.run([sys.executable, "-c", PROBE.format(args=args)], capture_output=True,
                           text=True, env=user_env, cwd=REPO, timeout=60)
     last = proc.stderr.strip().splitlines()[-1]

@@ -104,6 +104,7 @@ def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, 
     # rank 0, counts the group's starts of this attempt in the output volume: past the bound it
     # exits 2 with "gave up after N group restarts: ...", which fails the job (FailJob).
     env += [{"name": contract.JOB_ENV, "value": spec.name},
+            {"name": contract.JOB_ID_ENV, "value": f"kubernetes://{namespace}/{spec.name}"},
             {"name": contract.ATTEMPT_ENV, "value": str(attempt)},
             {"name": contract.GROUP_RESTARTS_ENV, "value": str(opts.group_restarts)}]
     return {
