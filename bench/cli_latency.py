@@ -4,7 +4,7 @@
 Measures the median wall time of
 
     simsiam-job --help
-    simsiam-job render pretrain --backend kubernetes --nodes 16 --gpus 8
+    simsiam-job render pretrain --backend kubernetes --nodes 16 --gpus 8 --output results
     torchx --help
     torchx run --dryrun --workspace "" -s kubernetes -cfg queue=default dist.ddp -j 16x8 --script app.py
 
@@ -79,7 +79,8 @@ def main() -> int:
             "simsiam-job --help": [str(ours), "--help"],
             "torchx --help": [str(torchx), "--help"],
             f"simsiam-job render ({backend}, 16x8)": [
-                str(ours), "render", "pretrain", "--backend", backend, "--nodes", "16", "--gpus", "8"]
+                str(ours), "render", "pretrain", "--backend", backend, "--nodes", "16", "--gpus", "8",
+                "--output", "results"]     # several nodes share their checkpoints on a claim
             if backend == "kubernetes" else
             [str(ours), "render", "pretrain", "--backend", "local", "--gpus", "8"],
             "torchx run --dryrun (kubernetes, 16x8)": [
