@@ -27,7 +27,6 @@ PHASE_TASKS = {
     "linear-probe": "Classification",
     "smoke": "Smoke",
 }
-TASK_PHASES = {task: phase for phase, task in PHASE_TASKS.items()}
 
 # ---- progress records -----------------------------------------------------------------------------
 # A record with type "step" in metrics.jsonl carries everything a follower shows:

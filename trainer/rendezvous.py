@@ -40,7 +40,6 @@ Paddle-free: the launcher builds this command (``command``), the image runs it::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import socket
@@ -51,6 +50,7 @@ import uuid
 from pathlib import Path
 
 from trainer import contract
+from trainer.watchdog import read_json, write_json
 
 LAUNCHER = "paddle.distributed.launch"
 ROUNDS_DIR = "rendezvous"       # in the job's output directory: rank-NNNNN.json, one per rank
@@ -103,20 +103,6 @@ def with_master(argv: list[str], master: str, round_: int = 0) -> list[str]:
 
 # ---- rounds ---------------------------------------------------------------------------------------
 
-def _write(path: Path, record: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
 class Rounds:
     """This pod's view of the rounds in ``directory`` (see the module's docstring)."""
 
@@ -131,7 +117,7 @@ class Rounds:
     def records(self) -> dict[int, dict]:
         found = {}
         for path in self.directory.glob("rank-*.json"):
-            record = _read(path)
+            record = read_json(path)
             if record is not None and isinstance(record.get("rank"), int):
                 found[record["rank"]] = record
         return found
@@ -148,7 +134,7 @@ class Rounds:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.round = max([self.last_round(r) for r in self.records().values()], default=0) + 1
         master = f"{master_ip}:{port}"
-        _write(self.path(0), {"rank": 0, "pod": self.pod, "round": self.round, "master": master,
+        write_json(self.path(0), {"rank": 0, "pod": self.pod, "round": self.round, "master": master,
                               "time": round(time.time(), 3)})
         return master
 
@@ -156,15 +142,15 @@ class Rounds:
         """Any other rank: wait for a round newer than the one this index last joined; join it.
         Returns its master."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        after = self.last_round(_read(self.path(self.rank)))
-        _write(self.path(self.rank), {"rank": self.rank, "pod": self.pod, "round": None, "after": after,
+        after = self.last_round(read_json(self.path(self.rank)))
+        write_json(self.path(self.rank), {"rank": self.rank, "pod": self.pod, "round": None, "after": after,
                                       "time": round(time.time(), 3)})
         deadline, next_note = time.monotonic() + timeout, 0.0
         while True:
-            rank0 = _read(self.path(0)) or {}
+            rank0 = read_json(self.path(0)) or {}
             if self.last_round(rank0) > after and rank0.get("master"):
                 self.round = rank0["round"]
-                _write(self.path(self.rank), {"rank": self.rank, "pod": self.pod, "round": self.round,
+                write_json(self.path(self.rank), {"rank": self.rank, "pod": self.pod, "round": self.round,
                                               "time": round(time.time(), 3)})
                 return rank0["master"]
             now = time.monotonic()
