@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import os
 import sys
 
-from trainer import lock, watchdog
+from trainer import lock, outcome, watchdog
 from trainer.config import ConfigError, load_config
 from trainer.contract import (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_DONE, EXIT_ERROR, EXIT_PREEMPTED,
                               PHASE_TASKS)
@@ -73,7 +72,27 @@ def _resolve(target: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Under a launcher of ours this process becomes the rank's keeper (trainer.outcome) and a
+    child trains; either way the rank's outcome is recorded however it ends."""
     argv = sys.argv[1:] if argv is None else argv
+    kept = outcome.fork_keeper()
+    if kept is not None:
+        return kept
+    code, said = EXIT_ERROR, None
+    try:
+        code = _main(argv)
+    except SystemExit as e:             # argparse's usage errors (exit 2), --help (exit 0)
+        code = e.code if isinstance(e.code, int) else EXIT_BAD_INPUT if e.code else EXIT_DONE
+        raise
+    except BaseException as e:          # a traceback follows: its last line is the message
+        said = f"{type(e).__name__}: {e}".strip()
+        raise
+    finally:
+        outcome.record(code, _said or said or "")
+    return code
+
+
+def _main(argv: list[str]) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         return _resolve(SUBCOMMANDS[argv[0]])(argv[1:])
     return _config_command(argv, "simsiam-train", "SimSiam pretraining and linear probe on "
@@ -120,6 +139,7 @@ def run(cfg: dict, target: str | None = None) -> int:
     except (ConfigError, DataError) as e:
         code = _fail(str(e))
     except Preempted as e:
+        _note(str(e))
         print(f"simsiam-train: {e}", file=sys.stderr)
         code = EXIT_PREEMPTED
     except Diverged as e:
@@ -139,19 +159,18 @@ def run(cfg: dict, target: str | None = None) -> int:
     return code
 
 
-# Kubernetes puts a container's termination message into the pod's status, where `simsiam-job
-# status` shows it. The kubelet provides this file; it exists nowhere else, and is never created here.
-TERMINATION_LOG = "/dev/termination-log"
+_said: str | None = None                # this process's one error line, for its outcome
+
+
+def _note(message: str) -> None:
+    global _said
+    _said = message
 
 
 def _error(message: str) -> None:
+    _note(message)
     print(f"simsiam-train: error: {message}", file=sys.stderr)
-    try:
-        fd = os.open(TERMINATION_LOG, os.O_WRONLY | os.O_TRUNC)
-    except OSError:
-        return
-    with os.fdopen(fd, "w") as f:
-        f.write(message[:1024])
+    outcome.write_termination_message(message)
 
 
 def _fail(message: str) -> int:

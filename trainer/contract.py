@@ -5,9 +5,16 @@ shows about training is computed on the launcher's side: every fact comes from t
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import enum
 import json
 import os
-from collections.abc import Iterable
+import signal
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 # ---- OUTPUT_DIR layout --------------------------------------------------------------------------
 CONFIG = "config.yaml"          # resolved config after overrides
@@ -123,3 +130,216 @@ JOB_ID_ENV = "SIMSIAM_JOB_ID"   # what makes the job unique (a run directory, ku
 STARTS = "starts.jsonl"
 GROUP_RESTARTS_ENV = "SIMSIAM_GROUP_RESTARTS"
 ATTEMPT_ENV = "SIMSIAM_JOB_ATTEMPT"     # the job's attempt (simsiam-job resume starts the next)
+
+
+# ---- how a run ended, and what the group does next -------------------------------------------------
+# Every rank ends by writing one Outcome (trainer.outcome: the rank's keeper process records it even
+# when the trainer is killed by a signal) as OUTCOME_DIR_ENV/rank-NNNNN.json; on Kubernetes the pod's
+# deciding outcome is also its container's termination message. One function, `decide`, turns the
+# outcomes of a start and the restarts so far into restart / fail / finish on every backend; the
+# Kubernetes failure policies are rendered from the same tables (FINAL_EXITS, RESTART_EXITS).
+OUTCOME_DIR_ENV = "SIMSIAM_OUTCOME_DIR"
+
+
+class End(str, enum.Enum):
+    DONE = "done"
+    BAD_INPUT = "bad input"          # retrying cannot help
+    DIVERGED = "diverged"            # retrying cannot help
+    PEER_LOST = "peer lost"          # this rank stopped because another was lost
+    PREEMPTED = "preempted"          # asked to stop (SIGTERM: preemption, eviction, drain, cancel)
+    CRASHED = "crashed"              # an unexpected error, or killed by a signal
+
+    @property
+    def final(self) -> bool:
+        return self in (End.BAD_INPUT, End.DIVERGED)
+
+
+EXIT_ENDS = {EXIT_DONE: End.DONE, EXIT_BAD_INPUT: End.BAD_INPUT, EXIT_DIVERGED: End.DIVERGED,
+             EXIT_PEER_LOST: End.PEER_LOST, EXIT_PREEMPTED: End.PREEMPTED}
+FINAL_EXITS = (EXIT_BAD_INPUT, EXIT_DIVERGED)        # fail the job at once
+RESTART_EXITS = (EXIT_PEER_LOST, EXIT_PREEMPTED)     # restart the group (a crash does too, counted)
+
+
+def end_of_exit(code: int) -> End:
+    """The class of a process's end: an exit status, or -N for "killed by signal N" (a SIGTERM that
+    killed the process before it could checkpoint is still a request to stop, not a crash)."""
+    if code in (-signal.SIGTERM, 128 + signal.SIGTERM):
+        return End.PREEMPTED
+    return EXIT_ENDS.get(code, End.CRASHED)
+
+
+def describe_exit(code: int | None) -> str:
+    """A process's end in words: "killed by SIGKILL", "exit code 2 (bad input)"."""
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    meaning = EXIT_MEANINGS.get(code)
+    return f"exit code {code}" + (f" ({meaning})" if meaning and code else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """How one rank ended (rank None: the node's launcher itself, not a rank)."""
+
+    end: End
+    rank: int | None
+    exit_code: int | None           # -N: killed by signal N; None: unknown (the rank said nothing)
+    message: str = ""               # the trainer's one line (without "simsiam-train: error: ")
+    global_step: int | None = None
+    host: str = ""
+    time: float = 0.0               # unix seconds; 0 when a launcher had to say it for the rank
+
+    def to_json(self) -> str:
+        return json.dumps({**dataclasses.asdict(self), "end": self.end.value}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Outcome | None":
+        """The record, or None for anything else (another program's text, a torn write)."""
+        try:
+            data = json.loads(text)
+            rank = data["rank"]
+            return cls(end=End(data["end"]), rank=None if rank is None else int(rank),
+                       exit_code=None if data["exit_code"] is None else int(data["exit_code"]), message=str(data.get("message") or ""),
+                       global_step=None if data.get("global_step") is None else int(data["global_step"]),
+                       host=str(data.get("host") or ""), time=float(data.get("time") or 0.0))
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            return None
+
+    def cause(self, with_host: bool = False) -> str:
+        """"rank 1 killed by SIGKILL", "rank 1 on node2: exited with exit code 2 (bad input)",
+        "rank 0: rank 1 was lost (...)", "paddle's launcher was killed by SIGKILL"."""
+        who = "paddle's launcher" if self.rank is None else f"rank {self.rank}"
+        if with_host and self.host:
+            who += f" on {self.host}"
+        if self.end is End.PEER_LOST and self.message:
+            return f"{who}: {self.message}"
+        if self.exit_code is None:
+            return f"{who} {self.message or 'ended without an exit status'}"
+        what = describe_exit(self.exit_code)
+        what = what if self.exit_code < 0 else f"exited with {what}"
+        if self.rank is None and self.exit_code < 0:
+            what = f"was {what}"
+        return f"{who}: {what[0].upper()}{what[1:]}" if with_host and self.host else f"{who} {what}"
+
+
+def outcome_path(directory: str | os.PathLike, rank: int | None) -> Path:
+    return Path(directory) / ("launcher.json" if rank is None else f"rank-{rank:05d}.json")
+
+
+def write_outcome(directory: str | os.PathLike, outcome: Outcome) -> None:
+    """Atomically (a reader sees the whole record or none)."""
+    path = outcome_path(directory, outcome.rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(outcome.to_json())
+    os.replace(tmp, path)
+
+
+def read_outcomes(directory: str | os.PathLike) -> list[Outcome]:
+    """Every readable outcome in ``directory`` (unreadable files are skipped: a launcher then
+    speaks for that rank)."""
+    found = []
+    for path in sorted(Path(directory).glob("*.json")) if Path(directory).is_dir() else []:
+        try:
+            outcome = Outcome.from_json(path.read_bytes())
+        except OSError:
+            continue
+        if outcome is not None:
+            found.append(outcome)
+    return found
+
+
+# What the group does after a start ended.
+FINISH, RESTART, FAIL = "finish", "restart", "fail"
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    action: str                     # FINISH | RESTART | FAIL
+    exit_code: int                  # the job's exit status (of the rank that decided)
+    reason: str | None              # one line a person can act on (None: success)
+    counted: bool = False           # a restart that uses up group_restarts (a crash or a lost peer;
+                                    # a preemption never does)
+    cause: Outcome | None = None
+
+
+# Which end explains a start's end first: a final one, then a crash (a lost peer is its echo),
+# then a stop that was asked for.
+_BLAME = (End.BAD_INPUT, End.DIVERGED, End.CRASHED, End.PEER_LOST, End.PREEMPTED)
+
+
+def _root_cause(outcomes: Sequence[Outcome]) -> Outcome | None:
+    """The first outcome by blame, then by time (an outcome a launcher wrote for a rank that said
+    nothing has no time and comes after those the ranks wrote), then by rank."""
+    ended = [o for o in outcomes if o.end is not End.DONE]
+    if not ended:
+        return None
+    return min(ended, key=lambda o: (_BLAME.index(o.end), o.time or float("inf"),
+                                     -1 if o.rank is None else o.rank))
+
+
+def decide(outcomes: Sequence[Outcome], *, restarts: int, bound: int, ranks: int | None = None) -> Decision:
+    """What the group does after a start ended with ``outcomes``, ``restarts`` counted restarts
+    after the first start: finish when every rank is done; fail at once on bad input or
+    divergence; restart after a preemption without counting it; restart after a crash or a lost
+    peer while fewer than ``bound`` restarts were counted, else fail. ``ranks``: how many ranks the
+    start had; a rank with no outcome was lost without a word (its process or node)."""
+    outcomes = list(outcomes)
+    said = {o.rank for o in outcomes if o.rank is not None}
+    for rank in range(ranks or 0):
+        if rank not in said:
+            outcomes.append(Outcome(End.CRASHED, rank, None,
+                                    "was lost without a word (its process, pod or node is gone)"))
+    with_host = len({o.host for o in outcomes if o.host}) > 1
+    cause = _root_cause(outcomes)
+    if cause is None:
+        if not outcomes:
+            return Decision(FAIL, EXIT_ERROR, "no rank recorded how it ended")
+        return Decision(FINISH, EXIT_DONE, None)
+    text = cause.cause(with_host)
+    detail = f": {cause.message}" if cause.message and cause.message not in text else ""
+    code = EXIT_ERROR if cause.exit_code is None else cause.exit_code if cause.exit_code >= 0 \
+        else 128 - cause.exit_code
+    if cause.end.final:
+        return Decision(FAIL, code, f"{text}, retrying cannot help{detail}", cause=cause)
+    if cause.end is End.PREEMPTED:
+        return Decision(RESTART, code, f"preempted: {text}{detail}", counted=False, cause=cause)
+    if restarts >= bound:
+        plural = "" if restarts == 1 else "s"
+        return Decision(FAIL, code, f"gave up after {restarts} group restart{plural}: {text}{detail}", cause=cause)
+    return Decision(RESTART, code, f"{text}{detail}", counted=True, cause=cause)
+
+
+def _decide_main(argv: list[str]) -> int:
+    """``python -m trainer.contract decide``: the batch script's decision (Slurm), through the same
+    function. Prints "ACTION EXIT_CODE COUNTED" for the shell, and the reason on stderr; writes the
+    decision with its outcomes as JSON to --record."""
+    parser = argparse.ArgumentParser(prog="python -m trainer.contract decide")
+    parser.add_argument("--outcomes", required=True, help="the start's outcome directory")
+    parser.add_argument("--restarts", type=int, required=True, help="counted restarts so far")
+    parser.add_argument("--bound", type=int, required=True, help="group_restarts")
+    parser.add_argument("--ranks", type=int, default=0, help="ranks of the start")
+    parser.add_argument("--record", default="", help="append the decision as one JSON line here")
+    args = parser.parse_args(argv)
+    outcomes = read_outcomes(args.outcomes)
+    decision = decide(outcomes, restarts=args.restarts, bound=args.bound, ranks=args.ranks)
+    if args.record:
+        with open(args.record, "a") as f:
+            f.write(json.dumps({"action": decision.action, "exit_code": decision.exit_code,
+                                "reason": decision.reason, "counted": decision.counted,
+                                "restarts": args.restarts + decision.counted, "time": time.time(),
+                                "outcomes": [json.loads(o.to_json()) for o in outcomes]}) + "\n")
+    print(f"{decision.action} {decision.exit_code} {int(decision.counted)}")
+    if decision.reason:
+        print(decision.reason, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["decide"]:
+        sys.exit("usage: python -m trainer.contract decide --outcomes DIR --restarts N --bound N")
+    sys.exit(_decide_main(sys.argv[2:]))

@@ -38,7 +38,7 @@ import time
 import uuid
 from pathlib import Path
 
-from trainer import contract
+from trainer import contract, outcome
 
 log = logging.getLogger("trainer")
 
@@ -217,6 +217,7 @@ class Watchdog:
                 self.heartbeat.write(LOST_PEER, why, lost=lost_rank)
             except OSError:
                 pass
+            outcome.record(contract.EXIT_PEER_LOST, why)
             os._exit(contract.EXIT_PEER_LOST)
 
     def finish(self, exit_code: int) -> None:

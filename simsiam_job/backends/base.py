@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -157,32 +156,8 @@ def option(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
 
 
-# ---- how a trainer group ended: restart it, or fail ----------------------------------------------
-
-GROUP_RESTARTS_HELP = ("whole-group restarts after a lost rank (peer-lost exit, a signal) before the "
-                       "job fails; exit 2 (bad input) and 3 (diverged) never restart")
-# Exits that say retrying cannot help: the job fails at once with the trainer's line.
-FINAL_EXITS = (contract.EXIT_BAD_INPUT, contract.EXIT_DIVERGED)
-
-
-def describe_exit(code: int | None) -> str:
-    """A process's end in words: a negative code (Python's form of "killed by signal N") names the
-    signal ("killed by SIGKILL"); the trainer's own codes carry their meaning."""
-    if code is None:
-        return "no exit status"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    meaning = contract.EXIT_MEANINGS.get(code)
-    return f"exit code {code}" + (f" ({meaning})" if meaning and code else "")
-
-
-def restartable(code: int | None) -> bool:
-    """A rank's end that a whole-group restart may cure: a lost peer, a signal (SIGKILL, OOM
-    killer, a lost launcher), a SIGTERM preemption. Everything else fails the job."""
-    return code is not None and (code < 0 or code in (contract.EXIT_PEER_LOST, contract.EXIT_PREEMPTED))
+GROUP_RESTARTS_HELP = ("whole-group restarts after a crash or a lost rank before the job fails; "
+                       "preemptions are not counted; exit 2 (bad input) and 3 (diverged) never restart")
 
 
 T = TypeVar("T")

@@ -6,15 +6,17 @@ A run lives in ``$XDG_DATA_HOME/simsiam-job/runs/<job name>/`` (default
     spec.json      the job as submitted (and its attempt)     config.yaml   the resolved trainer config
     command.json   argv + env that was run     pid           the supervisor's process id
     logs/          launch.log (paddle's launcher and the supervisor's notes), workerlog.<rank>
-    restarts.json  the group restarts of this attempt so far (and why)
+    outcomes/N/    how each rank ended in the group's N-th start (trainer.contract.Outcome)
+    restarts.json  the group restarts (and preemptions) of this attempt so far, and why
     exit.json      outcome: the deciding exit code, the reason, the restarts   cancelled   written by cancel
     attempts/N/    what an earlier attempt left (exit.json, ...) when it was resumed
     output/        the trainer's output directory (unless --output was given)
 
 The supervisor (``python -m simsiam_job.backends.local RUN_DIR``) leads its own session, so the
-job outlives the CLI; it runs paddle's launcher, waits, and decides: success; a lost rank (a
-signal, the peer-lost exit, a lost launcher) restarts the whole group, up to ``group_restarts``
-times; anything else fails with the trainer's own line.
+job outlives the CLI; it runs paddle's launcher, waits, reads how every rank ended (each rank
+records its outcome, trainer.outcome) and lets ``trainer.contract.decide`` say what follows:
+success; a restart of the whole group (a crash, a lost rank or launcher: at most
+``group_restarts`` times; a preemption: not counted); or failure with the trainer's own line.
 
 Every process the run starts carries RUN_ENV=<run dir> in its environment. paddle puts each
 trainer in a session of its own, and a killed launcher leaves its trainers to init, so the run's
@@ -27,20 +29,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
 from simsiam_job.backends.base import (
-    FINAL_EXITS, GROUP_RESTARTS_HELP, BaseBackend, FileLines, JobRef, JobStatus, JobSummary,
-    NodeStatus, Rendered, State, describe_exit, follow_lines, option, poll, restartable,
+    GROUP_RESTARTS_HELP, BaseBackend, FileLines, JobRef, JobStatus, JobSummary, NodeStatus, Rendered,
+    State, follow_lines, option, poll,
 )
 from simsiam_job.command import launch_args, trainer_args
 from simsiam_job.errors import BackendError, NotFoundError, UsageError
@@ -48,6 +48,7 @@ from simsiam_job.spec import JobSpec, Phase
 from trainer import contract
 
 RUN_ENV = "SIMSIAM_JOB_RUN_DIR"  # <run dir>, on every process of a run: how status and cancel find them
+OUTCOMES = "outcomes"           # <run dir>/outcomes/<start>/: each rank's outcome (trainer.contract)
 RECENT_SECONDS = 24 * 3600      # `list` without --all hides runs that finished before this
 
 
@@ -196,7 +197,8 @@ class LocalBackend(BaseBackend):
         output_dir = spec.get("output_dir", str(run_dir / "output"))
         restarts = _group_restarts(run_dir)
         detail = {"run_dir": str(run_dir), "output_dir": output_dir, "exit_code": exit_code,
-                  "group_restarts": restarts, "processes": run_processes(run_dir)}
+                  "group_restarts": restarts, "preemptions": _group_restarts(run_dir, "preemptions"),
+                  "processes": run_processes(run_dir)}
         node = NodeStatus(rank=0, state=state, host=socket.gethostname(), reason=reason,
                           exit_code=exit_code, restarts=restarts)
         return JobStatus(ref=ref, state=state, reason=reason, nodes=(node,), detail=detail,
@@ -212,7 +214,7 @@ class LocalBackend(BaseBackend):
                 return State.CANCELLED, done.get("reason") or "cancelled by the user", code
             if code == 0:
                 return State.SUCCEEDED, None, code
-            return State.FAILED, done.get("reason") or self._failure_reason(run_dir, code), code
+            return State.FAILED, done.get("reason") or contract.describe_exit(code), code
         pid = _pid(run_dir)
         if pid is None:
             return State.PENDING, "starting", None
@@ -229,24 +231,16 @@ class LocalBackend(BaseBackend):
                 return State.PENDING, "starting the trainer processes", None
             restarting = _read_json(run_dir / "restarts.json")
             if restarting:
-                return State.RUNNING, (f"group restart {restarting['restarts']} of at most "
-                                       f"{restarting['bound']}, after: {restarting['cause']}"), None
+                preempted = int(restarting.get("preemptions", 0))
+                return State.RUNNING, (f"group restart {restarting['restarts']} of at most {restarting['bound']}"
+                                       + (f", preempted {_times(preempted)}" if preempted else "")
+                                       + f", after: {restarting['cause']}"), None
             return State.RUNNING, None, None
         if cancelled:
             return State.CANCELLED, "cancelled by the user (its supervisor was gone)", None
         return State.FAILED, (f"the run's supervisor (pid {pid}) was killed and no process of the run is "
                               "left; no outcome was recorded (continue from the newest checkpoint: "
                               f"simsiam-job resume local://{run_dir.name})"), None
-
-    def _failure_reason(self, run_dir: Path, code: int | None) -> str:
-        """The trainer's own last error line if there is one (runs from before outcomes were
-        recorded with a reason)."""
-        for log in sorted((run_dir / "logs").glob("workerlog.*")) + [run_dir / "logs" / "launch.log"]:
-            lines = _last_lines(log, 200)
-            for line in reversed(lines):
-                if "error:" in line.lower():  # "simsiam-train: error: ...", "ValueError: ..."
-                    return f"{describe_exit(code)}: {line.strip()[:300]}"
-        return f"{describe_exit(code)} (see: simsiam-job logs local://{run_dir.name} --all)"
 
     def logs(self, ref: JobRef, *, rank: int | None = 0, all_ranks: bool = False,
              follow: bool = False, tail: int | None = None) -> Iterator[str]:
@@ -356,14 +350,6 @@ class LocalBackend(BaseBackend):
         return spec["output_dir"]
 
 
-def _last_lines(path: Path, n: int) -> list[str]:
-    try:
-        with open(path, errors="replace") as f:
-            return list(deque(f, maxlen=n))
-    except OSError:
-        return []
-
-
 def _pid(run_dir: Path) -> int | None:
     try:
         return int((run_dir / "pid").read_text())
@@ -371,9 +357,14 @@ def _pid(run_dir: Path) -> int | None:
         return None
 
 
-def _group_restarts(run_dir: Path) -> int:
+def _group_restarts(run_dir: Path, key: str = "restarts") -> int:
+    """Counted group restarts (or, key "preemptions", uncounted restarts) of the current attempt."""
     record = _read_json(run_dir / "exit.json") or _read_json(run_dir / "restarts.json") or {}
-    return int(record.get("restarts", 0))
+    return int(record.get(key, 0))
+
+
+def _times(n: int) -> str:
+    return f"{n} time" + ("" if n == 1 else "s")
 
 
 def _record_cancel(run_dir: Path, reason: str) -> None:
@@ -432,50 +423,6 @@ def _start_supervisor(run_dir: Path) -> None:
 
 # ---- the supervisor ------------------------------------------------------------------------------
 
-# paddle's launcher names the rank that ended its group first: "Container rank 1 status failed cmd
-# [...] code -9 log ...". That rank is the cause; the others were stopped by the launcher.
-_FAILED_RANK = re.compile(r"Container rank (\d+) status failed .*? code (-?\d+)")
-
-
-class _Start:
-    """One start of the group: where each log stood when it began, so only its own lines count."""
-
-    def __init__(self, run_dir: Path):
-        self.logs = run_dir / "logs"
-        self.offsets = {p.name: p.stat().st_size for p in self.logs.glob("*") if p.is_file()}
-
-    def lines(self, name: str) -> list[str]:
-        try:
-            with open(self.logs / name, "rb") as f:
-                f.seek(self.offsets.get(name, 0))
-                return f.read().decode(errors="replace").splitlines()
-        except OSError:
-            return []
-
-    def cause(self, launcher_code: int) -> tuple[int | None, int, str]:
-        """(rank, its exit code, the cause in words) of this start's end."""
-        for line in self.lines("launch.log"):
-            m = _FAILED_RANK.search(line)
-            if m:
-                rank, code = int(m.group(1)), int(m.group(2))
-                return rank, code, f"rank {rank} {describe_exit(code)}"
-        if launcher_code < 0:
-            return None, launcher_code, f"paddle's launcher was {describe_exit(launcher_code)}"
-        # paddle's launcher exits with its first failed trainer's code, a signal -N as 256 - N
-        code = launcher_code - 256 if launcher_code >= 192 else launcher_code
-        return None, code, f"the trainer group ended with {describe_exit(code)}"
-
-    def error_line(self, rank: int | None) -> str | None:
-        """The trainer's own one-line reason ("simsiam-train: error: ..."), rank's first."""
-        names = [f"workerlog.{rank}"] if rank is not None else []
-        names += sorted(n for n in self.offsets if n.startswith("workerlog.")) + ["workerlog.0"]
-        for name in names:
-            for line in reversed(self.lines(name)):
-                if "error:" in line.lower():
-                    return line.strip()[:400]
-        return None
-
-
 def _stop_leftovers(run_dir: Path, grace: float, say) -> None:
     """After the launcher ended: no trainer may run on unseen. TERM (each checkpoints), then KILL."""
     left = _signal_all(run_dir, signal.SIGTERM)
@@ -500,19 +447,32 @@ def _read_secrets(env_files: dict[str, str]) -> dict[str, str]:
     return values
 
 
+def _start_outcomes(run_dir: Path, start: int, launcher_code: int, ranks: int) -> list[contract.Outcome]:
+    """How this start's ranks ended, as they (or their keepers) recorded it; paddle's launcher
+    speaks for itself when it was killed, or when it ended before any rank recorded a word."""
+    outcomes = contract.read_outcomes(run_dir / OUTCOMES / str(start))
+    if launcher_code < 0 or (launcher_code and not outcomes):
+        outcomes.append(contract.Outcome(contract.End.CRASHED, None, launcher_code, time=time.time()))
+    return outcomes
+
+
 def supervise(run_dir: Path) -> int:
-    """Run paddle's launcher until the group succeeds, fails for good, or is cancelled; restart
-    the whole group after a lost rank (at most ``group_restarts`` times); record the outcome.
-    TERM is ignored here: this process must outlive the group to record how it ended."""
+    """Run paddle's launcher until the group succeeds, fails for good, or is cancelled; after each
+    start, contract.decide says from the ranks' outcomes whether to restart the whole group (a
+    crash or lost rank: at most ``group_restarts`` times; a preemption: uncounted), fail, or
+    finish; record the outcome. TERM is ignored here: this process must outlive the group to
+    record how it ended."""
     signal.signal(signal.SIGTERM, lambda *_: None)
     _write_atomic(run_dir / "pid", str(os.getpid()))
     command = json.loads((run_dir / "command.json").read_text())
-    options = (_read_json(run_dir / "spec.json") or {}).get("options") or {}
+    spec = _read_json(run_dir / "spec.json") or {}
+    options = spec.get("options") or {}
     bound = int(options.get("group_restarts", 3))
     grace = float(options.get("grace_seconds", 60.0))
+    ranks = int(spec.get("ranks", 1))
     env = {**os.environ, **command["env"], RUN_ENV: str(run_dir)}
     env["PATH"] = command["path_prefix"] + os.pathsep + env.get("PATH", "")
-    restarts = 0
+    restarts = preemptions = 0
     with open(run_dir / "logs" / "launch.log", "ab") as log:
         def say(message: str) -> None:
             log.write(f"simsiam-job: {message}\n".encode())
@@ -524,11 +484,13 @@ def supervise(run_dir: Path) -> int:
         except ValueError as err:
             say(f"error: {err}")
             outcome = {"exit_code": 2, "reason": str(err)}
+        start = 0
         while outcome is None:
-            if restarts and (run_dir / "cancelled").exists():    # cancelled between two starts
+            if start and (run_dir / "cancelled").exists():    # cancelled between two starts
                 outcome = {"exit_code": None, "reason": "cancelled by the user"}
                 break
-            start = _Start(run_dir)
+            start += 1
+            env[contract.OUTCOME_DIR_ENV] = str(run_dir / OUTCOMES / str(start))
             try:
                 proc = subprocess.Popen(command["argv"], cwd=run_dir, env=env, stdin=subprocess.DEVNULL,
                                         stdout=log, stderr=subprocess.STDOUT)
@@ -538,29 +500,27 @@ def supervise(run_dir: Path) -> int:
                 outcome = {"exit_code": 127, "reason": f"cannot start {command['argv'][0]}: {err}"}
                 break
             _stop_leftovers(run_dir, grace, say)
-            if launcher_code == 0:
-                outcome = {"exit_code": 0, "reason": None}
+            decision = contract.decide(_start_outcomes(run_dir, start, launcher_code, ranks),
+                                       restarts=restarts, bound=bound, ranks=ranks)
+            if (run_dir / "cancelled").exists() and decision.action != contract.FINISH:
+                outcome = {"exit_code": decision.exit_code, "reason": f"cancelled by the user ({decision.reason})"}
                 break
-            rank, code, cause = start.cause(launcher_code)
-            if (run_dir / "cancelled").exists():
-                outcome = {"exit_code": code, "reason": f"cancelled by the user ({cause})"}
+            if decision.action != contract.RESTART:
+                outcome = {"exit_code": decision.exit_code, "reason": decision.reason}
                 break
-            if not restartable(code):
-                line = start.error_line(rank)
-                why = "retrying cannot help" if code in FINAL_EXITS else "not a lost rank, not restarted"
-                outcome = {"exit_code": code, "reason": f"{cause}, {why}" + (f": {line}" if line else "")}
-                break
-            if restarts >= bound:
-                outcome = {"exit_code": code, "reason": f"gave up after {restarts} group restart{'' if restarts == 1 else 's'}: {cause}"}
-                break
-            restarts += 1
-            say(f"group restart {restarts} of at most {bound}: {cause}; starting every rank again "
-                "(they resume from the newest checkpoint)")
-            _write_atomic(run_dir / "restarts.json",
-                          json.dumps({"restarts": restarts, "bound": bound, "cause": cause, "time": time.time()}))
+            if decision.counted:
+                restarts += 1
+                say(f"group restart {restarts} of at most {bound}: {decision.reason}; starting every rank "
+                    "again (they resume from the newest checkpoint)")
+            else:
+                preemptions += 1
+                say(f"{decision.reason}; starting every rank again, not counted as a group restart")
+            _write_atomic(run_dir / "restarts.json", json.dumps(
+                {"restarts": restarts, "bound": bound, "preemptions": preemptions, "cause": decision.reason,
+                 "time": time.time()}))
         if outcome["reason"]:
             say(f"outcome: {outcome['reason']}")
-    outcome.update(restarts=restarts, finished=time.time())
+    outcome.update(restarts=restarts, preemptions=preemptions, finished=time.time())
     _write_atomic(run_dir / "exit.json", json.dumps(outcome))
     return 0
 

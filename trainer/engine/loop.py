@@ -21,7 +21,7 @@ import time
 import paddle
 
 from trainer import checkpoint as ckpt
-from trainer import contract, dist, guard, lock
+from trainer import contract, dist, guard, lock, outcome
 from trainer.config import ConfigError, dump
 from trainer.data import build_train_loader
 from trainer.engine.amp import Amp
@@ -179,6 +179,7 @@ class Engine:
                     lrs = task.group_lr.set(epoch, step)
                     out, latest = step_fn([loader.to_tensor(v) for v in views], labels)
                     self.global_step += 1
+                    outcome.progress["global_step"] = self.global_step
                     nonfinite.observe(out["loss"], self.global_step)
                     for key, value in out.items():
                         window[key] = window[key] + value if key in window else value
