@@ -329,9 +329,10 @@ def _decide_main(argv: list[str]) -> int:
     decision = decide(outcomes, restarts=args.restarts, bound=args.bound, ranks=args.ranks)
     if args.record:
         with open(args.record, "a") as f:
-            f.write(json.dumps({"action": decision.action, "exit_code": decision.exit_code,
-                                "reason": decision.reason, "counted": decision.counted,
-                                "restarts": args.restarts + decision.counted, "time": time.time(),
+            f.write(json.dumps({"start": Path(args.outcomes).name, "action": decision.action,
+                                "exit_code": decision.exit_code, "reason": decision.reason,
+                                "counted": decision.counted, "restarts": args.restarts + decision.counted,
+                                "bound": args.bound, "time": time.time(),
                                 "outcomes": [json.loads(o.to_json()) for o in outcomes]}) + "\n")
     print(f"{decision.action} {decision.exit_code} {int(decision.counted)}")
     if decision.reason:

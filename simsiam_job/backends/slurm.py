@@ -341,6 +341,11 @@ class SlurmBackend(BaseBackend):
             prefix = ["apptainer", "exec"] + (["--nv"] if spec.gpus > 0 else []) + [
                 "--bind", ",".join(mounts), spec.image]
         node_command = _command_lines(["exec", *prefix], launch, train)
+        # The batch script decides between restart, failure and success with the trainer's own
+        # decision function, run by the trainer's Python (in the container, where there is one).
+        decide_prefix = prefix or (["srun", "--nodes=1", "--ntasks=1", f"--container-image={spec.image}",
+                                    f"--container-mounts={','.join(mounts)}"] if o.container == "pyxis" else [])
+        decide = " ".join(shlex.quote(w) for w in [*decide_prefix, "python", "-m", "trainer.contract", "decide"])
         # One task per node runs all its trainers: a GPU's trainer and its data loader workers need
         # cores of their own, and so does each CPU process (where Slurm confines tasks by cgroups).
         if o.cpus_per_task:
@@ -359,6 +364,7 @@ class SlurmBackend(BaseBackend):
             signal_grace=o.signal_grace, requeue=o.requeue, venv=_abs_path(o.venv, "venv") if o.venv else "",
             env=list(spec.env), env_files=list(spec.env_secrets), port=o.port, container=o.container,
             image=spec.image, mounts=mounts, node_command=node_command, group_restarts=o.group_restarts,
+            decide=decide, ranks=spec.world_size,
         )
         meta = json.dumps({"name": spec.name, "phase": spec.phase.value, "nodes": spec.nodes,
                            "output_dir": output_dir, "data_dir": data_dir}, indent=2) + "\n"
@@ -454,21 +460,24 @@ class SlurmBackend(BaseBackend):
         nodes = tuple(NodeStatus(rank=i, state=state, host=h, restarts=job.restarts)
                       for i, h in enumerate(hosts))
         output_dir = self._meta(job).get("output_dir")
-        notes = _script_notes(job)
-        restarts = [n for n in notes if n.startswith("group restart ")]
-        errors = [n.removeprefix("error: ") for n in notes if n.startswith("error: ")]
+        decisions = _decisions(job)
+        restarts = decisions[-1]["restarts"] if decisions else 0
+        preemptions = sum(1 for d in decisions if d.get("action") == contract.RESTART and not d.get("counted"))
         reason = _reason(job.state, job.reason, job.restarts, job.exit_code)
-        if state is State.FAILED and errors:
-            reason = errors[-1]             # the batch script's own verdict names the rank and why
-        elif state is State.RUNNING and restarts:
-            reason = restarts[-1]
+        last = decisions[-1] if decisions else {}
+        if state is State.FAILED and last.get("action") == contract.FAIL:
+            reason = last.get("reason")     # the batch script's verdict names the rank and why
+        elif state is State.RUNNING and last.get("action") == contract.RESTART:
+            reason = (f"group restart {restarts} of at most {last.get('bound')}"
+                      + (f", preempted {preemptions} time{'s' if preemptions != 1 else ''}" if preemptions else "")
+                      + f", after: {last.get('reason')}")
         return JobStatus(
             ref=ref, state=state, reason=reason,
             nodes=nodes, progress=self._progress(job, output_dir), output=output_dir,
             attempt=(parse_marker(job.comment) or ("", 1))[1],
             detail={"slurm_state": job.state, "slurm_reason": job.reason, "name": job.name,
                     "job_dir": job.workdir, "restarts": job.restarts, "exit_code": job.exit_code,
-                    "group_restarts": len(restarts)},
+                    "group_restarts": restarts, "preemptions": preemptions},
         )
 
     def _progress(self, job: SlurmJob, output_dir: str | None) -> dict | None:
@@ -547,20 +556,22 @@ class SlurmBackend(BaseBackend):
         return output_dir
 
 
-def _script_notes(job: SlurmJob) -> list[str]:
-    """What the batch script said about the group ("group restart ...", "error: ..."), in order,
-    for this job's latest run (a requeue starts its notes afresh)."""
-    notes: list[str] = []
+def _decisions(job: SlurmJob) -> list[dict]:
+    """The batch script's decisions after each start of the group (trainer.contract.decide's, one
+    JSON line each), for this job's latest run (a requeue starts them afresh)."""
     if not job.workdir:
-        return notes
-    for path in sorted(Path(job.workdir, "logs").glob(f"batch-{job.id}-*.out")):
-        for line in _tail_lines(path):
-            if line.startswith("simsiam-job: job "):
-                if "group start 1)" in line:
-                    notes = []
-            elif line.startswith("simsiam-job: "):
-                notes.append(line.removeprefix("simsiam-job: "))
-    return notes
+        return []
+    runs: dict[int, list[dict]] = {}
+    for line in _tail_lines(Path(job.workdir, f"decisions-{job.id}.jsonl")):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        start = record.get("start") if isinstance(record, dict) else None   # JOBID-REQUEUE-START
+        if isinstance(start, str) and start.count("-") == 2 and start.split("-")[1].isdigit() \
+                and isinstance(record.get("restarts"), int):
+            runs.setdefault(int(start.split("-")[1]), []).append(record)
+    return runs[max(runs)] if runs else []
 
 
 def _tail_lines(path: Path, size: int = 65536) -> list[str]:

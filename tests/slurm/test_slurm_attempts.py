@@ -32,4 +32,5 @@ def test_the_batch_script_restarts_the_group_up_to_the_bound(tmp_path):
     script = run_cli(["render", "pretrain", "-b", "slurm", "--nodes", "2", "--name", "pt",
                       "--set", "group_restarts=5"], env, check=True).stdout
     assert "GROUP_RESTARTS=5\n" in script and "export SIMSIAM_JOB_NAME=pt\n" in script
-    assert "gave up after $restarts group restart" in script
+    # the bound is the trainer's decision function's, called with the restarts counted so far
+    assert 'python -m trainer.contract decide' in script and '--bound "$GROUP_RESTARTS"' in script
