@@ -123,11 +123,14 @@ JOB_ID_ENV = "SIMSIAM_JOB_ID"   # what makes the job unique (a run directory, ku
                                # job directory): only a start of the same job takes its lock over, never
                                # another job that happens to share the name
 # Kubernetes recreates the pods of a group restart itself, with no supervisor of ours around them:
-# there rank 0 bounds the group's starts. It appends one record per start to OUTPUT_DIR/starts.jsonl
-# (job, attempt, generation, time, and what ended the start before), and refuses to start (exit 2,
-# "gave up after N group restarts: ...") once an attempt has restarted more than
-# SIMSIAM_GROUP_RESTARTS times. Unset (local, Slurm: their launcher counts): no bound here.
+# there rank 0 bounds the group's starts. Each pod copies its ranks' outcomes to OUTPUT_DIR/outcomes;
+# at the next start rank 0 runs `decide` on them, appends one record per start to
+# OUTPUT_DIR/starts.jsonl (job, attempt, generation, time, what ended the start before and whether
+# that restart counts), and refuses to start (exit 2, "gave up after N group restarts: ...") once
+# an attempt has restarted more than SIMSIAM_GROUP_RESTARTS times (preemptions do not count).
+# Unset (local, Slurm: their launcher decides): no bound here.
 STARTS = "starts.jsonl"
+OUTCOMES = "outcomes"           # OUTPUT_DIR/outcomes/: where each pod copies its ranks' outcomes
 GROUP_RESTARTS_ENV = "SIMSIAM_GROUP_RESTARTS"
 ATTEMPT_ENV = "SIMSIAM_JOB_ATTEMPT"     # the job's attempt (simsiam-job resume starts the next)
 
@@ -272,7 +275,7 @@ class Decision:
 _BLAME = (End.BAD_INPUT, End.DIVERGED, End.CRASHED, End.PEER_LOST, End.PREEMPTED)
 
 
-def _root_cause(outcomes: Sequence[Outcome]) -> Outcome | None:
+def root_cause(outcomes: Sequence[Outcome]) -> Outcome | None:
     """The first outcome by blame, then by time (an outcome a launcher wrote for a rank that said
     nothing has no time and comes after those the ranks wrote), then by rank."""
     ended = [o for o in outcomes if o.end is not End.DONE]
@@ -295,7 +298,7 @@ def decide(outcomes: Sequence[Outcome], *, restarts: int, bound: int, ranks: int
             outcomes.append(Outcome(End.CRASHED, rank, None,
                                     "was lost without a word (its process, pod or node is gone)"))
     with_host = len({o.host for o in outcomes if o.host}) > 1
-    cause = _root_cause(outcomes)
+    cause = root_cause(outcomes)
     if cause is None:
         if not outcomes:
             return Decision(FAIL, EXIT_ERROR, "no rank recorded how it ended")

@@ -28,6 +28,7 @@ log = logging.getLogger("trainer")
 
 STALE_AFTER = 120.0     # seconds without a heartbeat before another host's lock counts as abandoned
 REFRESH_EVERY = 10.0
+CLOCK_SLACK = 5.0       # seconds the clocks of a cluster's nodes may disagree by
 
 
 class LockError(ConfigError):
@@ -178,7 +179,7 @@ def claim(cfg: dict, env) -> str | None:
             note = lock.acquire()
             _held = lock
             generation = watchdog.new_generation()
-            count_start(output_dir, generation)
+            count_start(output_dir, generation, env.world_size)
             watchdog.remove_old_generations(output_dir, generation)
             decision = ("ok", generation, note)
         except ConfigError as e:
@@ -190,44 +191,53 @@ def claim(cfg: dict, env) -> str | None:
     return note
 
 
-def previous_end(output_dir: Path) -> str:
-    """What ended the group's previous start, as its ranks' heartbeats tell (read before rank 0
-    removes them): the first rank that saw a peer lost, or that failed."""
-    from trainer import watchdog
-    for beat in sorted((output_dir / contract.HEARTBEATS).glob("*/rank-*.json")):
-        record = read_json(beat) or {}
-        if record.get("state") in (watchdog.LOST_PEER, watchdog.FAILED) and record.get("detail"):
-            return f"rank {record.get('rank')}: {record['detail']}"
-    return "the previous start ended without a rank saying why (a pod or node lost)"
-
-
-def count_start(output_dir: Path, generation: str) -> None:
-    """Where no launcher of ours counts the group's starts (Kubernetes recreates the pods itself):
-    record this start in OUTPUT_DIR/starts.jsonl and refuse it (ConfigError: exit 2, which fails the
-    job) once this attempt of the job has restarted more than contract.GROUP_RESTARTS_ENV times."""
+def count_start(output_dir: Path, generation: str, ranks: int) -> None:
+    """Where no launcher of ours decides (Kubernetes recreates the pods itself): when this start of
+    the group is a restart, contract.decide judges the start before from the outcomes its pods left
+    in OUTPUT_DIR/outcomes; a start past the bound is refused (ConfigError: exit 2, which fails the
+    job). Every start is recorded in OUTPUT_DIR/starts.jsonl."""
     bound = os.environ.get(contract.GROUP_RESTARTS_ENV)
     if not bound:
         return
     path = output_dir / contract.STARTS
     job, attempt = job_identity(), os.environ.get(contract.ATTEMPT_ENV, "1")
+    earlier = [r for r in _records(path) if r.get("job") == job and r.get("attempt") == attempt]
+    outcomes_dir = output_dir / contract.OUTCOMES
+    decision = None
+    if earlier:
+        counted = sum(1 for r in earlier if r.get("counted"))
+        # A pod of an earlier start may report late: only what ended after the last start counts.
+        since = float(earlier[-1].get("time", 0)) - CLOCK_SLACK
+        outcomes = [o for o in contract.read_outcomes(outcomes_dir) if o.time >= since]
+        decision = contract.decide(outcomes, restarts=counted, bound=int(bound), ranks=ranks)
+    _clear(outcomes_dir)            # what the pods of this start report is this start's
+    with open(path, "a") as f:
+        f.write(json.dumps({"job": job, "attempt": attempt, "generation": generation, "time": time.time(),
+                            "after": decision and decision.reason,
+                            "counted": bool(decision and decision.counted)}) + "\n")
+    if decision is not None and decision.action == contract.FAIL:
+        raise ConfigError(decision.reason)
+
+
+def _records(path: Path) -> list[dict]:
     try:
         lines = path.read_text().splitlines()
     except FileNotFoundError:
-        lines = []
-    earlier = []
+        return []
+    records = []
     for line in lines:
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict) and record.get("job") == job and record.get("attempt") == attempt:
-            earlier.append(record)
-    cause = previous_end(output_dir) if earlier else None
-    with open(path, "a") as f:
-        f.write(json.dumps({"job": job, "attempt": attempt, "generation": generation,
-                            "time": time.time(), "after": cause}) + "\n")
-    if len(earlier) > int(bound):
-        raise ConfigError(f"gave up after {bound} group restarts: {cause}")
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _clear(directory: Path) -> None:
+    for path in directory.glob("*.json") if directory.is_dir() else []:
+        path.unlink(missing_ok=True)
 
 
 def release_held() -> None:

@@ -45,6 +45,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -58,12 +59,17 @@ POLL = 1.0                      # seconds between looks at the rounds while wait
 KILLED_BY_SIGTERM = 128 + signal.SIGTERM
 
 
-def command(*, rank0_host: str, port: int, node_rank: str, pod_ip: str, rounds_dir: str = "") -> list[str]:
-    """The words before the launcher's own command in a pod's command line."""
-    words = ["python", "-m", "trainer.rendezvous", "--rank0-host", rank0_host, "--port", str(port),
-             "--node-rank", node_rank, "--pod-ip", pod_ip]
+def command(*, node_rank: str, rank0_host: str = "", port: int = 0, pod_ip: str = "", rounds_dir: str = "",
+            outcomes_dir: str = "") -> list[str]:
+    """The words before the launcher's own command in a pod's command line (without rank0_host:
+    a job of one node, nobody to meet)."""
+    words = ["python", "-m", "trainer.rendezvous", "--node-rank", node_rank]
+    if rank0_host:
+        words += ["--rank0-host", rank0_host, "--port", str(port), "--pod-ip", pod_ip]
     if rounds_dir:
         words += ["--rounds-dir", rounds_dir]
+    if outcomes_dir:
+        words += ["--outcomes-dir", outcomes_dir]
     return [*words, "--"]
 
 
@@ -211,11 +217,41 @@ def supervise(launch: list[str], rounds: Rounds | None, say=print) -> int:
                 pass
             proc.wait()
             return contract.EXIT_PEER_LOST
-    if code < 0:
-        code = 128 - code
-    if stopping and code in (signal.SIGTERM, KILLED_BY_SIGTERM):
+    if stopping and code in (signal.SIGTERM, KILLED_BY_SIGTERM, -signal.SIGTERM):
         code = contract.EXIT_PREEMPTED      # paddle's launcher exits with the signal's number
     return code
+
+
+def node_outcome(outcomes_dir: Path, launcher_code: int) -> contract.Outcome:
+    """How this node ended: the outcome that explains it among its ranks' (contract.decide's
+    blame order), or the launcher's own when no rank said more (it was killed, or failed to start
+    them). A success has no rank in it."""
+    outcomes = contract.read_outcomes(outcomes_dir)
+    cause = contract.root_cause(outcomes)
+    if cause is not None and (launcher_code >= 0 or cause.end is contract.End.CRASHED):
+        return cause
+    if launcher_code == 0 and outcomes:
+        return contract.Outcome(contract.End.DONE, None, 0)
+    return contract.Outcome(contract.end_of_exit(launcher_code), None, launcher_code,
+                            "" if outcomes else "no rank recorded how it ended", socket.gethostname(),
+                            round(time.time(), 3))
+
+
+def report(outcome: contract.Outcome, shared_dir: str) -> int:
+    """Tell Kubernetes (the termination message, which `simsiam-job status` reads) and, with a
+    shared directory, rank 0's next start (which bounds the group's restarts) how this node ended;
+    returns the pod's exit status."""
+    from trainer.outcome import write_termination_message
+    if outcome.end is not contract.End.DONE:
+        write_termination_message(outcome.to_json())
+    if shared_dir:
+        try:
+            for record in contract.read_outcomes(os.environ[contract.OUTCOME_DIR_ENV]):
+                contract.write_outcome(shared_dir, record)
+        except OSError as err:
+            print(f"rendezvous: cannot record the outcome in {shared_dir}: {err.strerror or err}", flush=True)
+    code = outcome.exit_code
+    return contract.EXIT_ERROR if code is None else code if code >= 0 else 128 - code
 
 
 class _Stopped(Exception):
@@ -228,13 +264,16 @@ def _stop_waiting(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.rendezvous", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rank0-host", required=True, help="DNS name of rank 0's pod")
-    parser.add_argument("--port", type=int, required=True, help="rendezvous port of rank 0")
+    parser.add_argument("--rank0-host", default="", help="DNS name of rank 0's pod (none: a job of one node)")
+    parser.add_argument("--port", type=int, default=0, help="rendezvous port of rank 0")
     parser.add_argument("--node-rank", required=True, help="this pod's rank (the Job's completion index)")
     parser.add_argument("--pod-ip", default="", help="this pod's IP (required on rank 0)")
     parser.add_argument("--rounds-dir", default="",
                         help="a directory every pod shares (on the output claim): numbered rounds keep "
                              "a restarted group apart from the one before")
+    parser.add_argument("--outcomes-dir", default="",
+                        help="a directory every pod shares (on the output claim): each node's ranks' "
+                             "outcomes are copied there for rank 0's next start, which bounds restarts")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds to wait for rank 0 (its name or its round; default 600)")
     parser.add_argument("launch", nargs=argparse.REMAINDER, help="-- the launcher's command")
@@ -251,14 +290,19 @@ def main(argv: list[str] | None = None) -> int:
         with_master(launch, "")         # a malformed command fails before any waiting
         if rank == 0 and not args.pod_ip:
             raise ValueError("rank 0 needs its own address: --pod-ip (the pod's status.podIP)")
-        if args.rounds_dir:
+        if not args.rank0_host:
+            if rank != 0:
+                raise ValueError("a node other than rank 0 needs --rank0-host")
+            master = where = ""
+        elif args.rounds_dir:
             rounds = Rounds(args.rounds_dir, rank)
             master = rounds.open(args.pod_ip, args.port) if rank == 0 else rounds.join(args.timeout)
             where = f", round {rounds.round}"
         else:
             ip = args.pod_ip if rank == 0 else resolve(args.rank0_host, args.timeout)
             master, where = f"{ip}:{args.port}", ""
-        launch = with_master(launch, master, rounds.round if rounds else 0)
+        if master:
+            launch = with_master(launch, master, rounds.round if rounds else 0)
     except ValueError as err:       # a malformed command: retrying cannot help
         print(f"error: {err}", file=sys.stderr)
         return contract.EXIT_BAD_INPUT
@@ -271,8 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     except _Stopped:
         print(f"rendezvous: node {args.node_rank} stopped by a signal while waiting for rank 0", flush=True)
         return contract.EXIT_PREEMPTED
-    print(f"rendezvous: node {args.node_rank}, master {master} ({args.rank0_host}){where}", flush=True)
-    return supervise(launch, rounds)
+    if master:
+        print(f"rendezvous: node {args.node_rank}, master {master} ({args.rank0_host}){where}", flush=True)
+    # Every rank of this node records its outcome here (trainer.outcome); /tmp is the pod's own.
+    local = Path(tempfile.mkdtemp(prefix="simsiam-outcomes-"))
+    os.environ[contract.OUTCOME_DIR_ENV] = str(local)
+    code = supervise(launch, rounds)
+    if code == contract.EXIT_PEER_LOST and not contract.read_outcomes(local):
+        return code                     # superseded round: the new round's ranks say the rest
+    return report(node_outcome(local, code), args.outcomes_dir)
 
 
 if __name__ == "__main__":

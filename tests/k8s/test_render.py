@@ -118,8 +118,13 @@ def test_single_node_cpu_job_has_no_gpu_parts(render):
     (container,) = pod["containers"]
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
     assert "nodeSelector" not in pod and "tolerations" not in pod
-    assert container["command"][:3] == ["python", "-m", "paddle.distributed.launch"]
-    assert "--master" not in container["command"] and "--nproc_per_node" in container["command"]
+    # the node's supervisor (it reports how the node ended), with nobody to meet, then the launcher
+    command = container["command"]
+    launcher = command.index("--") + 1
+    assert command[:5] == ["python", "-m", "trainer.rendezvous", "--node-rank", "$(JOB_COMPLETION_INDEX)"]
+    assert "--rank0-host" not in command[:launcher]
+    assert command[launcher:launcher + 3] == ["python", "-m", "paddle.distributed.launch"]
+    assert "--master" not in command and "--nproc_per_node" in command
     assert pod["automountServiceAccountToken"] is False
 
 

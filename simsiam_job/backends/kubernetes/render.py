@@ -77,10 +77,14 @@ def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, 
     service = spec.name  # the Service shares the job's name: pods are <job>-<index>.<job>
     # Several nodes: each pod first finds rank 0's IP (trainer.rendezvous adds --master); with an
     # output claim, through numbered rounds there, so a restarted group never meets the one before.
+    # Every pod runs its node through trainer.rendezvous, which also reports how the node ended (the
+    # termination message; with an output claim, the outcomes rank 0 bounds restarts by).
+    job_dir = f"{OUTPUT_MOUNT}/{spec.name}"
     rendezvous = rendezvous_command(
-        rank0_host=f"{spec.name}-0.{service}", port=opts.port,
-        node_rank="$(JOB_COMPLETION_INDEX)", pod_ip="$(POD_IP)",
-        rounds_dir=f"{OUTPUT_MOUNT}/{spec.name}/{ROUNDS_DIR}" if output.claim else "") if spec.nodes > 1 else []
+        node_rank="$(JOB_COMPLETION_INDEX)",
+        outcomes_dir=f"{job_dir}/{contract.OUTCOMES}" if output.claim else "",
+        **(dict(rank0_host=f"{spec.name}-0.{service}", port=opts.port, pod_ip="$(POD_IP)",
+                rounds_dir=f"{job_dir}/{ROUNDS_DIR}" if output.claim else "") if spec.nodes > 1 else {}))
     argv = rendezvous + command.launch_args(
         spec, master=None, nnodes=spec.nodes, node_rank="$(JOB_COMPLETION_INDEX)",
         log_dir=f"{launch_logs(spec)}/rank-$(JOB_COMPLETION_INDEX)",
@@ -118,10 +122,10 @@ def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, 
         "gpus": spec.gpus,
         "port": opts.port,
         "backoff_limit": opts.backoff_limit,
-        "fail_job_exit_codes": [contract.EXIT_BAD_INPUT, contract.EXIT_DIVERGED],
+        "fail_job_exit_codes": list(contract.FINAL_EXITS),
         # 75: a peer was lost (or this pod's rendezvous round superseded); 143: the pod was asked
         # to stop (deleted, evicted) and saved a checkpoint. Either way the group restarts.
-        "restart_exit_codes": [contract.EXIT_PEER_LOST, contract.EXIT_PREEMPTED],
+        "restart_exit_codes": list(contract.RESTART_EXITS),
         "termination_grace": opts.termination_grace,
         "image": spec.image,
         "command": argv,

@@ -59,7 +59,7 @@ def _node_reason(pod) -> tuple[str | None, int | None]:
         if c.state.terminated is not None:
             t = c.state.terminated
             return (None if t.exit_code == 0 else f"{t.reason or 'Error'}: exit code {t.exit_code}"
-                    + (f" ({t.message.strip()})" if t.message else "")), t.exit_code
+                    + (f" ({termination_text(t.message)})" if t.message else "")), t.exit_code
         if c.state.waiting is not None and c.state.waiting.reason not in (None, "ContainerCreating"):
             w = c.state.waiting
             return f"{w.reason}: {w.message}" if w.message else w.reason, None
@@ -72,6 +72,16 @@ def _node_reason(pod) -> tuple[str | None, int | None]:
         if c.type == "PodScheduled" and c.status == "False":
             return f"{c.reason}: {c.message}" if c.message else c.reason, None
     return None, None
+
+
+def termination_text(message: str) -> str:
+    """A pod's termination message as a person reads it: the node's outcome (trainer.contract), as
+    its supervisor writes it, in words; any other text as it is."""
+    outcome = contract.Outcome.from_json(message)
+    if outcome is None:
+        return message.strip()
+    text = outcome.cause()
+    return f"{text}: {outcome.message}" if outcome.message and outcome.message not in text else text
 
 
 _PHASES = {"Pending": State.PENDING, "Running": State.RUNNING, "Succeeded": State.SUCCEEDED,
