@@ -120,7 +120,10 @@ def _keep(child: int, directory: str) -> int:
         except OSError:
             pass
     if code < 0:                        # end as the child did, for paddle's launcher
-        signal.signal(-code, signal.SIG_DFL)
+        try:
+            signal.signal(-code, signal.SIG_DFL)
+        except (OSError, ValueError):       # SIGKILL, SIGSTOP: no handler to reset
+            pass
         os.kill(os.getpid(), -code)
         return 128 - code
     return code
