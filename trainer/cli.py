@@ -159,6 +159,8 @@ def run(cfg: dict, target: str | None = None) -> int:
     return code
 
 
+# Kubernetes shows a container's termination message in the pod's status: the error line goes there.
+TERMINATION_LOG = outcome.TERMINATION_LOG
 _said: str | None = None                # this process's one error line, for its outcome
 
 
@@ -170,7 +172,7 @@ def _note(message: str) -> None:
 def _error(message: str) -> None:
     _note(message)
     print(f"simsiam-train: error: {message}", file=sys.stderr)
-    outcome.write_termination_message(message)
+    outcome.write_termination_message(message, TERMINATION_LOG)
 
 
 def _fail(message: str) -> int:
