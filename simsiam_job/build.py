@@ -24,7 +24,7 @@ from simsiam_job.errors import UsageError
 from simsiam_job.locate import located_options
 from simsiam_job.spec import JobSpec, Phase, validate_name
 from simsiam_job.validate import DNS1123_SUBDOMAIN
-from trainer.contract import PHASE_TASKS
+from trainer.contract import PHASE_TASKS, reserved_env
 
 # The shipped recipe each phase runs when no -c is given (trainer/configs/).
 DEFAULT_CONFIGS = {
@@ -122,10 +122,17 @@ def _env_pairs(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
         name, sep, value = item.partition("=")
         if not sep or not _ENV_NAME.match(name):
             raise UsageError(f"malformed --env {item!r}: expected NAME=VALUE with NAME a valid variable name")
+        _not_reserved("--env", name)
         if "\0" in value:
             raise UsageError(f"--env {name}: the value contains a NUL byte")
         pairs.append((name, value))
     return tuple(pairs)
+
+
+def _not_reserved(flag: str, name: str) -> None:
+    if reserved_env(name):
+        raise UsageError(f"{flag} {name}: {name} is set by simsiam-job, paddle's launcher or the cluster "
+                         "for every trainer process and cannot be given (reserved names: docs/launcher.md)")
 
 
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
@@ -140,6 +147,7 @@ def _env_secrets(items: Sequence[str], backend: str, env_names: set[str]) -> tup
         if not sep or not _ENV_NAME.match(name) or not ref:
             raise UsageError(f"malformed --env-secret {item!r}: expected NAME=SECRET/KEY (kubernetes) "
                              "or NAME=FILE (slurm, local)")
+        _not_reserved("--env-secret", name)
         if name in env_names or name in (n for n, _ in pairs):
             raise UsageError(f"--env-secret {name}: {name} is set twice (by --env or --env-secret)")
         pairs.append((name, _secret_key_ref(name, ref) if backend == "kubernetes" else _secret_file(name, ref)))

@@ -47,7 +47,7 @@ from simsiam_job.errors import BackendError, NotFoundError, UsageError
 from simsiam_job.spec import JobSpec, Phase
 from trainer import contract
 
-RUN_ENV = "SIMSIAM_JOB_RUN_DIR"  # <run dir>, on every process of a run: how status and cancel find them
+RUN_ENV = contract.RUN_DIR_ENV  # <run dir>, on every process of a run: how status and cancel find them
 RECENT_SECONDS = 24 * 3600      # `list` without --all hides runs that finished before this
 
 
