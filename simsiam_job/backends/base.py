@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import signal
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -183,6 +185,25 @@ def restartable(code: int | None) -> bool:
     """A rank's end that a whole-group restart may cure: a lost peer, a signal (SIGKILL, OOM
     killer, a lost launcher), a SIGTERM preemption. Everything else fails the job."""
     return code is not None and (code < 0 or code in (contract.EXIT_PEER_LOST, contract.EXIT_PREEMPTED))
+
+
+def creatable_dir(path: Path, what: str) -> None:
+    """UsageError unless ``path`` is a directory this user may write into, or one that can be made
+    (its nearest existing folder is a directory this user may write): what submit will need, checked
+    by dry runs too."""
+    existing = path
+    while True:
+        try:
+            st = existing.stat()
+            break
+        except FileNotFoundError:
+            existing = existing.parent
+        except OSError as err:          # a file on the way (ENOTDIR), a symlink loop, no permission
+            raise UsageError(f"{what} {path}: {err.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{what} {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {path}: you may not write into {existing}")
 
 
 T = TypeVar("T")
