@@ -207,6 +207,11 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
     name = validate_name(req.name) if req.name is not None else generated_name(phase)
     overrides = list(req.overrides)
     data = req.data or defaults.top_level_default("data", user, environ)
+    if phase is Phase.SMOKE:    # synthetic images: a default data location does not apply, a given one is a mistake
+        if req.data is not None:
+            raise UsageError(f"--data {req.data}: the smoke phase trains on synthetic images and reads no "
+                             "data set; leave --data out")
+        data = None
     # A backend's default data location (Kubernetes' data_pvc) sets the roots as --data does.
     _check_overrides(overrides, data or getattr(options, "data_pvc", None) or None)
 
@@ -220,12 +225,17 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
         pretrained = _pretrained_path(ref, source, check_from)
         overrides.append("Global.pretrained_model=" + json.dumps(pretrained))
 
-    from trainer.config import ConfigError, dump, load_config, shipped_config
+    from trainer.config import (LARGEST_DEVICE_MEMORY, LARGEST_HOST_MEMORY, ConfigError, check_memory, dump,
+                                load_config, shipped_config)
 
     try:
         default = (gpus == 0 and CPU_DEFAULT_CONFIGS.get(phase)) or DEFAULT_CONFIGS[phase]
         config_path = req.config if req.config is not None else str(shipped_config(default))
         config = load_config(config_path, overrides)
+        # Where the job runs is not known here: its batches must fit the largest machine (the
+        # trainer checks its own machine when it starts).
+        check_memory(config, host_memory=LARGEST_HOST_MEMORY, device_memory=LARGEST_DEVICE_MEMORY if gpus else None,
+                     processes=gpus or req.procs, machine="the largest machine a job may run on")
     except ConfigError as err:
         raise UsageError(f"config: {err}") from None
     task = config["Global"]["task_type"]
