@@ -234,8 +234,9 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
         config = load_config(config_path, overrides)
         # Where the job runs is not known here: its batches must fit the largest machine (the
         # trainer checks its own machine when it starts).
-        check_memory(config, host_memory=LARGEST_HOST_MEMORY, device_memory=LARGEST_DEVICE_MEMORY if gpus else None,
-                     processes=gpus or req.procs, machine="the largest machine a job may run on")
+        check_memory(config, host_memory=LARGEST_HOST_MEMORY, processes=gpus or req.procs,
+                     device_memory=LARGEST_DEVICE_MEMORY if gpus else None,
+                     machine="the largest machine a job may run on")
     except ConfigError as err:
         raise UsageError(f"config: {err}") from None
     task = config["Global"]["task_type"]

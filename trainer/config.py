@@ -540,16 +540,28 @@ def check_memory(cfg: Mapping, *, host_memory: int, device_memory: int | None, p
 
 
 def machine_memory() -> int:
-    """Bytes of memory this process may use: the machine's, or its cgroup's limit if lower (in a
-    container, the pod's memory limit)."""
+    """Bytes of memory this process may use: the machine's, or the lowest limit of the cgroups it
+    runs in (a pod's memory limit, a Slurm job's --mem; cgroup v2 or v1's memory controller)."""
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(limit).read_text().strip()
-        except OSError:
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return memory
+    for line in lines:          # "0::/path" (v2), "4:memory:/path" (v1)
+        _, controllers, own = line.split(":", 2)
+        if controllers not in ("", "memory"):
             continue
-        if text.isdigit():
-            memory = min(memory, int(text))
+        root = Path("/sys/fs/cgroup", "memory" if controllers else "")
+        name = "memory.limit_in_bytes" if controllers else "memory.max"
+        for group in (root / own.strip("/"), *(root / own.strip("/")).parents):
+            try:
+                limit = (group / name).read_text().strip()
+            except OSError:
+                limit = ""
+            if limit.isdigit():
+                memory = min(memory, int(limit))
+            if group == root:
+                break
     return memory
 
 

@@ -58,8 +58,9 @@ def _read_torch_state(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], d
         if found is None:
             raise ConvertError(f"{path} is not a PyTorch checkpoint (it does not unpickle as tensors and "
                                "plain values)") from None
-        raise ConvertError(f"{path} holds Python objects ({found.group(1)}) besides tensors and plain values; "
-                           "they are not loaded, since loading them could run code (save the state_dict alone)") from None
+        raise ConvertError(f"{path} holds Python objects ({found.group(1)}) besides tensors and plain "
+                           "values; they are not loaded, since loading them could run code (save the "
+                           "state_dict alone)") from None
     except Exception as e:
         raise ConvertError(f"{path} is not a PyTorch checkpoint: {type(e).__name__}: {e}".splitlines()[0]) from None
     if not isinstance(loaded, dict):

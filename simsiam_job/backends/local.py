@@ -399,7 +399,7 @@ def _image_folder(path: Path, data: str) -> None:
     except FileNotFoundError:
         raise UsageError(f"--data {data}: no {path.name}/ folder in {path.parent} ({layout})") from None
     except OSError as err:
-        raise UsageError(f"--data {data}: {path}: {err.strerror} ({layout})") from None
+        raise UsageError(f"--data {data}: {err.filename or path}: {err.strerror} ({layout})") from None
     if not classes:
         raise UsageError(f"--data {data}: {path} has no class folders ({layout})")
 

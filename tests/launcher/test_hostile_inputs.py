@@ -373,7 +373,8 @@ def test_dry_run_refuses_what_submit_refuses(user_env, tmp_path, case):
     args = make_args(tmp_path)
     before = tree(tmp_path)
     for dry_run in (["--dry-run", "client"], []):
-        proc = run_cli(["submit", "pretrain", *CFG, "--name", "checked", *args, *dry_run], user_env, timeout=TIMEOUT)
+        proc = run_cli(["submit", "pretrain", *CFG, "--name", "checked", *args, *dry_run], user_env,
+                       timeout=TIMEOUT)
         assert_one_line_error(proc, 2, message)
     assert tree(tmp_path) == before     # no run directory, no output folder, no run index entry
 
@@ -419,7 +420,8 @@ RESUME_REFUSALS = {
     "another user's command.json": (lambda d: give_away(d / "command.json"), "belongs to another user"),
     "a run directory others may write": (lambda d: d.chmod(0o777), "other users may write into"),
     "command.json missing": (lambda d: (d / "command.json").unlink(), "No such file or directory"),
-    "command.json a symlink": (lambda d: ((d / "command.json").unlink(), (d / "command.json").symlink_to("/etc/hosts")),
+    "command.json a symlink": (lambda d: ((d / "command.json").unlink(),
+                                          (d / "command.json").symlink_to("/etc/hosts")),
                                "command.json is not a regular file"),
     "command.json not JSON": (lambda d: not_json(d / "command.json"), "command.json is not JSON"),
     "command.json wrongly shaped": (lambda d: (d / "command.json").write_text('{"argv": "rm -rf ~", "env": {}}'),
@@ -570,5 +572,6 @@ def test_converter_refuses_a_checkpoint_with_objects_in_one_line_of_its_own(tmp_
                     "'args': argparse.Namespace(arch='resnet50')}, sys.argv[1])", str(checkpoint)], check=True)
     proc = simsiam_train(["convert", "torch-lincls", checkpoint, out])
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and "holds Python objects (argparse.Namespace)" in lines[0], proc.stderr
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "holds Python objects (argparse.Namespace)" in lines[0]
     assert "weights_only" not in proc.stderr and not out.exists()
