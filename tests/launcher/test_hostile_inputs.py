@@ -523,8 +523,11 @@ def test_api_server_answers_that_are_no_kubernetes_object(user_env, odd_api_serv
 def simsiam_train(args, *, as_user_without_privileges=False):
     """``simsiam-train ARGS``; as root, optionally without the capabilities that let root read any
     file (then permissions bind it as they bind any user)."""
-    prefix = (["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
-              if as_user_without_privileges and os.geteuid() == 0 else [])
+    prefix = []
+    if as_user_without_privileges and os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            unavailable("setpriv (util-linux) is needed to drop root's file-access capabilities")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
     return subprocess.run([*prefix, sys.executable, "-m", "trainer.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=120, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
