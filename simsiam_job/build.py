@@ -24,7 +24,7 @@ from simsiam_job.errors import UsageError
 from simsiam_job.locate import located_options
 from simsiam_job.spec import JobSpec, Phase, validate_name
 from simsiam_job.validate import DNS1123_SUBDOMAIN
-from trainer.contract import PHASE_TASKS
+from trainer.contract import PHASE_TASKS, reserved_env
 
 # The shipped recipe each phase runs when no -c is given (trainer/configs/).
 DEFAULT_CONFIGS = {
@@ -122,10 +122,17 @@ def _env_pairs(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
         name, sep, value = item.partition("=")
         if not sep or not _ENV_NAME.match(name):
             raise UsageError(f"malformed --env {item!r}: expected NAME=VALUE with NAME a valid variable name")
+        _not_reserved("--env", name)
         if "\0" in value:
             raise UsageError(f"--env {name}: the value contains a NUL byte")
         pairs.append((name, value))
     return tuple(pairs)
+
+
+def _not_reserved(flag: str, name: str) -> None:
+    if reserved_env(name):
+        raise UsageError(f"{flag} {name}: {name} is set by simsiam-job, paddle's launcher or the cluster "
+                         "for every trainer process and cannot be given (reserved names: docs/launcher.md)")
 
 
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
@@ -140,6 +147,7 @@ def _env_secrets(items: Sequence[str], backend: str, env_names: set[str]) -> tup
         if not sep or not _ENV_NAME.match(name) or not ref:
             raise UsageError(f"malformed --env-secret {item!r}: expected NAME=SECRET/KEY (kubernetes) "
                              "or NAME=FILE (slurm, local)")
+        _not_reserved("--env-secret", name)
         if name in env_names or name in (n for n, _ in pairs):
             raise UsageError(f"--env-secret {name}: {name} is set twice (by --env or --env-secret)")
         pairs.append((name, _secret_key_ref(name, ref) if backend == "kubernetes" else _secret_file(name, ref)))
@@ -199,6 +207,11 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
     name = validate_name(req.name) if req.name is not None else generated_name(phase)
     overrides = list(req.overrides)
     data = req.data or defaults.top_level_default("data", user, environ)
+    if phase is Phase.SMOKE:    # synthetic images: a default data location does not apply, a given one is a mistake
+        if req.data is not None:
+            raise UsageError(f"--data {req.data}: the smoke phase trains on synthetic images and reads no "
+                             "data set; leave --data out")
+        data = None
     # A backend's default data location (Kubernetes' data_pvc) sets the roots as --data does.
     _check_overrides(overrides, data or getattr(options, "data_pvc", None) or None)
 
@@ -212,12 +225,18 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
         pretrained = _pretrained_path(ref, source, check_from)
         overrides.append("Global.pretrained_model=" + json.dumps(pretrained))
 
-    from trainer.config import ConfigError, dump, load_config, shipped_config
+    from trainer.config import (LARGEST_DEVICE_MEMORY, LARGEST_HOST_MEMORY, ConfigError, check_memory, dump,
+                                load_config, shipped_config)
 
     try:
         default = (gpus == 0 and CPU_DEFAULT_CONFIGS.get(phase)) or DEFAULT_CONFIGS[phase]
         config_path = req.config if req.config is not None else str(shipped_config(default))
         config = load_config(config_path, overrides)
+        # Where the job runs is not known here: its batches must fit the largest machine (the
+        # trainer checks its own machine when it starts).
+        check_memory(config, host_memory=LARGEST_HOST_MEMORY, processes=gpus or req.procs,
+                     device_memory=LARGEST_DEVICE_MEMORY if gpus else None,
+                     machine="the largest machine a job may run on")
     except ConfigError as err:
         raise UsageError(f"config: {err}") from None
     task = config["Global"]["task_type"]

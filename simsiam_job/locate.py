@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,23 @@ def _index_file(run_id: str, environ: Mapping[str, str]) -> Path | None:
     return _index_dir(environ) / run_id
 
 
+def _recorded_runs_dir(entry: Path) -> str | None:
+    """The runs directory an index entry records; None if it cannot be read. An entry that is not
+    what submit writes (one absolute path, UTF-8) is skipped with a warning: one damaged file must
+    not hide or break the other runs."""
+    try:
+        runs_dir = entry.read_bytes().decode().strip()
+    except OSError:
+        return None
+    except UnicodeDecodeError:
+        runs_dir = ""
+    if not runs_dir.startswith("/") or any(c in runs_dir for c in "\0\n"):
+        print(f"warning: run index entry {entry} does not hold a runs directory; ignored "
+              "(delete it to silence this)", file=sys.stderr)
+        return None
+    return runs_dir
+
+
 def remember(ref: JobRef, runs_dir: str | os.PathLike, environ: Mapping[str, str] = os.environ) -> None:
     """Record where local run ``ref`` lives (best effort: the run itself exists already)."""
     path = _index_file(ref.id, environ)
@@ -51,10 +69,7 @@ def located_options(ref: JobRef, options: Any, environ: Mapping[str, str] = os.e
     path = _index_file(ref.id, environ)
     if ref.backend != "local" or path is None:
         return options
-    try:
-        runs_dir = path.read_text().strip()
-    except OSError:
-        return options
+    runs_dir = _recorded_runs_dir(path)
     if runs_dir and (Path(runs_dir) / ref.id / "spec.json").is_file():
         return dataclasses.replace(options, runs_dir=runs_dir)
     return options
@@ -76,11 +91,10 @@ def runs_elsewhere(options: Any, *, all_jobs: bool, environ: Mapping[str, str] =
     except OSError:
         return []
     for entry in entries:
-        try:
-            runs_dir = entry.read_text().strip()
-        except OSError:
+        if not DNS1123_LABEL.match(entry.name):  # submit's own temporary files, strays
             continue
-        if runs_dir and Path(runs_dir) != default and DNS1123_LABEL.match(entry.name):
+        runs_dir = _recorded_runs_dir(entry)
+        if runs_dir and Path(runs_dir) != default:
             by_dir.setdefault(runs_dir, set()).add(entry.name)
     rows = []
     for runs_dir, run_ids in by_dir.items():

@@ -18,7 +18,8 @@ LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 # A Kubernetes quantity: a decimal number and an optional binary (Ki..Ei), decimal (m, k..E) or
 # exponent suffix, e.g. 16Gi, 500m, 2, 1.5G, 1e9.
 _QUANTITY = re.compile(r"^(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)(?P<suffix>[KMGTPE]i|[mkMGTPE]|[eE][-+]?[0-9]+)?$")
-MAX_QUANTITY = 2**63 - 1    # what Kubernetes stores (an int64)
+INT64_MAX = 2**63 - 1
+MAX_QUANTITY = INT64_MAX    # what Kubernetes stores (an int64)
 _SUFFIX = {"": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
            "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 
@@ -76,6 +77,9 @@ def at_least_zero(name: str, value: int | float, most: int | float = float("inf"
 
 
 INT32_MAX = 2**31 - 1    # Kubernetes counts such as a Job's backoffLimit are int32
+# Whole-group restarts of one attempt, on every backend: a group that failed this often will not
+# recover by itself (and the Slurm script counts in shell arithmetic).
+MAX_GROUP_RESTARTS = 1000
 
 
 DEFAULT_SHM = "16Gi"

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 
 from trainer import lock, outcome, watchdog
-from trainer.config import ConfigError, load_config
+from trainer.config import LARGEST_DEVICE_MEMORY, ConfigError, check_memory, load_config, machine_memory
 from trainer.contract import (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_DONE, EXIT_ERROR, EXIT_PREEMPTED,
                               PHASE_TASKS)
 
@@ -114,6 +115,9 @@ def _config_command(argv: list[str], prog: str, description: str, target: str | 
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.override)
+        check_memory(cfg, host_memory=machine_memory(), machine="this machine",
+                     device_memory=None if cfg["Global"]["device"] == "cpu" else LARGEST_DEVICE_MEMORY,
+                     processes=int(os.environ.get("PADDLE_LOCAL_SIZE", "1")))   # ranks on this machine
         return run(cfg, target)
     except ConfigError as e:
         return _fail(str(e))

@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -82,6 +84,11 @@ def _number(value, pattern: re.Pattern, kind: type):
     return value
 
 
+def _underflows(text: str, number: float) -> bool:
+    """A literal such as 1e-400 that is not zero but that a float reads as 0.0."""
+    return number == 0 and re.search(r"[1-9]", re.split(r"[eE]", text)[0]) is not None
+
+
 def _int(lo: int | None = None, hi: int | None = None) -> Check:
     def check(value, path):
         number = _number(value, _INT_TEXT, int)
@@ -98,6 +105,8 @@ def _float(lo: float | None = None, hi: float | None = None) -> Check:
         number = _number(value, _FLOAT_TEXT, float)
         if number is None:
             raise _bad(path, value, _range("a number", lo, hi))
+        if isinstance(value, str) and _underflows(value, number):
+            raise _bad(path, value, "a number a float can hold: this one would be read as 0.0")
         try:
             number = float(number)
         except OverflowError:       # an integer too large for a float
@@ -143,10 +152,27 @@ def _list_of(check: Check, length: int | None = None) -> Check:
     return wrapped
 
 
+# ---------------------------------------------------------------------------------------------
+# Upper bounds of sizes and counts: what one machine can hold (docs/trainer.md, "Bounds"). Each
+# value has a fixed ceiling here; check_memory() then bounds the batch as a whole, at render time
+# against the largest machine and at start against the machine the trainer runs on.
+
+LARGEST_HOST_MEMORY = 4 << 40       # bytes: twice the memory of today's largest 8-GPU servers
+LARGEST_DEVICE_MEMORY = 192 << 30   # bytes: the largest GPU's memory (192 GB)
+MAX_IMAGE_SIDE = 65535              # pixels: JPEG's limit; no image file is larger
+MAX_BATCH = 1 << 20                 # per rank: 2^20 two-view 32x32 images are 6 GiB of pixels alone
+MAX_PROCESSES = 1024                # loader workers, CPU threads per rank: more than any machine's cores
+MAX_FEATURE_DIM = 1 << 16           # Model.dim, pred_dim: a 65536^2 float32 layer, its gradient and
+                                    # momentum are 48 GiB
+MAX_CLASSES = 1 << 20               # a 2048 x 2^20 float32 classifier is 8 GiB
+MAX_WIDTH = 1024                    # ResNet width: 16x the standard 64, ~3e9 parameters (a ResNet-18)
+MAX_EPOCHS = 1_000_000
+
+
 def _size(value, path):
     if isinstance(value, (list, tuple)):
-        return _list_of(_int(1), 2)(value, path)
-    return _int(1)(value, path)
+        return _list_of(_int(1, MAX_IMAGE_SIDE), 2)(value, path)
+    return _int(1, MAX_IMAGE_SIDE)(value, path)
 
 
 class Section:
@@ -239,7 +265,7 @@ _SIMPLE_OPS: dict[str, Section] = {
     "CenterCrop": Section({"size": _size}),
     # PASSL's classification-style op names (its linear-probe configs use them).
     "DecodeImage": Section({"to_rgb": _bool, "channel_first": _bool, "to_np": _bool}),
-    "ResizeImage": Section({"size": _size, "resize_short": _int(1),
+    "ResizeImage": Section({"size": _size, "resize_short": _int(1, MAX_IMAGE_SIDE),
                             "interpolation": _str(*INTERPOLATIONS), "backend": _str("cv2", "pil")}),
     "CenterCropImage": Section({"size": _size}),
     "RandCropImage": Section({"size": _size, "scale": _list_of(_float(0, 1), 2),
@@ -283,20 +309,20 @@ _dataset = Section({
     "max_bad_fraction": _float(0, 1),
     "delimiter": _str(),                        # PASSL, unused
     "multi_label": _bool,                       # PASSL, unused
-    "class_num": _int(1),                       # PASSL, unused
+    "class_num": _int(1, MAX_CLASSES),          # PASSL, unused
 }, required=("name",))
 
 _sampler = Section({
     "name": _str("DistributedBatchSampler", "BatchSampler"),
-    "batch_size": _int(1),
+    "batch_size": _int(1, MAX_BATCH),
     "drop_last": _bool,
     "shuffle": _bool,
 }, required=("batch_size",))
 
 _loader = Section({
-    "num_workers": _int(0),
+    "num_workers": _int(0, MAX_PROCESSES),
     "use_shared_memory": _bool,
-    "prefetch_factor": _int(1),
+    "prefetch_factor": _int(1, MAX_PROCESSES),
     "collate_fn": _any,                         # PASSL, unused
 })
 
@@ -365,12 +391,12 @@ SCHEMA = Section({
         "eval_interval": _int(1),
         "eval_unit": _str("epoch", "step"),
         "accum_steps": _int(1),
-        "epochs": _int(1),
+        "epochs": _int(1, MAX_EPOCHS),
         "max_train_step": _optional(_int(1)),  # stop after this many global steps (smoke runs)
         "print_batch_step": _int(1),
         "use_visualdl": _bool,
         "seed": _optional(_int(0)),
-        "num_threads": _optional(_int(1)),     # ours: CPU threads; None = from cores available
+        "num_threads": _optional(_int(1, MAX_PROCESSES)),  # ours: CPU threads; None = from cores available
         "collapse_warn_fraction": _float(0, 1),  # ours: warn when z_std < this x 1/sqrt(dim) ...
         "collapse_patience": _int(1),            # ... for this many consecutive logs
         "image_shape": _list_of(_int(1)),       # PASSL, unused
@@ -406,10 +432,10 @@ SCHEMA = Section({
     }),
     "Model": Section({
         "name": _model_name,
-        "class_num": _int(1),
-        "dim": _int(1),
-        "pred_dim": _int(1),
-        "width": _int(1),
+        "class_num": _int(1, MAX_CLASSES),
+        "dim": _int(1, MAX_FEATURE_DIM),
+        "pred_dim": _int(1, MAX_FEATURE_DIM),
+        "width": _int(1, MAX_WIDTH),
         "pretrained": _optional(_str()),
         "zero_init_residual": _bool,
     }, required=("name",)),
@@ -439,6 +465,104 @@ def validate(cfg: Mapping) -> dict:
     if out["Global"]["task_type"] == "ContrastiveLearning" and "Train" not in out["DataLoader"]:
         raise ConfigError("missing required section 'DataLoader.Train'")
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The batch as a whole against a machine's memory: lower bounds only (what cannot fit never will)
+
+_SIZED_OPS = ("RandomResizedCrop", "RandCropImage", "CenterCrop", "CenterCropImage", "Resize", "ResizeImage")
+
+
+def _view_pixels(ops: list) -> int | None:
+    """Pixels of one view at least: the last op that sets a size decides (a Resize to one number
+    sets the shorter side, so the view has at least size x size); None when no op sets one."""
+    pixels = None
+    for entry in ops:
+        (name, params), = entry.items()
+        params = params or {}
+        size = params.get("resize_short") or params.get("size") if name in _SIZED_OPS else None
+        if size is not None:
+            pixels = size * size if isinstance(size, int) else size[0] * size[1]
+    return pixels
+
+
+def _sample_pixels(ops: list) -> int | None:
+    """Pixels of all the views one image gives, at least (None when a view's size is unknown)."""
+    for entry in ops:
+        (name, params), = entry.items()
+        if name == "TwoViewsTransform":
+            views = [_view_pixels(params["base_transform1"]), _view_pixels(params["base_transform2"])]
+            return None if None in views else sum(views)
+    return _view_pixels(ops)
+
+
+def _first_layer_bytes(model: Mapping) -> float:
+    """Per input pixel, the first convolution's float32 output alone (what any forward pass holds):
+    `width` channels at the stem's stride, 2 in ImageNet ResNets, 1 in the CIFAR one."""
+    name = model["name"]
+    if name.startswith("pixels"):
+        return 4.0                          # the pixels themselves, as float32
+    return model.get("width", 64) * 4 / (1 if "cifar" in name else 4)
+
+
+def check_memory(cfg: Mapping, *, host_memory: int, device_memory: int | None, processes: int,
+                 machine: str) -> None:
+    """ConfigError unless the batches fit `machine`: each of the `processes` ranks on it holds its
+    loaders' batch buffers (num_workers x prefetch_factor + 1 uint8 batches, one without workers)
+    in host memory, and its model's first-layer output for the largest batch on the device
+    (`device_memory` None: in host memory too, as on CPUs)."""
+    host, device, largest = 0, 0.0, ""
+    for split, section in cfg["DataLoader"].items():
+        dataset = section["dataset"]
+        pixels = _sample_pixels(dataset.get("transform") or dataset.get("transform_ops") or [])
+        if pixels is None:
+            continue
+        batch = section["sampler"]["batch_size"]
+        loader = section.get("loader") or {}
+        workers = loader.get("num_workers", 0)
+        buffers = workers * loader.get("prefetch_factor", 2) + 1 if workers else 1
+        host += buffers * batch * pixels * 3
+        layer = batch * pixels * _first_layer_bytes(cfg["Model"])
+        if layer > device:
+            device, largest = layer, f"DataLoader.{split}'s batch of {batch} x {pixels:,} pixels"
+    gib = 1 << 30
+    if device_memory is not None and device > device_memory:
+        raise ConfigError(f"{largest} needs at least {device / gib:,.1f} GiB of GPU memory for the model's "
+                          f"first layer alone, and a GPU has at most {device_memory / gib:,.0f} GiB; lower the "
+                          "batch size or the image size (docs/trainer.md, Bounds)")
+    if device_memory is None:
+        host += device
+    if host * processes > host_memory:
+        raise ConfigError(f"the data loaders' batches{' and the model' if device_memory is None else ''} "
+                          f"need at least {host * processes / gib:,.1f} GiB of memory for {processes} "
+                          f"process(es), and {machine} has {host_memory / gib:,.1f} GiB; lower the batch "
+                          "size, the image size or loader.num_workers (docs/trainer.md, Bounds)")
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the machine's, or the lowest limit of the cgroups it
+    runs in (a pod's memory limit, a Slurm job's --mem; cgroup v2 or v1's memory controller)."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return memory
+    for line in lines:          # "0::/path" (v2), "4:memory:/path" (v1)
+        _, controllers, own = line.split(":", 2)
+        if controllers not in ("", "memory"):
+            continue
+        root = Path("/sys/fs/cgroup", "memory" if controllers else "")
+        name = "memory.limit_in_bytes" if controllers else "memory.max"
+        for group in (root / own.strip("/"), *(root / own.strip("/")).parents):
+            try:
+                limit = (group / name).read_text().strip()
+            except OSError:
+                limit = ""
+            if limit.isdigit():
+                memory = min(memory, int(limit))
+            if group == root:
+                break
+    return memory
 
 
 def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
@@ -498,6 +622,17 @@ class _BudgetLoader(yaml.SafeLoader):
         node = super().compose_document()
         _check_expansion(node)
         return node
+
+
+def _construct_float(loader, node):
+    number = yaml.SafeLoader.construct_yaml_float(loader, node)
+    if _underflows(node.value, number):
+        raise ConfigError(f"{node.value} (line {node.start_mark.line + 1}) is too small for a float: it "
+                          "would be read as 0.0")
+    return number
+
+
+_BudgetLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 
 
 def _check_expansion(root) -> None:
@@ -564,9 +699,11 @@ def read_yaml(path: str | Path) -> Any:
     """A YAML file through safe_load; ConfigError when it is missing, too large or unreadable."""
     path = Path(path)
     try:
-        if not path.exists():
-            raise ConfigError(f"config file not found: {path}")
-        if not path.is_file():
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        if not stat.S_ISREG(mode):
             raise ConfigError(f"{path} is not a regular file")
         with open(path, "rb") as f:
             data = f.read(MAX_YAML_BYTES + 1)   # /proc files and growing files have no honest size

@@ -347,3 +347,24 @@ if __name__ == "__main__":
     if sys.argv[1:2] != ["decide"]:
         sys.exit("usage: python -m trainer.contract decide --outcomes DIR --restarts N --bound N")
     sys.exit(_decide_main(sys.argv[2:]))
+
+# ---- environment names that are not the user's to set (--env, --env-secret refuse them) -----------
+# Each one is set by a backend, by paddle's launcher, by Kubernetes or by Slurm for every trainer
+# process: a user's value would replace a run's identity (the lock's job, a local run's processes),
+# its rank, its restart bound, or where its programs are found.
+RUN_DIR_ENV = "SIMSIAM_JOB_RUN_DIR"     # local: <run dir>, how status and cancel find its processes
+RESERVED_ENV = frozenset({
+    JOB_ENV, JOB_ID_ENV, ATTEMPT_ENV, GROUP_RESTARTS_ENV, RUN_DIR_ENV, OUTCOME_DIR_ENV,
+    "PATH",                  # local: the interpreter's bin directory first; elsewhere the image's or venv's
+    "PYTHONUNBUFFERED",      # logs reach the follower at once
+    "POD_IP",                # Kubernetes: the pod's address (paddle's launcher also reads it as --host)
+    "JOB_COMPLETION_INDEX",  # Kubernetes: the node rank of an Indexed Job's pod
+    "MASTER_ADDR", "MASTER_PORT",   # Slurm: rank 0's rendezvous address, set by the batch script
+})
+# paddle's launcher reads PADDLE_* as its own settings (over the command line we give it: nnodes,
+# master, rank, ...) and sets them for each trainer; Slurm sets SLURM_* for the job and its steps.
+RESERVED_ENV_PREFIXES = ("PADDLE_", "SLURM_")
+
+
+def reserved_env(name: str) -> bool:
+    return name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES)

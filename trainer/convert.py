@@ -19,6 +19,8 @@ torch is imported only here, inside the functions (optional extra: pip install '
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 
@@ -50,6 +52,15 @@ def _read_torch_state(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], d
         raise ConvertError(f"checkpoint not found: {path}")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's own text advises loading with weights_only=False, which would run the file's code
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if found is None:
+            raise ConvertError(f"{path} is not a PyTorch checkpoint (it does not unpickle as tensors and "
+                               "plain values)") from None
+        raise ConvertError(f"{path} holds Python objects ({found.group(1)}) besides tensors and plain "
+                           "values; they are not loaded, since loading them could run code (save the "
+                           "state_dict alone)") from None
     except Exception as e:
         raise ConvertError(f"{path} is not a PyTorch checkpoint: {type(e).__name__}: {e}".splitlines()[0]) from None
     if not isinstance(loaded, dict):

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -158,6 +160,25 @@ def option(default: Any, help: str) -> Any:
 
 GROUP_RESTARTS_HELP = ("whole-group restarts after a crash or a lost rank before the job fails; "
                        "preemptions are not counted; exit 2 (bad input) and 3 (diverged) never restart")
+
+
+def creatable_dir(path: Path, what: str) -> None:
+    """UsageError unless ``path`` is a directory this user may write into, or one that can be made
+    (its nearest existing folder is a directory this user may write): what submit will need, checked
+    by dry runs too."""
+    existing = path
+    while True:
+        try:
+            st = existing.stat()
+            break
+        except FileNotFoundError:
+            existing = existing.parent
+        except OSError as err:          # a file on the way (ENOTDIR), a symlink loop, no permission
+            raise UsageError(f"{what} {path}: {err.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{what} {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {path}: you may not write into {existing}")
 
 
 T = TypeVar("T")

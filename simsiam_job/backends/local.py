@@ -28,26 +28,29 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shlex
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from simsiam_job import validate
 from simsiam_job.backends.base import (
     GROUP_RESTARTS_HELP, BaseBackend, FileLines, JobRef, JobStatus, JobSummary, NodeStatus, Rendered,
-    State, follow_lines, option, poll,
+    State, creatable_dir, follow_lines, option, poll,
 )
 from simsiam_job.command import launch_args, trainer_args
 from simsiam_job.errors import BackendError, NotFoundError, UsageError
 from simsiam_job.spec import JobSpec, Phase
 from trainer import contract
 
-RUN_ENV = "SIMSIAM_JOB_RUN_DIR"  # <run dir>, on every process of a run: how status and cancel find them
+RUN_ENV = contract.RUN_DIR_ENV  # <run dir>, on every process of a run: how status and cancel find them
 OUTCOMES = "outcomes"           # <run dir>/outcomes/<start>/: each rank's outcome (trainer.contract)
 RECENT_SECONDS = 24 * 3600      # `list` without --all hides runs that finished before this
 
@@ -61,8 +64,8 @@ class Options:
     group_restarts: int = option(3, GROUP_RESTARTS_HELP)
 
     def __post_init__(self) -> None:
-        if self.group_restarts < 0:
-            raise UsageError(f"local option group_restarts must be >= 0, got {self.group_restarts}")
+        validate.at_least_zero("group_restarts", self.group_restarts, validate.MAX_GROUP_RESTARTS)
+        validate.at_least_zero("grace_seconds", self.grace_seconds)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -72,10 +75,20 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _read_json(path: Path) -> dict | None:
+    """A record of the run; None when it is missing or is not a JSON object."""
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
+
+
+def _number(record: dict, key: str, default: int) -> float:
+    """A count (int) or a time (float) in a record; ``default`` when it is missing or not a number."""
+    value = record.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return default
+    return value
 
 
 def _alive(pid: int, run_dir: Path) -> bool:
@@ -101,13 +114,20 @@ class LocalBackend(BaseBackend):
     @property
     def runs_dir(self) -> Path:
         if self.options.runs_dir:
-            return Path(self.options.runs_dir).expanduser().absolute()
-        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-        return Path(base) / "simsiam-job" / "runs"
+            path = Path(self.options.runs_dir).expanduser().absolute()
+        else:
+            base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+            path = Path(base) / "simsiam-job" / "runs"
+        try:
+            str(path).encode()      # the run's records, its processes' marker and the index are text
+        except UnicodeEncodeError:
+            raise UsageError(f"runs directory {str(path)!r} is not UTF-8 text: choose another "
+                             "(--set runs_dir=DIR, or XDG_DATA_HOME)") from None
+        return path
 
     def _run_dir(self, ref: JobRef) -> Path:
         run_dir = self.runs_dir / ref.id
-        if "/" in ref.id or ref.id in ("", ".", "..") or not (run_dir / "spec.json").is_file():
+        if not validate.DNS1123_LABEL.match(ref.id) or not (run_dir / "spec.json").is_file():
             raise NotFoundError(f"no local run {ref.id!r} in {self.runs_dir} (see: simsiam-job list)")
         return run_dir
 
@@ -157,13 +177,12 @@ class LocalBackend(BaseBackend):
     def send(self, spec: JobSpec, rendered: Rendered, dry_run: str | None) -> JobRef:
         payload = rendered.payload
         ref = JobRef(self.name, spec.name)
+        # Everything submit needs on this machine, checked before a dry run returns too.
         data_dir = payload["data_dir"]
         if data_dir is not None:
             needed = ["train"] + (["val"] if spec.phase is Phase.LINEAR_PROBE else [])
             for sub in needed:
-                if not Path(data_dir, sub).is_dir():
-                    raise UsageError(f"--data {spec.data}: no {sub}/ folder in {data_dir} "
-                                     "(expected an ImageFolder: <data>/train/<class>/<image>)")
+                _image_folder(Path(data_dir, sub), spec.data)
         pretrained = spec.config["Global"].get("pretrained_model")
         if spec.phase is Phase.LINEAR_PROBE and pretrained and not Path(pretrained).is_file():
             raise UsageError(f"pretrained encoder not found: {pretrained}")
@@ -171,6 +190,12 @@ class LocalBackend(BaseBackend):
         if run_dir.exists():
             raise UsageError(f"a local run named {spec.name!r} exists already ({run_dir}); choose "
                              f"another --name (or continue it: simsiam-job resume {ref})")
+        creatable_dir(run_dir.parent, "runs directory")
+        if spec.output:
+            creatable_dir(Path(payload["output_dir"]), "--output")
+        python = payload["argv"][0]
+        if not os.path.isfile(python) or not os.access(python, os.X_OK):
+            raise UsageError(f"local option python={python}: not an executable file")
         if dry_run:
             return ref
         # Private: paddle's launcher copies its environment (--env, --env-secret values) into logs/.
@@ -194,7 +219,8 @@ class LocalBackend(BaseBackend):
         run_dir = self._run_dir(ref)
         spec = _read_json(run_dir / "spec.json") or {}
         state, reason, exit_code = self._state(run_dir)
-        output_dir = spec.get("output_dir", str(run_dir / "output"))
+        output_dir = spec.get("output_dir")
+        output_dir = output_dir if isinstance(output_dir, str) else str(run_dir / "output")
         restarts = _group_restarts(run_dir)
         detail = {"run_dir": str(run_dir), "output_dir": output_dir, "exit_code": exit_code,
                   "group_restarts": restarts, "preemptions": _group_restarts(run_dir, "preemptions"),
@@ -203,7 +229,7 @@ class LocalBackend(BaseBackend):
                           exit_code=exit_code, restarts=restarts)
         return JobStatus(ref=ref, state=state, reason=reason, nodes=(node,), detail=detail,
                          progress=contract.read_last_step(Path(output_dir) / contract.METRICS),
-                         output=output_dir, attempt=int(spec.get("attempt", 1)))
+                         output=output_dir, attempt=int(_number(spec, "attempt", 1)))
 
     def _state(self, run_dir: Path) -> tuple[State, str | None, int | None]:
         cancelled = (run_dir / "cancelled").exists()
@@ -231,10 +257,11 @@ class LocalBackend(BaseBackend):
                 return State.PENDING, "starting the trainer processes", None
             restarting = _read_json(run_dir / "restarts.json")
             if restarting:
-                preempted = int(restarting.get("preemptions", 0))
-                return State.RUNNING, (f"group restart {restarting['restarts']} of at most {restarting['bound']}"
+                preempted = int(_number(restarting, "preemptions", 0))
+                return State.RUNNING, (f"group restart {restarting.get('restarts')} of at most "
+                                       f"{restarting.get('bound')}"
                                        + (f", preempted {_times(preempted)}" if preempted else "")
-                                       + f", after: {restarting['cause']}"), None
+                                       + f", after: {restarting.get('cause')}"), None
             return State.RUNNING, None, None
         if cancelled:
             return State.CANCELLED, "cancelled by the user (its supervisor was gone)", None
@@ -245,7 +272,7 @@ class LocalBackend(BaseBackend):
     def logs(self, ref: JobRef, *, rank: int | None = 0, all_ranks: bool = False,
              follow: bool = False, tail: int | None = None) -> Iterator[str]:
         run_dir = self._run_dir(ref)
-        ranks = int((_read_json(run_dir / "spec.json") or {}).get("ranks", 1))
+        ranks = int(_number(_read_json(run_dir / "spec.json") or {}, "ranks", 1))
         if all_ranks:
             wanted = list(range(ranks))
         else:
@@ -278,8 +305,10 @@ class LocalBackend(BaseBackend):
             return f"{ref} had already finished: {state.value}"
         (run_dir / "cancelled").touch()
         # the grace period the run was submitted with (the supervisor uses it too)
-        options = (_read_json(run_dir / "spec.json") or {}).get("options") or {}
-        self.grace_seconds = float(options.get("grace_seconds", self.grace_seconds))
+        options = (_read_json(run_dir / "spec.json") or {}).get("options")
+        grace = options.get("grace_seconds") if isinstance(options, dict) else None
+        if isinstance(grace, (int, float)) and 0 <= grace < float("inf"):
+            self.grace_seconds = float(grace)
         supervised = _alive(_pid(run_dir) or 0, run_dir)
         processes = _signal_all(run_dir, signal.SIGTERM)
         gone = "" if supervised else " (its supervisor was gone)"
@@ -312,13 +341,16 @@ class LocalBackend(BaseBackend):
 
     def _resume(self, ref: JobRef, status: JobStatus) -> JobRef:
         run_dir = self._run_dir(ref)
+        try:
+            spec = _recorded(run_dir)
+        except ValueError as err:
+            raise UsageError(f"cannot resume {ref}: {err}") from None
         attempt = status.attempt + 1
         history = run_dir / "attempts" / str(status.attempt)
         history.mkdir(parents=True, exist_ok=True)
         for name in ("exit.json", "cancelled", "restarts.json", "pid"):
             if (run_dir / name).exists():
                 os.replace(run_dir / name, history / name)
-        spec = _read_json(run_dir / "spec.json") or {}
         spec.update(attempt=attempt, resumed=time.time())
         _write_atomic(run_dir / "spec.json", json.dumps(spec, indent=2))
         _start_supervisor(run_dir)
@@ -331,23 +363,40 @@ class LocalBackend(BaseBackend):
             return rows
         for run_dir in self.runs_dir.iterdir():
             spec = _read_json(run_dir / "spec.json")
-            if spec is None:
+            if spec is None or not validate.DNS1123_LABEL.match(run_dir.name):  # runs are named by job names
                 continue
             state = self._state(run_dir)[0]
-            finished = (_read_json(run_dir / "exit.json") or {}).get("finished")
+            finished = _number(_read_json(run_dir / "exit.json") or {}, "finished", 0)
             if not all_jobs and state.finished and finished and now - finished > RECENT_SECONDS:
                 continue
-            created = spec.get("created")
+            created = _number(spec, "created", 0)
             rows.append(JobSummary(ref=JobRef(self.name, run_dir.name), name=run_dir.name,
-                                   phase=spec.get("phase", "?"), state=state,
+                                   phase=str(spec.get("phase", "?")), state=state,
                                    age_seconds=(now - created) if created else None,
-                                   attempt=int(spec.get("attempt", 1))))
+                                   attempt=int(_number(spec, "attempt", 1))))
         rows.sort(key=lambda row: row.age_seconds if row.age_seconds is not None else float("inf"))
         return rows
 
     def output_location(self, ref: JobRef) -> str:
-        spec = _read_json(self._run_dir(ref) / "spec.json") or {}
-        return spec["output_dir"]
+        run_dir = self._run_dir(ref)
+        output_dir = (_read_json(run_dir / "spec.json") or {}).get("output_dir")
+        if not isinstance(output_dir, str):
+            raise UsageError(f"{run_dir / 'spec.json'} records no output directory (not a run's record)")
+        return output_dir
+
+
+def _image_folder(path: Path, data: str) -> None:
+    """UsageError unless ``path`` is a folder with at least one class folder (the trainer reads the
+    images themselves)."""
+    layout = "expected an ImageFolder: <data>/train/<class>/<image>"
+    try:
+        classes = [e for e in os.scandir(path) if not e.name.startswith(".") and e.is_dir()]
+    except FileNotFoundError:
+        raise UsageError(f"--data {data}: no {path.name}/ folder in {path.parent} ({layout})") from None
+    except OSError as err:
+        raise UsageError(f"--data {data}: {err.filename or path}: {err.strerror} ({layout})") from None
+    if not classes:
+        raise UsageError(f"--data {data}: {path} has no class folders ({layout})")
 
 
 def _pid(run_dir: Path) -> int | None:
@@ -360,7 +409,7 @@ def _pid(run_dir: Path) -> int | None:
 def _group_restarts(run_dir: Path, key: str = "restarts") -> int:
     """Counted group restarts (or, key "preemptions", uncounted restarts) of the current attempt."""
     record = _read_json(run_dir / "exit.json") or _read_json(run_dir / "restarts.json") or {}
-    return int(record.get(key, 0))
+    return int(_number(record, key, 0))
 
 
 def _times(n: int) -> str:
@@ -402,6 +451,63 @@ def _signal_all(run_dir: Path, sig: int) -> list[int]:
         except ProcessLookupError:
             pass
     return reached
+
+
+def _recorded(run_dir: Path) -> dict:
+    """What resume starts from, checked before anything changes: the run directory and its records
+    are the caller's own and nobody else may write there (resume runs the recorded command as the
+    caller), and both records are what submit wrote. Returns spec.json; ValueError (one line) if not."""
+    for path, is_kind, kind in ((run_dir, stat.S_ISDIR, "a directory"),
+                                (run_dir / "spec.json", stat.S_ISREG, "a regular file"),
+                                (run_dir / "command.json", stat.S_ISREG, "a regular file"),
+                                (run_dir / "logs", stat.S_ISDIR, "a directory")):
+        try:
+            st = path.lstat()       # a symbolic link could lead anywhere: refused as not a file
+        except OSError as err:
+            raise ValueError(f"{path}: {err.strerror}") from None
+        if not is_kind(st.st_mode):
+            raise ValueError(f"{path} is not {kind}")
+        if st.st_uid != os.geteuid():
+            raise ValueError(f"{path} belongs to another user (uid {st.st_uid}); resume would run what "
+                             "it records as you")
+        if path == run_dir and st.st_mode & 0o022:
+            raise ValueError(f"other users may write into {path} (mode {stat.S_IMODE(st.st_mode):04o}); "
+                             "resume would run what it records as you")
+    _read_command(run_dir)
+    path = run_dir / "spec.json"
+    spec = _read_json(path)
+    options = (spec or {}).get("options")
+    if not isinstance(options, dict) or not isinstance(spec.get("attempt"), int):
+        raise ValueError(f"{path} is not the record submit wrote (a JSON object with the attempt and the options)")
+    known = {f.name for f in dataclasses.fields(Options)}
+    try:
+        Options(**{k: v for k, v in options.items() if k in known})   # what the supervisor will read
+    except (TypeError, ValueError, UsageError) as err:
+        raise ValueError(f"{path}: bad options: {err}") from None
+    return spec
+
+
+def _read_command(run_dir: Path) -> dict:
+    """command.json as submit wrote it (argv, env, env_files, path_prefix); ValueError (one line) if not."""
+    path = run_dir / "command.json"
+    try:
+        command = json.loads(path.read_bytes())
+    except OSError as err:
+        raise ValueError(f"{path}: {err.strerror}") from None
+    except ValueError:
+        raise ValueError(f"{path} is not JSON") from None
+
+    def text(value) -> bool:
+        return isinstance(value, str) and "\0" not in value
+
+    def text_map(value) -> bool:
+        return isinstance(value, dict) and all(text(k) and text(v) for k, v in value.items())
+
+    if not (isinstance(command, dict) and isinstance(command.get("argv"), list) and command["argv"]
+            and all(text(a) for a in command["argv"]) and text_map(command.get("env"))
+            and text_map(command.get("env_files", {})) and text(command.get("path_prefix"))):
+        raise ValueError(f"{path} is not the command submit recorded (argv, env, env_files, path_prefix)")
+    return command
 
 
 def _start_supervisor(run_dir: Path) -> None:
@@ -464,21 +570,21 @@ def supervise(run_dir: Path) -> int:
     record how it ended."""
     signal.signal(signal.SIGTERM, lambda *_: None)
     _write_atomic(run_dir / "pid", str(os.getpid()))
-    command = json.loads((run_dir / "command.json").read_text())
     spec = _read_json(run_dir / "spec.json") or {}
     options = spec.get("options") or {}
     bound = int(options.get("group_restarts", 3))
     grace = float(options.get("grace_seconds", 60.0))
-    ranks = int(spec.get("ranks", 1))
-    env = {**os.environ, **command["env"], RUN_ENV: str(run_dir)}
-    env["PATH"] = command["path_prefix"] + os.pathsep + env.get("PATH", "")
+    ranks = int(_number(spec, "ranks", 1))
     restarts = preemptions = 0
     with open(run_dir / "logs" / "launch.log", "ab") as log:
         def say(message: str) -> None:
-            log.write(f"simsiam-job: {message}\n".encode())
+            log.write(f"simsiam-job: {message}\n".encode(errors="backslashreplace"))
             log.flush()
 
         try:
+            command = _read_command(run_dir)    # a bad record is this run's outcome, not a crash
+            env = {**os.environ, **command["env"], RUN_ENV: str(run_dir)}
+            env["PATH"] = command["path_prefix"] + os.pathsep + env.get("PATH", "")
             env.update(_read_secrets(command.get("env_files", {})))
             outcome = None
         except ValueError as err:

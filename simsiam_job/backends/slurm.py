@@ -21,10 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from simsiam_job import command, templates
+from simsiam_job import command, templates, validate
 from simsiam_job.backends.base import (
     GROUP_RESTARTS_HELP, BaseBackend, FileLines, JobRef, JobStatus, JobSummary, NodeStatus, Rendered,
-    State, follow_lines, option,
+    State, creatable_dir, follow_lines, option,
 )
 from simsiam_job.errors import BackendError, NotFoundError, UsageError
 from simsiam_job.spec import JobSpec
@@ -70,6 +70,9 @@ class Options:
                 raise UsageError(f"slurm option {name} must be >= 0, got {getattr(self, name)}")
         if not self.command_timeout > 0:
             raise UsageError(f"slurm option command_timeout must be > 0, got {self.command_timeout}")
+        if self.group_restarts > validate.MAX_GROUP_RESTARTS:
+            raise UsageError(f"slurm option group_restarts must be at most {validate.MAX_GROUP_RESTARTS}, "
+                             f"got {self.group_restarts}")
         if self.port > 65535:
             raise UsageError(f"slurm option port must be at most 65535, got {self.port}")
 
@@ -372,6 +375,12 @@ class SlurmBackend(BaseBackend):
                         payload=script)
 
     def send(self, spec: JobSpec, rendered: Rendered, dry_run: str | None) -> JobRef:
+        job_dir = Path(self.job_dir(spec))      # what submit needs, checked by dry runs too
+        if job_dir.exists():
+            raise UsageError(
+                f"job directory {job_dir} already exists (a job named {spec.name!r} ran before): "
+                "choose another --name, or remove the directory")
+        creatable_dir(job_dir.parent, "slurm option job_root")
         if dry_run == "client":
             return JobRef(self.name, "dry-run")
         if dry_run == "server":
@@ -379,11 +388,6 @@ class SlurmBackend(BaseBackend):
             self._run(["sbatch", "--test-only"], input=rendered.text)
             return JobRef(self.name, "dry-run")
 
-        job_dir = Path(self.job_dir(spec))
-        if job_dir.exists():
-            raise UsageError(
-                f"job directory {job_dir} already exists (a job named {spec.name!r} ran before): "
-                "choose another --name, or remove the directory")
         try:
             # Private: the script holds the --env values, paddle's logs copy the environment.
             job_dir.mkdir(mode=0o700, parents=True)

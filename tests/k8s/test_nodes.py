@@ -34,8 +34,6 @@ TINY = ["-c", CPU_CONFIG, "-o", "Model.width=4", "-o", "Model.dim=16", "-o", "Mo
 ON_REAL_NODES = ["--backend", "kubernetes", "--set", f"namespace={E2E_NAMESPACE}", "--gpus", "0",
                  "--image", IMAGE, "--data", "pvc:data", "--output", "pvc:output",
                  "--set", "cpu=500m", "--set", "memory=3Gi"]
-# The image's PATH, with the test's hooks (on the data claim) first.
-IMAGE_PATH = "/opt/python/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +60,18 @@ def pods(nodes, job) -> list[dict]:
 
 
 def rank_state_hook(nodes) -> list[str]:
-    """``simsiam-train`` that also saves each rank's final parameters (the Slurm tests' hook), first
-    on PATH in the pods. It lives on the data claim, which the pods mount read-only at /data."""
+    """Every rank's ``simsiam-train`` also saves its final parameters (the Slurm tests' hook): a
+    sitecustomize module on PYTHONPATH loads the hook into each simsiam-train process of the pods
+    (PATH is the image's own: --env may not set it). It lives on the data claim, which the pods
+    mount read-only at /data."""
     hooks = Path(nodes["data"]) / "hooks"
-    (hooks / "bin").mkdir(parents=True, exist_ok=True)
+    hooks.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "tests" / "slurm" / "rank_state_train.py", hooks / "rank_state_train.py")
-    script = hooks / "bin" / "simsiam-train"
-    script.write_text('#!/bin/sh\nexec python /data/hooks/rank_state_train.py "$@"\n')
-    script.chmod(0o755)
-    return ["--env", f"PATH=/data/hooks/bin:{IMAGE_PATH}"]
+    (hooks / "sitecustomize.py").write_text(
+        "import os\nimport sys\n\n"
+        "if os.path.basename(sys.argv[0]) == 'simsiam-train':\n"
+        "    import rank_state_train  # noqa: F401  (wraps the pretraining task)\n")
+    return ["--env", "PYTHONPATH=/data/hooks"]
 
 
 def test_two_node_pretrain_on_real_pods_then_a_probe(nodes, name):

@@ -123,7 +123,7 @@ def test_a_vanished_run_is_reported_not_guessed(home):
 def test_a_trainer_error_fails_the_job_with_its_message(home, tmp_path):
     env, _ = home
     empty = tmp_path / "empty"
-    (empty / "train").mkdir(parents=True)
+    (empty / "train" / "shirt").mkdir(parents=True)     # a class folder without images: the trainer's to find
     ref, _ = submit(env, empty, "pretrain", "-c", CPU_CONFIG, "--name", "bad-data", *TINY)
     st, _ = wait_for(ref, env, lambda s: s["state"] not in ("PENDING", "RUNNING"))
     assert st["state"] == "FAILED" and st["detail"]["exit_code"] != 0

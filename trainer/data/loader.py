@@ -368,7 +368,11 @@ def _parse(section: dict, where: str, rank: int, world_size: int):
     root = dataset_cfg.get("root") or dataset_cfg.get("image_root")  # PASSL uses both spellings
     if not root:
         raise DataError(f"{where}.dataset.root is not set (the folder with one subfolder per class)")
-    dataset = ImageFolder(root, dataset_cfg.get("max_bad_fraction", 0.01))
+    try:
+        dataset = ImageFolder(root, dataset_cfg.get("max_bad_fraction", 0.01))
+    except OSError as e:    # while scanning: a symlink loop, an unreadable class folder, an I/O error
+        raise DataError(f"{where}.dataset.root {root}: cannot read {e.filename or root}: "
+                        f"{e.strerror or e}") from None
     transform = dataset_cfg.get("transform", dataset_cfg.get("transform_ops"))
     views = build_views(transform, f"{where}.dataset.transform")
     batch_size = _positive_int(sampler_cfg.get("batch_size", 1), f"{where}.sampler.batch_size")

@@ -82,7 +82,8 @@ class Options:
                 validate.quantity(name, getattr(self, name))
         validate.port("port", self.port)
         validate.at_least_zero("backoff_limit", self.backoff_limit, validate.INT32_MAX)
-        validate.at_least_zero("termination_grace", self.termination_grace)
+        validate.at_least_zero("termination_grace", self.termination_grace, validate.INT64_MAX)
+        validate.at_least_zero("group_restarts", self.group_restarts, validate.MAX_GROUP_RESTARTS)
 
 
 class KubernetesBackend(BaseBackend):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,12 @@ def kubeconfig_path(option: str) -> Path | None:
     """--set kubeconfig, else the first existing file of $KUBECONFIG, else ~/.kube/config."""
     if option:
         path = Path(option).expanduser()
-        if not path.is_file():
-            raise UsageError(f"kubeconfig {path} does not exist")
+        try:
+            is_file = stat.S_ISREG(path.stat().st_mode)
+        except OSError as err:      # missing, a symlink loop, a path through a file, ...
+            raise UsageError(f"kubeconfig {path}: {err.strerror}") from None
+        if not is_file:
+            raise UsageError(f"kubeconfig {path} is not a regular file")
         return path
     for candidate in os.environ.get("KUBECONFIG", "").split(os.pathsep):
         if candidate and Path(candidate).is_file():
@@ -43,7 +48,7 @@ def namespace(options) -> str:
     try:
         data = yaml.safe_load(kubeconfig.read_text()) or {}
         contexts = {c["name"]: c.get("context") or {} for c in data.get("contexts") or []}
-    except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError) as err:
+    except (OSError, ValueError, yaml.YAMLError, AttributeError, KeyError, TypeError) as err:  # ValueError: not UTF-8
         raise UsageError(f"cannot read kubeconfig {kubeconfig}: {' '.join(str(err).split())}") from None
     if options.context and options.context not in contexts:
         raise UsageError(f"kubeconfig {kubeconfig} has no context {options.context!r} "
@@ -74,14 +79,16 @@ class Api:
             else:
                 raise UsageError("no kubeconfig found: set KUBECONFIG, create ~/.kube/config, or pass "
                                  "--set kubeconfig=PATH")
-        except config.ConfigException as err:
-            raise UsageError(f"cannot use kubeconfig {kubeconfig}: {err}") from None
+        except UsageError:
+            raise
+        except Exception as err:  # noqa: BLE001  (ConfigException, or what the client trips over in a bad file)
+            raise UsageError(f"cannot use kubeconfig {kubeconfig}: {' '.join(str(err).split())}") from None
         # One attempt per call: urllib3's default three retries would multiply every timeout.
         cfg.retries = False
         self.host = cfg.host
         self.namespace = namespace(options)
         self.timeouts = (options.connect_timeout, options.read_timeout)
-        api_client = client.ApiClient(cfg)
+        api_client = _answer_reading_client(cfg)
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
 
@@ -94,7 +101,9 @@ class Api:
 
         kwargs.setdefault("_request_timeout", self.timeouts)
         try:
-            return fn(*args, **kwargs)
+            answer = fn(*args, **kwargs)
+        except MalformedAnswer as err:
+            raise self.not_kubernetes(what, str(err)) from None
         except ApiException as err:
             if err.status == 404 and missing is not None:
                 raise NotFoundError(missing) from None
@@ -105,6 +114,13 @@ class Api:
                     if cause.startswith("no answer") else "")
             raise BackendError(f"{what}: cannot reach the API server at {self.host} ({cause}); check "
                                f"the kubeconfig context, the VPN and that the cluster is up{wait}") from None
+        if not _object_or_list(answer):
+            raise self.not_kubernetes(what, "an object without metadata or spec")
+        return answer
+
+    def not_kubernetes(self, what: str, detail: str) -> BackendError:
+        return BackendError(f"{what}: the server at {self.host} did not answer with a Kubernetes object "
+                            f"({detail[:160]}); is the kubeconfig's server a Kubernetes API server?")
 
     def gone(self, what: str, fn, *args, **kwargs) -> bool:
         """True when the object read by ``fn`` does not exist (404)."""
@@ -113,6 +129,41 @@ class Api:
         except NotFoundError:
             return True
         return False
+
+
+class MalformedAnswer(Exception):
+    """A successful answer that cannot be read as the object asked for (not JSON, wrong shape)."""
+
+
+def _answer_reading_client(cfg):
+    """The kubernetes ApiClient, whose failures to read a successful answer raise MalformedAnswer
+    (the client raises JSON, pydantic or decoding errors of its own, which say nothing to a user)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    class AnswerReadingClient(client.ApiClient):
+        def response_deserialize(self, *args, **kwargs):
+            try:
+                return super().response_deserialize(*args, **kwargs)
+            except ApiException:
+                raise
+            except Exception as err:  # noqa: BLE001  (whatever the body made the client trip over)
+                raise MalformedAnswer(" ".join(str(err).split())) from None
+
+    return AnswerReadingClient(cfg)
+
+
+def _object_or_list(answer: Any) -> bool:
+    """Whether an answer that parsed has the parts every object the API server returns carries
+    (metadata, and a spec where the kind has one), for a list in each of its items."""
+    items = getattr(answer, "items", None)
+    for obj in items if isinstance(items, list) else [answer]:
+        fields = getattr(type(obj), "model_fields", {})      # a model of the client (not a log's text)
+        if type(obj).__name__ == "V1Status":                 # what a delete may answer: no object
+            continue
+        if any(name in fields and getattr(obj, name) is None for name in ("metadata", "spec")):
+            return False
+    return True
 
 
 def _cause(err: Exception) -> str:
@@ -141,9 +192,10 @@ def api_error(err: Any, what: str, namespace: str) -> Exception:
     message = err.reason or "error"
     try:
         body = json.loads(err.body or "{}")
-        message = body.get("message") or message
     except (TypeError, ValueError):
-        pass
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        message = body["message"] or message
     if err.status in (400, 422):
         # BadRequest / Invalid: the server rejected a value the user gave (a quantity, a name, ...).
         return UsageError(f"{what}: the API server rejected it: {message}")

@@ -99,7 +99,9 @@ def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, 
     limits = {"memory": requests["memory"]}
     if spec.gpus:
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(spec.gpus)
-    env = [{"name": k, "value": v} for k, v in spec.env]
+    # The kubelet expands $(NAME) in env values and reads $$ as $: each $ doubled, the container
+    # gets the value as typed, as on the other backends.
+    env = [{"name": k, "value": v.replace("$", "$$")} for k, v in spec.env]
     env += [{"name": k, "valueFrom": {"secretKeyRef": dict(zip(("name", "key"), ref.split("/", 1)))}}
             for k, ref in spec.env_secrets]
     env.append({"name": "PYTHONUNBUFFERED", "value": "1"})  # logs reach `kubectl logs` at once
