@@ -162,6 +162,8 @@ def run(cfg: dict, target: str | None = None) -> int:
     return code
 
 
+# Kubernetes shows a container's termination message in the pod's status: the error line goes there.
+TERMINATION_LOG = outcome.TERMINATION_LOG
 _said: str | None = None                # this process's one error line, for its outcome
 _end: End | None = None                 # its class, where the exit code alone does not say it
 
@@ -174,7 +176,7 @@ def _note(message: str, end: End | None = None) -> None:
 def _error(message: str, end: End | None = None) -> None:
     _note(message, end)
     print(f"simsiam-train: error: {message}", file=sys.stderr)
-    outcome.write_termination_message(message)
+    outcome.write_termination_message(message, TERMINATION_LOG)
 
 
 def _fail(message: str) -> int:

@@ -63,10 +63,10 @@ def record(code: int, message: str = "", end: contract.End | None = None) -> Non
         pass
 
 
-def write_termination_message(text: str) -> None:
+def write_termination_message(text: str, path: str | None = None) -> None:
     """On Kubernetes: the container's termination message (at most 4 KiB are kept)."""
     try:
-        fd = os.open(TERMINATION_LOG, os.O_WRONLY | os.O_TRUNC)
+        fd = os.open(path or TERMINATION_LOG, os.O_WRONLY | os.O_TRUNC)
     except OSError:
         return
     with os.fdopen(fd, "w") as f:
