@@ -33,6 +33,7 @@ class Task:
     name = "training"
     train_mode = True            # model.train() every epoch; the probe keeps its frozen BN in eval mode
     saves_checkpoints = True     # the smoke test neither saves nor resumes
+    stops_on_divergence = True   # the smoke test reports a non-finite loss instead
     eval_loader = None           # DataLoader.Eval, when the task evaluates after epochs
     epochs: int | None = None    # None: Global.epochs
 
@@ -110,7 +111,7 @@ class Engine:
 
     def hooks(self, task: Task) -> list[Hook]:
         divergence, stops = DivergenceGuard(), StopAgreement(self.g["save_interval_minutes"])
-        hooks: list[Hook] = [Progress(), divergence, stops]
+        hooks: list[Hook] = [Progress(), *([divergence] if task.stops_on_divergence else []), stops]
         if task.saves_checkpoints:
             hooks.append(Checkpointing(self.g, divergence, stops))
         return hooks

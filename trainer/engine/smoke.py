@@ -90,6 +90,7 @@ class FixedBatch:
 class Smoke(Task):
     name = "smoke test"
     saves_checkpoints = False
+    stops_on_divergence = False     # a loss that is not finite is part of the report
     epochs = 1
 
     def __init__(self, engine: Engine):
