@@ -18,7 +18,7 @@ import sys
 
 from trainer import lock, outcome, watchdog
 from trainer.config import LARGEST_DEVICE_MEMORY, ConfigError, check_memory, load_config, machine_memory
-from trainer.contract import (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_DONE, EXIT_ERROR, EXIT_PREEMPTED,
+from trainer.contract import (End, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_DONE, EXIT_ERROR, EXIT_PREEMPTED,
                               PHASE_TASKS)
 
 # name -> "module:function"; the function takes the remaining argv and returns an exit code.
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         said = f"{type(e).__name__}: {e}".strip()
         raise
     finally:
-        outcome.record(code, _said or said or "")
+        outcome.record(code, _said or said or "", _end)
     return code
 
 
@@ -134,7 +134,7 @@ def run(cfg: dict, target: str | None = None) -> int:
         task = _resolve(target or TASKS[cfg["Global"]["task_type"]])
     except (ImportError, AttributeError):
         return _fail(f"Global.task_type {cfg['Global']['task_type']!r} is not available in this install")
-    from trainer.engine.run import Preempted
+    from trainer.engine.hooks import Preempted
     from trainer.guard import Diverged
     code = EXIT_ERROR
     try:
@@ -149,6 +149,9 @@ def run(cfg: dict, target: str | None = None) -> int:
     except Diverged as e:
         _error(str(e))
         code = EXIT_DIVERGED
+    except outcome.Failed as e:         # a task's own verdict (the smoke test's FAIL)
+        _error(e.message, e.end)
+        code = e.code
     except KeyboardInterrupt:
         print("simsiam-train: interrupted", file=sys.stderr)
         code = 130
@@ -166,15 +169,16 @@ def run(cfg: dict, target: str | None = None) -> int:
 # Kubernetes shows a container's termination message in the pod's status: the error line goes there.
 TERMINATION_LOG = outcome.TERMINATION_LOG
 _said: str | None = None                # this process's one error line, for its outcome
+_end: End | None = None                 # its class, where the exit code alone does not say it
 
 
-def _note(message: str) -> None:
-    global _said
-    _said = message
+def _note(message: str, end: End | None = None) -> None:
+    global _said, _end
+    _said, _end = message, end
 
 
-def _error(message: str) -> None:
-    _note(message)
+def _error(message: str, end: End | None = None) -> None:
+    _note(message, end)
     print(f"simsiam-train: error: {message}", file=sys.stderr)
     outcome.write_termination_message(message, TERMINATION_LOG)
 

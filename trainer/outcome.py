@@ -30,24 +30,35 @@ TERMINATION_LOG = "/dev/termination-log"
 _PR_SET_PDEATHSIG = 1
 
 
+class Failed(SystemExit):
+    """A task's own verdict that fails the run (the smoke test's FAIL): exit 1, and an outcome of
+    class `end` with `message` as its line."""
+
+    def __init__(self, end: contract.End, message: str):
+        super().__init__(contract.EXIT_ERROR)
+        self.end, self.message = end, message
+
+
 def rank() -> int:
     """This process's global rank, as paddle's launcher announces it (0 when run by hand)."""
     value = os.environ.get("PADDLE_TRAINER_ID", "0")
     return int(value) if value.isdigit() else 0
 
 
-def _outcome(code: int, message: str = "", global_step: int | None = None) -> contract.Outcome:
-    return contract.Outcome(contract.end_of_exit(code), rank(), code, message, global_step,
+def _outcome(code: int, message: str = "", global_step: int | None = None,
+             end: contract.End | None = None) -> contract.Outcome:
+    return contract.Outcome(end or contract.end_of_exit(code), rank(), code, message, global_step,
                             socket.gethostname(), round(time.time(), 3))
 
 
-def record(code: int, message: str = "") -> None:
-    """The trainer's own outcome, where its keeper and launcher read it; never fails the exit."""
+def record(code: int, message: str = "", end: contract.End | None = None) -> None:
+    """The trainer's own outcome, where its keeper and launcher read it; never fails the exit.
+    `end`: its class when the exit status alone does not say it (outcome.Failed)."""
     directory = os.environ.get(contract.OUTCOME_DIR_ENV)
     if not directory:
         return
     try:
-        contract.write_outcome(directory, _outcome(code, message, progress["global_step"]))
+        contract.write_outcome(directory, _outcome(code, message, progress["global_step"], end))
     except OSError:
         pass
 

@@ -21,7 +21,7 @@ from trainer.config import ConfigError
 from trainer.data import build_eval_loader
 from trainer.engine.evaluate import evaluate, topk_hits
 from trainer.engine.loop import Engine, Task
-from trainer.engine.run import set_cpu_threads
+from trainer.engine.process import set_cpu_threads
 from trainer.models import build_model
 from trainer.optim import build_optimizer
 from trainer.weights import WeightsError, load_into
@@ -126,7 +126,7 @@ class LinearProbe(Task):
                  "  ".join(f"top-{k} {result[f'top{k}']:.4f}" for k in ks), result["images"],
                  ks[0], self.history["best"][f"top{ks[0]}"], self.history["best"]["epoch"])
         if engine.env.is_main:
-            ckpt.atomic_write(engine.run.path / contract.EVAL, (json.dumps(
+            ckpt.atomic_write(engine.output.path / contract.EVAL, (json.dumps(
                 {**self.history, "pretrained_model": self.pretrained, "model": self.cfg["Model"]["name"]},
                 indent=2) + "\n").encode())
 

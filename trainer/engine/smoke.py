@@ -14,7 +14,11 @@ the size of the model's gradients. Each rank reports:
 
 Rank 0 prints a table and one line `smoke PASS: ...` or `smoke FAIL: <reason>`, writes the figures
 to OUTPUT_DIR/smoke.json, and puts the line in the last progress record, so `simsiam-job status`
-and `--wait` show it. A FAIL exits 1 on every rank.
+and `--wait` show it. A FAIL exits 1 on every rank; its outcome says retrying cannot help (a loss
+that is not finite is a divergence, anything else a set-up the cluster or config got wrong).
+
+It is a task of the one Engine: the output directory's lock, the watchdog, the progress records,
+SIGTERM and AMP are the Engine's, as for training; it saves no checkpoint and resumes from none.
 
 The number of steps is Global.max_train_step (default 50); the batch per rank is
 DataLoader.Train.sampler.batch_size; the image size is the first crop/resize size in
@@ -27,7 +31,6 @@ import logging
 import math
 import resource
 import socket
-import sys
 import time
 
 import numpy as np
@@ -36,12 +39,12 @@ import paddle.distributed as pdist
 from paddle import nn
 
 from trainer import checkpoint as ckpt
-from trainer import dist
+from trainer import contract, dist
 from trainer.config import ConfigError
-from trainer.contract import SMOKE
-from trainer.engine.pretrain import Amp, make_train_step
-from trainer.engine.run import RunDir, seed_everything, set_cpu_threads
+from trainer.engine.loop import Engine, Task
+from trainer.engine.pretrain import make_train_step
 from trainer.models import build_model
+from trainer.outcome import Failed
 from trainer.optim import build_optimizer
 
 log = logging.getLogger("trainer")
@@ -51,92 +54,130 @@ ALL_REDUCE_WARMUP, ALL_REDUCE_ITERS = 2, 10
 _SIZED_OPS = ("RandomResizedCrop", "RandCropImage", "CenterCrop", "CenterCropImage", "Resize", "ResizeImage")
 
 
-class SmokeFailed(SystemExit):
+class SmokeFailed(Failed):
     """The verdict was FAIL: every rank exits 1 (the figures are already written)."""
 
-    def __init__(self):
-        super().__init__(1)
+
+class FixedBatch:
+    """The smoke test's data: one fixed batch of two synthetic views per rank (different on each
+    rank, as real data would be), for `steps` steps of one epoch."""
+
+    bad_images = 0
+
+    def __init__(self, batch: int, size: int, steps: int, seed: int):
+        rng = np.random.default_rng(seed)
+        self.views = [paddle.to_tensor(rng.standard_normal((batch, 3, size, size), dtype=np.float32))
+                      for _ in range(2)]
+        self.steps, self.first, self.num_samples = steps, 0, batch
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def set_epoch(self, epoch: int, first_step: int = 0) -> None:
+        self.first = first_step
+
+    def __iter__(self):
+        for _ in range(self.first, self.steps):
+            yield self.views, None
+
+    def to_tensor(self, view):
+        return view
+
+    def close(self) -> None:
+        pass
 
 
-def run(cfg: dict) -> dict:
-    """Run the smoke test as configured; return the report (raises SmokeFailed on FAIL)."""
-    g = cfg["Global"]
-    if "Train" not in cfg["DataLoader"]:
-        raise ConfigError("missing required section 'DataLoader.Train' (the smoke test reads its batch "
-                          "size and crop size)")
-    steps = g["max_train_step"] or DEFAULT_STEPS
-    if steps < 2:
-        raise ConfigError(f"bad value for 'Global.max_train_step': {steps} (the smoke test needs at least 2 "
-                          f"steps to see the loss fall; default {DEFAULT_STEPS})")
-    env = dist.init(g["device"])
-    on_gpu = paddle.get_device().startswith("gpu")
-    if not on_gpu:
-        set_cpu_threads(g["num_threads"])
-    run_dir = RunDir(cfg, env.rank)
-    seed_everything(g["seed"], env.rank)
-    batch = cfg["DataLoader"]["Train"]["sampler"]["batch_size"]
-    size = image_size(cfg["DataLoader"]["Train"])
+class Smoke(Task):
+    name = "smoke test"
+    saves_checkpoints = False
+    stops_on_divergence = False     # a loss that is not finite is part of the report
+    epochs = 1
 
-    net = dist.use_sync_batch_norm(env, build_model(cfg["Model"]))
-    optimizer, group_lr = build_optimizer(net, cfg["Optimizer"], epochs=1, steps_per_epoch=steps)
-    amp = Amp(cfg.get("FP16") or {})
-    net, optimizer = amp.decorate(net, optimizer)
-    model, optimizer = dist.wrap(env, net, optimizer)
-    step_fn = make_train_step(model, optimizer, amp, g["to_static"])
-    conv_dtype = _watch_first_conv(net)
+    def __init__(self, engine: Engine):
+        cfg, g, env = engine.cfg, engine.g, engine.env
+        if "Train" not in cfg["DataLoader"]:
+            raise ConfigError("missing required section 'DataLoader.Train' (the smoke test reads its batch "
+                              "size and crop size)")
+        self.steps = g["max_train_step"] or DEFAULT_STEPS
+        if self.steps < 2:
+            raise ConfigError(f"bad value for 'Global.max_train_step': {self.steps} (the smoke test needs at "
+                              f"least 2 steps to see the loss fall; default {DEFAULT_STEPS})")
+        self.cfg, self.env, self.amp = cfg, env, engine.amp
+        self.batch = cfg["DataLoader"]["Train"]["sampler"]["batch_size"]
+        self.size = image_size(cfg["DataLoader"]["Train"])
+        self.on_gpu = env.device.startswith("gpu")
+        self.net = dist.use_sync_batch_norm(env, build_model(cfg["Model"]))
+        self.optimizer, self.group_lr = build_optimizer(self.net, cfg["Optimizer"], epochs=1,
+                                                        steps_per_epoch=self.steps)
+        self.loader = FixedBatch(self.batch, self.size, self.steps, (g["seed"] or 0) + 1000 * env.rank)
+        self.conv_dtype = _watch_first_conv(self.net)
+        self.to_static = g["to_static"]
+        self.losses, self.started, self.done = [], None, 0
+        log.info("smoke: %s, %d rank(s), batch %d per rank of %dx%d synthetic images, %d steps, FP16 %s",
+                 cfg["Model"]["name"], env.world_size, self.batch, self.size, self.size, self.steps,
+                 engine.amp.level)
 
-    # One fixed batch per rank (different on each rank, as real data would be).
-    rng = np.random.default_rng((g["seed"] or 0) + 1000 * env.rank)
-    x1, x2 = (paddle.to_tensor(rng.standard_normal((batch, 3, size, size), dtype=np.float32)) for _ in range(2))
-    log.info("smoke: %s, %d rank(s), batch %d per rank of %dx%d synthetic images, %d steps, FP16 %s",
-             cfg["Model"]["name"], env.world_size, batch, size, size, steps, amp.level)
+    def make_step(self, model, optimizer, amp):
+        train_step = make_train_step(model, optimizer, amp, self.to_static)
+        warmup = max(1, self.steps // 10)
 
-    warmup = max(1, steps // 10)
-    losses, started = [], None
-    model.train()
-    for step in range(steps):
-        if step == warmup:
-            _synchronize(on_gpu)
-            started = time.perf_counter()
-        lrs = group_lr.set(0, step)
-        loss, _ = step_fn(x1, x2)
-        losses.append(loss)
-        if (step + 1) % g["print_batch_step"] == 0 and step + 1 < steps:
-            rate = eta = None
-            if started is not None:
-                elapsed = time.perf_counter() - started
-                rate = batch * env.world_size * (step + 1 - warmup) / elapsed
-                eta = elapsed / (step + 1 - warmup) * (steps - step - 1)
-            run_dir.metric(**_progress(step + 1, steps, float(loss), lrs, rate, eta))
-    _synchronize(on_gpu)
-    seconds = time.perf_counter() - started if started is not None else float("nan")
-    losses = [float(v) for v in paddle.stack(losses).astype("float32").numpy().reshape(-1)]
+        def step(views, labels):
+            if self.done == warmup:         # the first tenth is warm-up, not timed
+                _synchronize(self.on_gpu)
+                self.started = time.perf_counter()
+            loss, _ = train_step(views[0], views[1])
+            self.losses.append(loss)
+            self.done += 1
+            return {"loss": loss}, {}
+        return step
 
-    mine = {
-        "rank": env.rank, "host": socket.gethostname(), "device": paddle.get_device(),
-        "images_per_sec": round(batch * (steps - warmup) / seconds, 2) if steps > warmup else None,
-        "amp_level": amp.level, "compute_dtype": conv_dtype.get("dtype"),
-        "bn_synchronized": any(isinstance(layer, nn.SyncBatchNorm) for layer in net.sublayers()),
-        **all_reduce_bandwidth(env, net, on_gpu),
-        "loss_first": losses[0], "loss_last": losses[-1], "loss_finite": all(map(math.isfinite, losses)),
-        "first_bad_step": next((i + 1 for i, v in enumerate(losses) if not math.isfinite(v)), None),
-        "loss_fell": loss_fell(losses),
-        **peak_memory(on_gpu),
-    }
-    ranks = _gather(env, mine)
-    report = summarize(ranks, cfg, steps=steps, batch=batch, size=size, amp_level=amp.level)
-    if env.is_main:
-        ckpt.atomic_write(run_dir.path / SMOKE, (json.dumps(report, indent=2) + "\n").encode())
-        print(format_report(report), flush=True)
-        run_dir.metric(**_progress(steps, steps, report["total"]["loss_last"], lrs,
-                                   report["total"]["images_per_sec"], 0.0, summary=report["summary"]))
+    def after_epoch(self, engine, epoch, finished, last):
+        if not finished:
+            return
+        report = self.report()
+        if self.env.is_main:
+            ckpt.atomic_write(engine.output.path / contract.SMOKE, (json.dumps(report, indent=2) + "\n").encode())
+            print(format_report(report), flush=True)
+            engine.progress_record({"type": "step", "epoch": 1, "epochs": 1, "step": self.steps,
+                                    "steps_per_epoch": self.steps, "global_step": self.steps,
+                                    "total_steps": self.steps, "loss": report["total"]["loss_last"],
+                                    "lr": self.group_lr.set(0, self.steps - 1).get("encoder", 0.0),
+                                    "images_per_sec": report["total"]["images_per_sec"], "eta_seconds": 0.0,
+                                    "summary": report["summary"]})
+        dist.barrier(self.env)
         if report["verdict"] != "PASS":
-            print(f"simsiam-train: error: {report['summary']}", file=sys.stderr, flush=True)
-    run_dir.close()
-    dist.barrier(env)
-    if report["verdict"] != "PASS":
-        raise SmokeFailed()
-    return report
+            not_finite = report["reason"].startswith("loss is not finite")
+            raise SmokeFailed(contract.End.DIVERGED if not_finite else contract.End.BAD_INPUT, report["summary"])
+        self.summary = report["summary"]
+
+    def report(self) -> dict:
+        """This rank's figures, gathered from every rank, and the verdict."""
+        _synchronize(self.on_gpu)
+        warmup = max(1, self.steps // 10)
+        seconds = time.perf_counter() - self.started if self.started is not None else float("nan")
+        losses = [float(v) for v in paddle.stack(self.losses).astype("float32").numpy().reshape(-1)]
+        mine = {
+            "rank": self.env.rank, "host": socket.gethostname(), "device": paddle.get_device(),
+            "images_per_sec": round(self.batch * (self.steps - warmup) / seconds, 2) if self.steps > warmup else None,
+            "amp_level": self.amp.level, "compute_dtype": self.conv_dtype.get("dtype"),
+            "bn_synchronized": any(isinstance(layer, nn.SyncBatchNorm) for layer in self.net.sublayers()),
+            **all_reduce_bandwidth(self.env, self.net, self.on_gpu),
+            "loss_first": losses[0], "loss_last": losses[-1], "loss_finite": all(map(math.isfinite, losses)),
+            "first_bad_step": next((i + 1 for i, v in enumerate(losses) if not math.isfinite(v)), None),
+            "loss_fell": loss_fell(losses),
+            **peak_memory(self.on_gpu),
+        }
+        return summarize(_gather(self.env, mine), self.cfg, steps=self.steps, batch=self.batch, size=self.size,
+                         amp_level=self.amp.level)
+
+    def done_text(self, output_dir):
+        return getattr(self, "summary", "")
+
+
+def run(cfg: dict) -> None:
+    """Run the smoke test as configured (raises SmokeFailed on FAIL)."""
+    engine = Engine(cfg, resumes=False, refuse_amp_on_cpu=False)
+    engine.fit(Smoke(engine))
 
 
 def image_size(train_cfg: dict) -> int:
@@ -271,18 +312,6 @@ def _size(nbytes: int) -> str:
 
 def _bus(mbps, nbytes: int) -> str:
     return "n/a (1 rank)" if mbps is None else f"{mbps:.1f} MB/s bus bandwidth at {_size(nbytes)}"
-
-
-def _progress(step: int, steps: int, loss: float, lrs: dict, rate, eta, **extra) -> dict:
-    """A progress record as the contract defines it (the smoke is one epoch of `steps` steps)."""
-    record = {"type": "step", "epoch": 1, "epochs": 1, "step": step, "steps_per_epoch": steps,
-              "global_step": step, "total_steps": steps, "loss": loss,
-              "lr": lrs.get("encoder", next(iter(lrs.values())))}
-    if rate is not None:
-        record["images_per_sec"] = round(rate, 2)
-    if eta is not None:
-        record["eta_seconds"] = round(eta, 1)
-    return {**record, **extra}
 
 
 def _watch_first_conv(net: nn.Layer) -> dict:
