@@ -95,7 +95,8 @@ class Engine:
 
     def train_loader(self):
         loader = build_train_loader(self.cfg["DataLoader"]["Train"], rank=self.env.rank,
-                                    world_size=self.env.world_size, seed=self.g["seed"] or 0)
+                                    world_size=self.env.world_size, seed=self.g["seed"] or 0,
+                                    index_dir=self.run.path)
         if len(loader) == 0:
             raise ConfigError("DataLoader.Train gives no batches per epoch (dataset smaller than a batch)")
         return loader
