@@ -5,6 +5,9 @@ model, optimizer (keyed by structured parameter names, so it loads into a freshl
 scheduler, epoch and step (the position of the next batch), global_step, rng, config (YAML text).
 Files are written to a temporary name, fsynced and renamed, so a crash leaves either the old set of
 checkpoints or the new one, never a half-written file under a checkpoint's name.
+
+CheckpointWriter keeps the write off the training path: the loop waits only while the state is
+copied to host memory; serializing and writing (seconds for ResNet-50) happen in a thread.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import logging
 import os
 import random
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +122,68 @@ def save_checkpoint(directory: Path, state: dict) -> Path:
     path = checkpoint_path(directory, state["epoch"], state["global_step"])
     save_object(state, path)
     return path
+
+
+def host_copy(obj, memo: dict | None = None):
+    """A copy of a nested state (dicts, lists, tuples of tensors, arrays and plain values) in host
+    memory, which training can no longer change. Tensors keep their names, so the file written from
+    the copy is byte for byte the one the state itself gives; a tensor met twice is copied once."""
+    memo = {} if memo is None else memo
+    if isinstance(obj, paddle.Tensor):
+        if id(obj) not in memo:
+            # .cpu() copies from a device but returns a CPU tensor itself, so that one is cloned
+            copy = obj.detach().clone() if obj.place.is_cpu_place() else obj.detach().cpu()
+            copy.name = obj.name
+            memo[id(obj)] = copy
+        return memo[id(obj)]
+    if isinstance(obj, np.ndarray):
+        return obj.copy()
+    if isinstance(obj, dict):
+        return type(obj)((key, host_copy(value, memo)) for key, value in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(host_copy(value, memo) for value in obj)
+    return obj                  # numbers, strings, RNG states: new objects that nothing changes
+
+
+class CheckpointWriter:
+    """Writes checkpoints in a background thread. save() copies the state (and the weights files
+    written with it) to host memory, which is all the training loop waits for; the thread writes
+    the checkpoint atomically, then the weights files, then calls `after(path)`. One write at a
+    time: save() first waits for the one under way. wait() returns when nothing is being written
+    and raises the error of a write that failed."""
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, directory: Path, state: dict, files: dict | None = None, after=None) -> Path:
+        """Write `state` as a checkpoint in `directory` and {path: state} `files`; returns the
+        checkpoint's path (complete once wait() returns)."""
+        self.wait()
+        path = checkpoint_path(directory, state["epoch"], state["global_step"])
+        memo = {}
+        todo = [(path, host_copy(state, memo))] + [(Path(p), host_copy(s, memo)) for p, s in (files or {}).items()]
+        # Not a daemon: an interpreter that exits still finishes the write first.
+        self._thread = threading.Thread(target=self._write, args=(todo, after, path), name="simsiam-checkpoint")
+        self._thread.start()
+        return path
+
+    def _write(self, todo, after, path) -> None:
+        try:
+            for target, state in todo:
+                save_object(state, target)
+            if after is not None:
+                after(path)
+        except BaseException as e:        # raised in the training thread by the next wait()
+            self._error = e
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def load_checkpoint(path: Path) -> dict:

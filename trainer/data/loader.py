@@ -18,45 +18,46 @@ import signal
 import traceback
 from pathlib import Path
 
+import cv2
 import numpy as np
 
+from trainer.data import index
 from trainer.data.errors import DataError
+from trainer.data.index import IMAGE_EXTENSIONS
 from trainer.data.transforms import CorruptImage, Source, Views, build_views
 
 log = logging.getLogger("trainer.data")
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 _SHUFFLE, _AUGMENT = 1, 2  # keep the two random streams apart
 MAX_SUBSTITUTES = 50  # consecutive unreadable files tolerated when replacing a bad training image
 
 
 class ImageFolder:
-    """ROOT/<class>/<image>: classes are the sorted subfolder names, labels their positions."""
+    """ROOT/<class>/<image>: classes are the sorted subfolder names, labels their positions.
+    The file list comes from an index when a current one exists (see trainer.data.index); with
+    `write_index` a scan is kept in one, in ROOT or else in `index_dir`."""
 
-    def __init__(self, root, max_bad_fraction: float = 0.01):
+    def __init__(self, root, max_bad_fraction: float = 0.01, *, index_dir=None, write_index: bool = True):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"dataset root {self.root} does not exist or is not a directory")
         if not isinstance(max_bad_fraction, (int, float)) or not 0 <= max_bad_fraction <= 1:
             raise DataError(f"dataset.max_bad_fraction must be in [0, 1], got {max_bad_fraction!r}")
         self.max_bad_fraction = float(max_bad_fraction)
-        self.classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith("."))
+        listing = index.load(self.root, index_dir, write_index)
+        self.classes = listing.classes
         if not self.classes:
             raise DataError(f"dataset root {self.root} has no class subfolders (expected ROOT/<class>/<image files>)")
-        paths, labels, empty = [], [], []
-        for label, name in enumerate(self.classes):
-            files = sorted(e.path for e in os.scandir(self.root / name)
-                           if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
-            if not files:
-                empty.append(name)
-            paths += files
-            labels += [label] * len(files)
+        empty = [name for name, files in zip(self.classes, listing.files) if not files]
         if empty:
             shown = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
             raise DataError(f"dataset root {self.root}: class folder(s) with no images: {shown} "
                             f"(extensions: {' '.join(sorted(IMAGE_EXTENSIONS))})")
-        self.paths = paths
-        self.labels = np.asarray(labels, np.int64)
+        self.paths = []
+        for name, files in zip(self.classes, listing.files):
+            prefix = f"{self.root / name}{os.sep}"
+            self.paths += [prefix + file for file in files]
+        self.labels = np.repeat(np.arange(len(self.classes), dtype=np.int64), [len(f) for f in listing.files])
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -142,7 +143,7 @@ class _Job:
                     raise DataError(f"{self.dataset.paths[index]} gives a {image.shape[1]}x{image.shape[0]} view "
                                     f"but others are {self.shape[2]}x{self.shape[1]}; add RandomResizedCrop or "
                                     "CenterCrop (or Resize with [height, width]) to the transform")
-                out[v][row] = image.transpose(2, 0, 1)
+                cv2.split(image, list(out[v][row]))     # HWC -> CHW in place, 4x faster than numpy
             labels.append(int(self.dataset.labels[index]))
         return np.asarray(labels, np.int64), bad
 
@@ -356,7 +357,7 @@ def _positive_int(value, name, allow_zero=False):
     return value
 
 
-def _parse(section: dict, where: str, rank: int, world_size: int):
+def _parse(section: dict, where: str, rank: int, world_size: int, index_dir):
     if not isinstance(section, dict):
         raise DataError(f"{where} must be a mapping, got {section!r}")
     dataset_cfg = _get(section, "dataset", where)
@@ -369,7 +370,9 @@ def _parse(section: dict, where: str, rank: int, world_size: int):
     if not root:
         raise DataError(f"{where}.dataset.root is not set (the folder with one subfolder per class)")
     try:
-        dataset = ImageFolder(root, dataset_cfg.get("max_bad_fraction", 0.01))
+        # Rank 0 alone writes the file index (one writer); every rank reads a current one.
+        dataset = ImageFolder(root, dataset_cfg.get("max_bad_fraction", 0.01), index_dir=index_dir,
+                              write_index=rank == 0)
     except OSError as e:    # while scanning: a symlink loop, an unreadable class folder, an I/O error
         raise DataError(f"{where}.dataset.root {root}: cannot read {e.filename or root}: "
                         f"{e.strerror or e}") from None
@@ -385,8 +388,10 @@ def _parse(section: dict, where: str, rank: int, world_size: int):
 
 
 def build_train_loader(section: dict, *, rank: int, world_size: int, seed: int,
-                       where: str = "DataLoader.Train") -> Loader:
-    dataset, views, sampler_cfg, batch_size, workers = _parse(section, where, rank, world_size)
+                       where: str = "DataLoader.Train", index_dir=None) -> Loader:
+    """index_dir: where the dataset's file index is kept when its root is not writable (the
+    run's output directory)."""
+    dataset, views, sampler_cfg, batch_size, workers = _parse(section, where, rank, world_size, index_dir)
     seed = int(seed or 0) % 2**63
     shuffle, drop_last = bool(sampler_cfg.get("shuffle", False)), bool(sampler_cfg.get("drop_last", False))
     n = len(dataset)
@@ -402,8 +407,9 @@ def build_train_loader(section: dict, *, rank: int, world_size: int, seed: int,
                   train=True, rank_samples=max(1, sum(len(b) for b in batches(0))))
 
 
-def build_eval_loader(section: dict, *, rank: int, world_size: int, where: str = "DataLoader.Eval") -> Loader:
-    dataset, views, sampler_cfg, batch_size, workers = _parse(section, where, rank, world_size)
+def build_eval_loader(section: dict, *, rank: int, world_size: int, where: str = "DataLoader.Eval",
+                      index_dir=None) -> Loader:
+    dataset, views, sampler_cfg, batch_size, workers = _parse(section, where, rank, world_size, index_dir)
     n = len(dataset)
 
     def batches(epoch):

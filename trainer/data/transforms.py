@@ -110,11 +110,24 @@ def resize(array: np.ndarray, out_w: int, out_h: int, interpolation: int) -> np.
     h, w = array.shape[:2]
     if (w, h) == (out_w, out_h):
         return array
-    # OpenCV's bilinear/bicubic do not low-pass when shrinking; area averaging does (as PIL's
-    # filters do), so strong reductions use it to avoid aliasing.
-    if w > 1.5 * out_w and h > 1.5 * out_h and interpolation in (cv2.INTER_LINEAR, cv2.INTER_CUBIC):
-        interpolation = cv2.INTER_AREA
+    # OpenCV's bilinear/bicubic do not low-pass when shrinking, PIL's filters (the reference's)
+    # widen with the reduction and do. A reduction by more than 1.5x along an axis is therefore
+    # low-passed first with a Gaussian of sigma 0.45 sqrt(scale^2 - 1), which comes closest to
+    # PIL's widened bicubic (mean |difference| about 1.8 of 255 at the recipe's crops) and costs a
+    # third less than OpenCV's area averaging at non-integer scales.
+    if interpolation in (cv2.INTER_LINEAR, cv2.INTER_CUBIC) and (w > 1.5 * out_w or h > 1.5 * out_h):
+        array = cv2.sepFilter2D(array, -1, _low_pass(w / out_w), _low_pass(h / out_h))
     return cv2.resize(array, (out_w, out_h), interpolation=interpolation)
+
+
+def _low_pass(scale: float) -> np.ndarray:
+    if scale <= 1:
+        return _IDENTITY_KERNEL
+    sigma = 0.45 * math.sqrt(scale * scale - 1)
+    return cv2.getGaussianKernel(2 * math.ceil(2.5 * sigma) + 1, sigma)
+
+
+_IDENTITY_KERNEL = np.ones((1, 1), np.float64)
 
 
 def region(image, box, out_w, out_h, interpolation) -> np.ndarray:
@@ -326,7 +339,7 @@ class RandomHorizontalFlip:
     def __call__(self, image, rng):
         if rng.random() >= self.p:
             return image
-        return as_array(image)[:, ::-1]
+        return cv2.flip(as_array(image), 1)    # a contiguous copy: later copies of a reversed view are slow
 
 
 class DeviceOp:

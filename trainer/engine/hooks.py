@@ -150,12 +150,14 @@ class StopAgreement(Hook):
 
 class Checkpointing(Hook):
     """Global.save_interval (epochs), save_interval_steps, save_interval_minutes (through the
-    StopAgreement), the end of the run, and SIGTERM; with each save the task exports its weights."""
+    StopAgreement), the end of the run, and SIGTERM; with each save the task exports its weights.
+    Files are written in the background (checkpoint.CheckpointWriter), one write at a time."""
 
     def __init__(self, g: dict, divergence: DivergenceGuard, stops: StopAgreement):
         self.epoch_interval, self.step_interval = g["save_interval"], g["save_interval_steps"]
         self.keep = g["max_num_latest_checkpoint"]
         self.divergence, self.stops = divergence, stops
+        self.writer = ckpt.CheckpointWriter()
 
     def before_fit(self, engine, task):
         self.retention = guard.Retention(engine.output.checkpoints, self.keep)
@@ -164,6 +166,7 @@ class Checkpointing(Hook):
         last_of_epoch = step.index + 1 == engine.steps_per_epoch
         if step.stop:
             self.save(engine, task, step.epoch, step.index + 1)
+            self.writer.wait()                  # the checkpoint is complete before the exit
             raise Preempted(f"stopped by SIGTERM at epoch {step.epoch + 1}, step {step.index + 1}; checkpoint "
                             f"saved in {engine.output.checkpoints} (resume with -o Global.auto_resume=True)")
         due = step.save_due or (bool(self.step_interval) and engine.global_step % self.step_interval == 0)
@@ -189,12 +192,19 @@ class Checkpointing(Hook):
                      "amp": engine.amp.state_dict(), "epoch": epoch, "step": step,
                      "global_step": engine.global_step, "rng": ckpt.rng_state(), "config": dump(engine.cfg),
                      **task.extra_state()}
-            path = ckpt.save_checkpoint(engine.output.checkpoints, state)
-            self.retention.written(path)
-            self.retention.apply()
-            task.export(engine.output.path)
-            log.info("saved checkpoint %s", path)
+            # The loop waits only while the state is copied to host memory; a thread writes it.
+            self.writer.save(engine.output.checkpoints, state, task.exports(engine.output.path),
+                             after=self.written)
         self.stops.saved()
+
+    def written(self, path) -> None:
+        """In the writer's thread, once the checkpoint and the weights files are complete."""
+        self.retention.written(path)
+        self.retention.apply()
+        log.info("saved checkpoint %s", path)
+
+    def close(self) -> None:
+        self.writer.wait()          # a checkpoint under way is completed, however the loop ends
 
 
 # ---- pieces of the above ------------------------------------------------------------------------

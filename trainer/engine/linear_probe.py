@@ -136,8 +136,8 @@ class LinearProbe(Task):
     def set_extra_state(self, state):
         self.history = state.get("eval") or {}
 
-    def export(self, output_dir):
-        ckpt.save_object(ckpt.float32_state(self.net.state_dict()), output_dir / PROBE)
+    def exports(self, output_dir):
+        return {output_dir / PROBE: ckpt.float32_state(self.net.state_dict())}
 
     def done_text(self, output_dir):
         return f"probe weights in {output_dir / PROBE}" + \

@@ -61,8 +61,10 @@ class Task:
     def set_extra_state(self, state: dict) -> None:
         pass
 
-    def export(self, output_dir) -> None:
-        """Write the task's weights (rank 0, with every checkpoint and at the end)."""
+    def exports(self, output_dir) -> dict:
+        """{path: state} of the task's weights files (rank 0 writes them with every checkpoint and
+        at the end)."""
+        return {}
 
     def done_text(self, output_dir) -> str:
         return ""
@@ -97,7 +99,8 @@ class Engine:
 
     def train_loader(self):
         loader = build_train_loader(self.cfg["DataLoader"]["Train"], rank=self.env.rank,
-                                    world_size=self.env.world_size, seed=self.g["seed"] or 0)
+                                    world_size=self.env.world_size, seed=self.g["seed"] or 0,
+                                    index_dir=self.output.path)
         if len(loader) == 0:
             raise ConfigError("DataLoader.Train gives no batches per epoch (dataset smaller than a batch)")
         return loader
@@ -141,7 +144,8 @@ class Engine:
             task.close()
         dist.average_buffers(self.env, net)
         if self.env.is_main:
-            task.export(self.output.path)
+            for path, state in task.exports(self.output.path).items():
+                ckpt.save_object(state, path)
         log.info("done: %d steps; %s", self.global_step, task.done_text(self.output.path))
         self.output.close()
         return net

@@ -73,8 +73,8 @@ class Pretraining(Task):
         log.info("kNN monitor epoch %d: top-1 %.4f (%d held-out images)", epoch, result["knn_top1"],
                  result["images"])
 
-    def export(self, output_dir):
-        ckpt.export_encoder(self.net, output_dir / contract.ENCODER)
+    def exports(self, output_dir):
+        return {output_dir / contract.ENCODER: ckpt.encoder_state(self.net)}
 
     def done_text(self, output_dir):
         return f"encoder weights in {output_dir / contract.ENCODER}"
