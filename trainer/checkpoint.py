@@ -120,13 +120,14 @@ def save_checkpoint(directory: Path, state: dict) -> Path:
     return path
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Load and sanity-check one checkpoint; ValueError with a one-line reason if it is unusable."""
+def load_checkpoint(path: Path, data: bytes | None = None) -> dict:
+    """Load and sanity-check one checkpoint (``data``: its bytes, read elsewhere, e.g. by rank 0);
+    ValueError with a one-line reason if it is unusable."""
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist")
     try:
-        state = paddle.load(str(path))
+        state = paddle.load(str(path) if data is None else io.BytesIO(data))
     except Exception as e:                    # truncated or corrupt file: any unpickling error
         raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else 'corrupt'})") from None

@@ -184,36 +184,34 @@ def resume_state(g: dict, run: RunDir, env):
     """(path, state) to resume from, or None for a fresh start: Global.checkpoint if set, else the
     newest valid checkpoint in the output directory when Global.auto_resume is on.
 
-    Rank 0 chooses and every rank loads its choice: ranks choosing for themselves could resume from
-    different steps after a restart (a checkpoint written by only some, a newest file one rank
-    cannot read yet) and then train out of step. A rank that cannot read rank 0's choice stops
-    with one line: its output directory is not the one rank 0 sees.
+    Rank 0 alone reads it and sends its bytes to every other rank: ranks choosing for themselves
+    could resume from different steps after a restart (a checkpoint written by only some, a newest
+    file one rank cannot read yet) and then train out of step, and the other ranks need not see the
+    output directory at all (on Kubernetes only rank 0 mounts the output claim). Every rank so
+    starts from identical parameters and optimizer state.
     """
     decision = None
     if env.is_main:
         try:
             chosen = _choose_checkpoint(g, run)
-            decision = ("path", None if chosen is None else str(chosen[0]))
+            decision = ("path", None) if chosen is None else ("path", str(chosen[0]), _read(chosen[0]))
         except ConfigError as e:            # every rank stops with rank 0's reason, none waits
             decision = ("error", str(e))
-    kind, path = dist.broadcast_from_main(decision, env)
+    kind, path, *data = dist.broadcast_from_main(decision, env)
     if kind == "error":
         raise ConfigError(path)
     if path is None:
         return None
-    problem, resumed = "", None
     if env.is_main:
-        resumed = chosen
-    else:
-        try:
-            resumed = path, ckpt.load_checkpoint(path)
-        except ValueError as e:
-            problem = str(e)
-    if max(dist.all_reduce_max([bool(problem)], env)):
-        who = f"rank {env.rank} cannot load it: {problem}" if problem else "another rank cannot load it"
-        raise ConfigError(f"rank 0 resumes from {path} but {who}; every rank needs the same "
-                          "Global.output_dir (shared storage)")
-    return resumed
+        return chosen
+    return path, ckpt.load_checkpoint(path, data=data[0])
+
+
+def _read(path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read checkpoint {path}: {e.strerror}") from None
 
 
 def _choose_checkpoint(g: dict, run: RunDir):

@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from simsiam_job import validate
 from simsiam_job.backends.base import (
     GROUP_RESTARTS_HELP, BaseBackend, JobRef, JobStatus, JobSummary, Rendered, option, poll,
 )
 from simsiam_job.backends.kubernetes import render as _render
+from simsiam_job.backends.kubernetes import scheduling
 from simsiam_job.backends.kubernetes.client import Api, namespace
 from simsiam_job.backends.kubernetes.logs import PodLogs
 from simsiam_job.backends.kubernetes.render import IMAGE_UID, OUTPUT_MOUNT, Volume, parse_claim  # noqa: F401
@@ -63,11 +64,43 @@ class Options:
     connect_timeout: float = option(10.0, "seconds to wait for a connection to the API server")
     read_timeout: float = option(
         30.0, "seconds to wait for the API server's answer (a slow VPN may need more)")
+    # ---- the workload: an Indexed Job (any cluster, a ReadWriteMany output claim for several
+    # nodes) or a JobSet (the JobSet controller; only rank 0 mounts the output claim)
+    workload: Literal["job", "jobset", "auto"] = option(
+        "job", "job: an Indexed Job; jobset: a JobSet (leader + workers, ReadWriteOnce output is enough); "
+               "auto: a JobSet when the cluster serves jobset.x-k8s.io, else a Job")
+    start_timeout: int = option(
+        600, "seconds every node waits for the whole group to start; then the job fails (exit 69), so no "
+             "node holds its GPUs for peers that cannot be scheduled")
+    # ---- shared clusters: Kueue and the scheduling knobs sites require
+    queue: str = option("", "Kueue LocalQueue (label kueue.x-k8s.io/queue-name); the job is created "
+                            "suspended and Kueue admits it as a whole")
+    workload_priority: str = option("", "Kueue WorkloadPriorityClass (label kueue.x-k8s.io/priority-class)")
+    tolerations: tuple[str, ...] = option(
+        (), "pod tolerations, KEY[=VALUE][:EFFECT] each (no value: any value; no effect: every effect)")
+    node_selector: tuple[str, ...] = option((), "pod nodeSelector entries, KEY=VALUE each")
+    node_affinity: tuple[str, ...] = option(
+        (), "required node affinity, all must hold: KEY=V1|V2 (In), KEY!=V1|V2 (NotIn), KEY (Exists), !KEY")
+    labels: tuple[str, ...] = option((), "extra labels on every object and pod, KEY=VALUE each")
+    annotations: tuple[str, ...] = option((), "extra annotations on the job and its pods, KEY=VALUE each")
+    scheduler_name: str = option("", "schedulerName of the pods (default: the cluster's default scheduler)")
+    extra_resources: tuple[str, ...] = option(
+        (), "extra resources per pod (requests = limits), NAME=QUANTITY each, e.g. rdma/hca_shared_devices_a=1")
+    rdma: bool = option(False, "InfiniBand/RoCE profile: IPC_LOCK, rdma_resource, the rdma_network annotation, "
+                               "NCCL_IB_* environment (needs a namespace whose Pod Security level allows IPC_LOCK)")
+    rdma_resource: str = option("rdma/hca_shared_devices_a=1", "the RDMA device resource of the rdma profile, "
+                                                                "NAME=QUANTITY")
+    rdma_network: str = option("", "the rdma profile's secondary network(s) (annotation "
+                                   "k8s.v1.cni.cncf.io/networks); empty: RDMA over the pod's own network")
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "read_timeout"):
             if not getattr(self, name) > 0:
                 raise UsageError(f"kubernetes option {name} must be > 0, got {getattr(self, name)}")
+        if self.start_timeout < 1:
+            raise UsageError(f"kubernetes option start_timeout must be at least 1 second, got {self.start_timeout}")
+        # The site knobs are parsed once here: a mistake fails at render, on the laptop.
+        scheduling.parse(self)
         # Names and quantities fail at render time, on the laptop, not in the API server.
         if self.namespace:
             validate.dns1123_label("namespace", self.namespace)
