@@ -277,14 +277,39 @@ def next_attempt(job: dict, config_map: dict, service: dict) -> list[dict]:
     spec.pop("selector", None)          # the server derives it again, with the new Job's uid
     pod_meta = spec["template"].setdefault("metadata", {})
     pod_meta["labels"] = {k: v for k, v in (pod_meta.get("labels") or {}).items() if k not in _SERVER_POD_LABELS}
-    annotations = job["metadata"].setdefault("annotations", {})
+    _next(job, [spec["template"]])
+    return [config_map, service, job]
+
+
+def next_jobset_attempt(jobset: dict, config_map: dict) -> list[dict]:
+    """The same for a JobSet (its headless Service is the JobSet controller's own)."""
+    import copy
+
+    docs = []
+    for obj in (config_map, jobset):
+        doc = copy.deepcopy(obj)
+        doc.pop("status", None)
+        for key in _SERVER_METADATA:
+            doc["metadata"].pop(key, None)
+        docs.append(doc)
+    config_map, jobset = docs
+    _next(jobset, [r["template"]["spec"]["template"] for r in jobset["spec"]["replicatedJobs"]])
+    return [config_map, jobset]
+
+
+def _next(workload: dict, pod_templates: list[dict]) -> None:
+    """The attempt one higher (annotation and the trainer's SIMSIAM_JOB_ATTEMPT); in a Kueue queue,
+    suspended again, for Kueue to admit."""
+    annotations = workload["metadata"].setdefault("annotations", {})
     attempt = int(annotations.get(ATTEMPT_ANNOTATION, "1")) + 1
     annotations[ATTEMPT_ANNOTATION] = str(attempt)
-    for container in spec["template"]["spec"]["containers"]:
-        for var in container.get("env") or []:
-            if var.get("name") == contract.ATTEMPT_ENV:
-                var["value"] = str(attempt)
-    return [config_map, service, job]
+    for template in pod_templates:
+        for container in template["spec"]["containers"]:
+            for var in container.get("env") or []:
+                if var.get("name") == contract.ATTEMPT_ENV:
+                    var["value"] = str(attempt)
+    if (workload["metadata"].get("labels") or {}).get(scheduling.QUEUE_LABEL):
+        workload["spec"]["suspend"] = True
 
 
 def launch_logs(spec: JobSpec) -> str:
