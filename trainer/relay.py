@@ -90,7 +90,7 @@ class Leader:
     every node's heartbeat records to the others."""
 
     def __init__(self, port: int, generation: str, master: str, nodes: int, heartbeats: Path | None,
-                 host: str | None = None):
+                 host: str | None = None, bind: str = ""):
         self.generation, self.master, self.nodes = generation, master, nodes
         self.heartbeats, self.host = heartbeats, host or socket.gethostname()
         self.joined: dict[int, str] = {}        # node -> the pod that joined for it
@@ -114,7 +114,7 @@ class Leader:
                 except OSError:
                     pass
 
-        self.server = _Server(("", port), Handler)
+        self.server = _Server((bind, port), Handler)
         threading.Thread(target=self.server.serve_forever, name="simsiam-relay", daemon=True).start()
 
     def answer(self, request: dict) -> dict:
@@ -162,9 +162,10 @@ class Leader:
 class Member:
     """Any other rank's side: join rank 0 of this generation, then mirror the heartbeats."""
 
-    def __init__(self, host: str, port: int, generation: str, node: int, pod: str, heartbeats: Path | None):
+    def __init__(self, host: str, port: int, generation: str, node: int, pod: str, heartbeats: Path | None,
+                 me: str | None = None):
         self.host, self.port, self.generation, self.node, self.pod = host, port, generation, node, pod
-        self.heartbeats, self.me = heartbeats, socket.gethostname()
+        self.heartbeats, self.me = heartbeats, me or socket.gethostname()
         self.address: tuple[str, int] | None = None
         self.over: str | None = None            # why the group is over, once rank 0 says so
         self.seen: dict = {}
@@ -183,6 +184,8 @@ class Member:
                     self.address = (ip, self.port)
                     return str(reply["master"])
                 why = f"rank 0 at {ip} refused: {reply.get('why')}"
+            except TimeoutError:
+                raise               # DNS never answered: the caller names the name
             except OSError as err:
                 why = f"rank 0 at {self.host} cannot be reached: {err.strerror or err}"
             now = time.monotonic()

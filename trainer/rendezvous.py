@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     started_at = time.monotonic()
     deadline = started_at + args.start_timeout if args.start_timeout else None
     wait = args.start_timeout or args.timeout
-    group = Group()
+    group, rank = Group(), args.node_rank
     # Asked to stop before the launcher runs (as PID 1 a SIGTERM would otherwise be ignored).
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop_waiting)
@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 1                # rank 0 may come up on a retry of the pod
         outcome = start_timeout_outcome(args.start_timeout, [], str(err))
-        print(f"error: node {args.node_rank}: {outcome.message}", file=sys.stderr, flush=True)
+        print(f"error: node {rank}: {outcome.message}", file=sys.stderr, flush=True)
         return report(outcome, "")
     except OSError as err:          # the shared directory cannot be written, the port is taken
         where = f"in {args.rounds_dir}" if args.rounds_dir else f"on port {args.port + 1}"
