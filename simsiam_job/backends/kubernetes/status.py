@@ -160,11 +160,21 @@ def node_states(nodes: int, pods) -> list[NodeStatus]:
     return states
 
 
-def _failed_rank(states: list[NodeStatus]) -> str:
-    """"; rank N: <how it ended>" for the rank that ended the job (its termination message carries
-    the trainer's own line), else ""."""
-    ended = next((n for n in states if n.exit_code not in (None, 0)), None)
-    return f"; rank {ended.rank}: {ended.reason}" if ended is not None else ""
+def _failed_rank(states: list[NodeStatus], pods) -> str:
+    """"; rank N: <how it ended>" for the rank that ended the job, else "": the root cause among
+    the ranks' outcomes (their termination messages, else their exit codes), as contract.decide
+    blames them: a bad input before the others' SIGTERM that echoes it."""
+    newest = newest_pods(pods)
+    ended = {}
+    for node in states:
+        if node.exit_code in (None, 0):
+            continue
+        message = next((c.state.terminated.message for c in newest[node.rank].status.container_statuses or []
+                        if c.state.terminated is not None), None)
+        outcome = contract.Outcome.from_json(message) if message else None
+        ended[node.rank] = outcome or contract.Outcome(contract.end_of_exit(node.exit_code), node.rank, node.exit_code)
+    cause = contract.root_cause([dataclasses.replace(o, rank=rank) for rank, o in ended.items()])
+    return f"; rank {cause.rank}: {states[cause.rank].reason}" if cause is not None else ""
 
 
 def _waiting_reason(states: list[NodeStatus]) -> str | None:
@@ -235,7 +245,7 @@ def job_status(ref: JobRef, job, pods, *, progress: dict | None = None, queued: 
     if state is State.FAILED:
         cond = _condition(job, "Failed") or _condition(job, "FailureTarget")
         if cond is not None:
-            reason = (f"{cond.reason}: {cond.message}" if cond.message else cond.reason) + _failed_rank(states) \
+            reason = (f"{cond.reason}: {cond.message}" if cond.message else cond.reason) + _failed_rank(states, pods) \
                 + never_scheduled(states, events, {i: f"{job.metadata.name}-{i}" for i in range(nodes)})
         reason = _join(reason, history)
     elif state is State.QUEUED:
@@ -307,7 +317,7 @@ def jobset_status(ref: JobRef, js: dict, pods, *, progress: dict | None = None, 
     if state is State.FAILED:
         cond = _js_condition(js, "Failed")
         names = {0: f"{name}-{LEADER}-0-0", **{i: f"{name}-{WORKER}-0-{i - 1}" for i in range(1, nodes)}}
-        reason = _join(f"{cond.get('reason')}: {cond.get('message')}" + _failed_rank(states)
+        reason = _join(f"{cond.get('reason')}: {cond.get('message')}" + _failed_rank(states, pods)
                        + never_scheduled(states, events, names), history)
     elif state is State.QUEUED:
         reason = _join(_queued_text(queued), history)
