@@ -173,21 +173,21 @@ class Member:
 
     def join(self, deadline: float, resolve, say=print) -> str:
         """Rank 0's paddle master, once a rank 0 of our generation let us in; TimeoutError with
-        the last refusal at ``deadline`` (time.monotonic())."""
+        the last refusal at ``deadline`` (time.monotonic()). ``resolve(host, timeout)`` gives the
+        addresses DNS has for rank 0's name; each is asked."""
         why, next_note = "", 0.0
         while True:
-            try:
-                ip = resolve(self.host, max(0.0, deadline - time.monotonic()))
-                reply = ask((ip, self.port), {"op": "join", "generation": self.generation, "node": self.node,
-                                              "pod": self.pod})
+            for ip in resolve(self.host, max(0.0, deadline - time.monotonic())):
+                try:
+                    reply = ask((ip, self.port), {"op": "join", "generation": self.generation, "node": self.node,
+                                                  "pod": self.pod})
+                except OSError as err:
+                    why = f"rank 0 at {ip} cannot be reached: {err.strerror or err}"
+                    continue
                 if reply.get("ok"):
                     self.address = (ip, self.port)
                     return str(reply["master"])
                 why = f"rank 0 at {ip} refused: {reply.get('why')}"
-            except TimeoutError:
-                raise               # DNS never answered: the caller names the name
-            except OSError as err:
-                why = f"rank 0 at {self.host} cannot be reached: {err.strerror or err}"
             now = time.monotonic()
             if now >= deadline:
                 raise TimeoutError(f"node {self.node} could not join rank 0 ({self.host}) of generation "

@@ -84,11 +84,18 @@ def command(*, node_rank: str, rank0_host: str = "", port: int = 0, pod_ip: str 
 
 def resolve(host: str, timeout: float, *, interval: float = 1.0, say=print) -> str:
     """The IPv4 address of ``host``, asking until DNS answers or ``timeout`` seconds have passed."""
+    return resolve_all(host, timeout, interval=interval, say=say)[0]
+
+
+def resolve_all(host: str, timeout: float, *, interval: float = 1.0, say=print) -> list[str]:
+    """Every IPv4 address DNS gives for ``host`` (right after a restart a pod's name may also still
+    give the address of the pod before it), asking until it answers or ``timeout`` seconds passed."""
     deadline = time.monotonic() + timeout
     next_note = 0.0
     while True:
         try:
-            return socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+            found = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+            return list(dict.fromkeys(info[4][0] for info in found))
         except socket.gaierror as err:
             now = time.monotonic()
             if now >= deadline:
@@ -422,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 member = relay.Member(args.rank0_host, args.port + 1, args.generation, rank, uuid.uuid4().hex,
                                       heartbeats)
-                master = member.join(started_at + wait, resolve)
+                master = member.join(started_at + wait, resolve_all)
                 member.start_mirroring()
                 group = Group(member=member)
         else:

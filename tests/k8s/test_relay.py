@@ -45,13 +45,21 @@ def test_a_worker_never_joins_the_rank_0_of_the_start_before(leaders):
     port = free_port()
     leaders(port, "0", "127.0.0.2:6768", 2, None, bind="127.0.0.2")     # the old group's rank 0
     leaders(port, "1", "127.0.0.3:6768", 2, None, bind="127.0.0.3")     # the restarted group's
-    answers = iter(["127.0.0.2", "127.0.0.2", "127.0.0.3"])
+    answers = iter([["127.0.0.2"], ["127.0.0.2"], ["127.0.0.3"]])
     said = []
     member = relay.Member("job-leader-0-0.job", port, "1", 1, "pod-b", None)
     master = member.join(time.monotonic() + 30, lambda host, timeout: next(answers),
                          say=lambda text, **_: said.append(text))
     assert master == "127.0.0.3:6768"
     assert "rank 0 is of generation 0, not 1" in said[0]
+
+
+def test_of_both_addresses_dns_gives_the_worker_joins_the_one_of_its_generation(leaders):
+    port = free_port()
+    leaders(port, "0", "127.0.0.2:6768", 2, None, bind="127.0.0.2")     # still terminating
+    leaders(port, "1", "127.0.0.3:6768", 2, None, bind="127.0.0.3")
+    member = relay.Member("job-leader-0-0.job", port, "1", 1, "pod-b", None)
+    assert member.join(time.monotonic() + 30, lambda host, timeout: ["127.0.0.2", "127.0.0.3"]) == "127.0.0.3:6768"
 
 
 def test_rank_0_admits_each_node_once_and_only_while_forming(leaders):
@@ -77,7 +85,7 @@ def test_heartbeats_are_mirrored_and_a_frozen_rank_is_seen_by_rank_0s_watchdog(t
     leader_dir, member_dir = tmp_path / "leader" / "heartbeats", tmp_path / "member" / "heartbeats"
     leaders(port, "0", "127.0.0.1:6768", 2, leader_dir, host="pod-0", bind="127.0.0.1")
     member = relay.Member("localhost", port, "0", 1, "pod-1", member_dir, me="pod-1")
-    member.join(time.monotonic() + 10, lambda host, timeout: "127.0.0.1")
+    member.join(time.monotonic() + 10, lambda host, timeout: ["127.0.0.1"])
     member.start_mirroring()
     try:
         rank0 = Heartbeat(generation_dir(leader_dir.parent, generation), 0)
