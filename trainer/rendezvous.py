@@ -28,13 +28,25 @@ Failed), so there is never more than one live pod per index, and only rank 0's p
 Without shared storage (a smoke job without an output claim) there are no rounds: the other pods
 resolve rank 0's stable name (``<job>-0.<service>``, published by the headless Service).
 
+A JobSet's pods share no directory (only rank 0 mounts the output claim): with ``--generation``
+(JobSet's restart attempt) they meet over the network instead, and mirror their ranks' heartbeat
+files through rank 0's supervisor (trainer.relay).
+
+Start timeout (``--start-timeout``): until a rank on this node has joined the whole group
+(trainer.outcome.mark_started), the supervisor waits at most that long, for rank 0 and for the
+launcher; then it ends the launcher and exits 69 (contract.EXIT_START_TIMEOUT, which fails the
+job), naming on rank 0 the nodes that never joined, so no node holds its GPUs for peers that
+cannot be scheduled.
+
 Exit status: the launcher's; 143 when the pod was asked to stop (SIGTERM: deleted, evicted,
-drained, cancelled; paddle's launcher itself exits 15 there), 75 when the group was superseded.
+drained, cancelled; paddle's launcher itself exits 15 there), 75 when the group was superseded,
+69 at the start timeout.
 
 Paddle-free: the launcher builds this command (``command``), the image runs it::
 
     python -m trainer.rendezvous --rank0-host NAME --port PORT --node-rank N --pod-ip IP \
-        [--rounds-dir DIR] -- python -m paddle.distributed.launch ARGS...
+        [--start-timeout S] [--rounds-dir DIR | --generation G --heartbeats-dir DIR] \
+        -- python -m paddle.distributed.launch ARGS...
 """
 
 from __future__ import annotations
