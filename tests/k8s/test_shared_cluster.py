@@ -84,7 +84,8 @@ def test_cancel_works_on_a_queued_job(cluster, kube, ns):
 def test_a_jobset_is_followed_restarted_and_failed_through_the_cli(cluster, kube, ns):
     """On kwok: the JobSet's pods get their ranks, a disruption restarts the group without
     counting, exit 2 of a worker fails it at once with the rank named."""
-    ref = submit(cluster, ns, "js", "--nodes", "3", "--gpus", "8", "--set", "workload=jobset").stdout.strip()
+    # auto: this cluster serves jobset.x-k8s.io, so submit makes a JobSet
+    ref = submit(cluster, ns, "js", "--nodes", "3", "--gpus", "8", "--set", "workload=auto").stdout.strip()
     pods = wait_until(lambda: running(kube, ns, f"{JOBSET_LABEL}=js", 3), what="3 pods running")
     first = status(cluster, ref)
     assert first["state"] == "RUNNING" and first["detail"]["kind"] == "JobSet"
