@@ -208,7 +208,7 @@ def status(
     jobref: JobRefArg,
     json_: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Show a job's state (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED, UNKNOWN) and its nodes.
+    """Show a job's state (QUEUED, PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED, UNKNOWN) and its nodes.
 
     \b
     Example:

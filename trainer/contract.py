@@ -102,6 +102,9 @@ EXIT_BAD_INPUT = 2       # bad config, data, checkpoint or usage; the output dir
                          # run's: one line on stderr; retrying cannot help
 EXIT_DIVERGED = 3        # a non-finite loss or parameter: one line naming the step; no checkpoint
                          # was written after it; retrying cannot help
+EXIT_START_TIMEOUT = 69  # the group did not form within the start timeout (a node never came: not
+                         # schedulable, no quota): every node that is up gives up (sysexits'
+                         # EX_UNAVAILABLE) and the job fails, so no GPU stays held by half a group
 EXIT_PEER_LOST = 75      # another rank of the group was lost (sysexits' EX_TEMPFAIL): restart the
                          # whole group, which resumes from the newest checkpoint
 EXIT_PREEMPTED = 143     # SIGTERM: a checkpoint was saved, then the run stopped (128 + SIGTERM)
@@ -110,6 +113,7 @@ EXIT_MEANINGS = {
     EXIT_ERROR: "failed",
     EXIT_BAD_INPUT: "bad input",
     EXIT_DIVERGED: "diverged",
+    EXIT_START_TIMEOUT: "the group did not form within the start timeout",
     EXIT_PEER_LOST: "a peer rank was lost; restart the group",
     EXIT_PREEMPTED: "stopped by SIGTERM after a checkpoint",
 }
@@ -148,18 +152,20 @@ class End(str, enum.Enum):
     DONE = "done"
     BAD_INPUT = "bad input"          # retrying cannot help
     DIVERGED = "diverged"            # retrying cannot help
+    NOT_STARTED = "start timeout"    # the group did not form in time: a retry would hold the nodes
+                                     # that did start while waiting again for those that cannot
     PEER_LOST = "peer lost"          # this rank stopped because another was lost
     PREEMPTED = "preempted"          # asked to stop (SIGTERM: preemption, eviction, drain, cancel)
     CRASHED = "crashed"              # an unexpected error, or killed by a signal
 
     @property
     def final(self) -> bool:
-        return self in (End.BAD_INPUT, End.DIVERGED)
+        return self in (End.BAD_INPUT, End.DIVERGED, End.NOT_STARTED)
 
 
 EXIT_ENDS = {EXIT_DONE: End.DONE, EXIT_BAD_INPUT: End.BAD_INPUT, EXIT_DIVERGED: End.DIVERGED,
-             EXIT_PEER_LOST: End.PEER_LOST, EXIT_PREEMPTED: End.PREEMPTED}
-FINAL_EXITS = (EXIT_BAD_INPUT, EXIT_DIVERGED)        # fail the job at once
+             EXIT_START_TIMEOUT: End.NOT_STARTED, EXIT_PEER_LOST: End.PEER_LOST, EXIT_PREEMPTED: End.PREEMPTED}
+FINAL_EXITS = (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_START_TIMEOUT)      # fail the job at once
 RESTART_EXITS = (EXIT_PEER_LOST, EXIT_PREEMPTED)     # restart the group (a crash does too, counted)
 
 
@@ -272,7 +278,7 @@ class Decision:
 
 # Which end explains a start's end first: a final one, then a crash (a lost peer is its echo),
 # then a stop that was asked for.
-_BLAME = (End.BAD_INPUT, End.DIVERGED, End.CRASHED, End.PEER_LOST, End.PREEMPTED)
+_BLAME = (End.BAD_INPUT, End.DIVERGED, End.NOT_STARTED, End.CRASHED, End.PEER_LOST, End.PREEMPTED)
 
 
 def root_cause(outcomes: Sequence[Outcome]) -> Outcome | None:

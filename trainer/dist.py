@@ -9,6 +9,7 @@ import paddle
 import paddle.distributed as pdist
 from paddle import nn
 
+from trainer import outcome
 from trainer.config import ConfigError
 
 
@@ -40,7 +41,8 @@ def init(device: str) -> DistEnv:
     world_size = launched_world_size()
     if world_size > 1:
         from paddle.distributed import fleet
-        fleet.init(is_collective=True)
+        fleet.init(is_collective=True)      # returns once every rank has joined the group
+    outcome.mark_started()                  # so the node's start timeout ends here
     rank = pdist.get_rank() if world_size > 1 else 0
     # "cpu" or "gpu:N" (str() of the place would be "Place(gpu:N)", which no device test matches)
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=paddle.device.get_device())

@@ -63,6 +63,20 @@ def record(code: int, message: str = "", end: contract.End | None = None) -> Non
         pass
 
 
+STARTED = ".started"     # OUTCOME_DIR/rank-NNNNN.started: this rank's group has formed
+
+
+def mark_started() -> None:
+    """Every rank of the group has joined (the first collective returned): the node's supervisor
+    (trainer.rendezvous) stops counting its start timeout once a rank of its node says so."""
+    directory = os.environ.get(contract.OUTCOME_DIR_ENV)
+    if directory:
+        try:
+            open(os.path.join(directory, f"rank-{rank():05d}{STARTED}"), "w").close()
+        except OSError:
+            pass
+
+
 def write_termination_message(text: str, path: str | None = None) -> None:
     """On Kubernetes: the container's termination message (at most 4 KiB are kept)."""
     try:

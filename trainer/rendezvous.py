@@ -28,13 +28,25 @@ Failed), so there is never more than one live pod per index, and only rank 0's p
 Without shared storage (a smoke job without an output claim) there are no rounds: the other pods
 resolve rank 0's stable name (``<job>-0.<service>``, published by the headless Service).
 
+A JobSet's pods share no directory (only rank 0 mounts the output claim): with ``--generation``
+(JobSet's restart attempt) they meet over the network instead, and mirror their ranks' heartbeat
+files through rank 0's supervisor (trainer.relay).
+
+Start timeout (``--start-timeout``): until a rank on this node has joined the whole group
+(trainer.outcome.mark_started), the supervisor waits at most that long, for rank 0 and for the
+launcher; then it ends the launcher and exits 69 (contract.EXIT_START_TIMEOUT, which fails the
+job), naming on rank 0 the nodes that never joined, so no node holds its GPUs for peers that
+cannot be scheduled.
+
 Exit status: the launcher's; 143 when the pod was asked to stop (SIGTERM: deleted, evicted,
-drained, cancelled; paddle's launcher itself exits 15 there), 75 when the group was superseded.
+drained, cancelled; paddle's launcher itself exits 15 there), 75 when the group was superseded,
+69 at the start timeout.
 
 Paddle-free: the launcher builds this command (``command``), the image runs it::
 
     python -m trainer.rendezvous --rank0-host NAME --port PORT --node-rank N --pod-ip IP \
-        [--rounds-dir DIR] -- python -m paddle.distributed.launch ARGS...
+        [--start-timeout S] [--rounds-dir DIR | --generation G --heartbeats-dir DIR] \
+        -- python -m paddle.distributed.launch ARGS...
 """
 
 from __future__ import annotations
@@ -60,14 +72,23 @@ KILLED_BY_SIGTERM = 128 + signal.SIGTERM
 
 
 def command(*, node_rank: str, rank0_host: str = "", port: int = 0, pod_ip: str = "", rounds_dir: str = "",
-            outcomes_dir: str = "") -> list[str]:
+            outcomes_dir: str = "", start_timeout: int = 0, generation: str = "", heartbeats_dir: str = "",
+            rank_offset: int = 0) -> list[str]:
     """The words before the launcher's own command in a pod's command line (without rank0_host:
     a job of one node, nobody to meet)."""
     words = ["python", "-m", "trainer.rendezvous", "--node-rank", node_rank]
+    if rank_offset:
+        words += ["--rank-offset", str(rank_offset)]
     if rank0_host:
         words += ["--rank0-host", rank0_host, "--port", str(port), "--pod-ip", pod_ip]
+    if start_timeout:
+        words += ["--start-timeout", str(start_timeout)]
     if rounds_dir:
         words += ["--rounds-dir", rounds_dir]
+    if generation:
+        words += ["--generation", generation]
+    if heartbeats_dir:
+        words += ["--heartbeats-dir", heartbeats_dir]
     if outcomes_dir:
         words += ["--outcomes-dir", outcomes_dir]
     return [*words, "--"]
@@ -75,11 +96,18 @@ def command(*, node_rank: str, rank0_host: str = "", port: int = 0, pod_ip: str 
 
 def resolve(host: str, timeout: float, *, interval: float = 1.0, say=print) -> str:
     """The IPv4 address of ``host``, asking until DNS answers or ``timeout`` seconds have passed."""
+    return resolve_all(host, timeout, interval=interval, say=say)[0]
+
+
+def resolve_all(host: str, timeout: float, *, interval: float = 1.0, say=print) -> list[str]:
+    """Every IPv4 address DNS gives for ``host`` (right after a restart a pod's name may also still
+    give the address of the pod before it), asking until it answers or ``timeout`` seconds passed."""
     deadline = time.monotonic() + timeout
     next_note = 0.0
     while True:
         try:
-            return socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+            found = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+            return list(dict.fromkeys(info[4][0] for info in found))
         except socket.gaierror as err:
             now = time.monotonic()
             if now >= deadline:
@@ -105,6 +133,30 @@ def with_master(argv: list[str], master: str, round_: int = 0) -> list[str]:
         else:
             argv[at:at] = ["--job_id", f"round-{round_}"]
     return argv
+
+
+def with_rank(argv: list[str], rank: int) -> list[str]:
+    """``argv`` with the launcher's ``--rank`` (and the node's log folder, ``.../rank-N``) set to
+    ``rank``: a JobSet's worker pods count from 0 in their own Job, their node rank is 1 higher."""
+    at = argv.index(LAUNCHER) + 1
+    argv = list(argv)
+    for i in range(at, len(argv) - 1):
+        if argv[i] == "--rank":
+            argv[i + 1] = str(rank)
+        elif argv[i] == "--log_dir":
+            argv[i + 1] = argv[i + 1].rpartition("/rank-")[0] + f"/rank-{rank}" if "/rank-" in argv[i + 1] \
+                else argv[i + 1]
+    return argv
+
+
+def launcher_nodes(argv: list[str]) -> int:
+    """The launcher's ``--nnodes``."""
+    at = argv.index(LAUNCHER) + 1
+    if "--nnodes" in argv[at:-1]:
+        value = argv[argv.index("--nnodes", at) + 1]
+        if value.isdigit():
+            return int(value)
+    return 1
 
 
 # ---- rounds ---------------------------------------------------------------------------------------
@@ -169,6 +221,11 @@ class Rounds:
                 next_note = now + 15
             time.sleep(POLL)
 
+    def missing(self, nodes: int) -> list[int]:
+        """The nodes that have not joined this pod's round (rank 0's view)."""
+        records = self.records()
+        return [n for n in range(1, nodes) if (records.get(n) or {}).get("round") != self.round]
+
     def superseded(self) -> str | None:
         """Why this pod's round is over (a member was replaced, or rank 0 opened a newer round),
         else None."""
@@ -184,13 +241,48 @@ class Rounds:
 
 # ---- the launcher, supervised ---------------------------------------------------------------------
 
-def supervise(launch: list[str], rounds: Rounds | None, say=print) -> int:
-    """Run the launcher; forward SIGTERM/SIGINT to it; with rounds, end it at once (exit 75) when
-    this pod's round is superseded. Returns the pod's exit status."""
+class Group:
+    """What this pod's supervisor knows of its group: who has not joined yet (for the start
+    timeout's message), and whether the group is over (a newer round, rank 0 gone), else None."""
+
+    def __init__(self, rounds: Rounds | None = None, leader=None, member=None, nodes: int = 1):
+        self.rounds, self.leader, self.member, self.nodes = rounds, leader, member, nodes
+
+    def over(self) -> str | None:
+        if self.rounds is not None:
+            return self.rounds.superseded()
+        if self.member is not None and self.member.over:
+            return f"rank 0 ended this group ({self.member.over})"
+        return None
+
+    def missing(self) -> list[int]:
+        if self.leader is not None:
+            return self.leader.missing()
+        if self.rounds is not None and self.rounds.rank == 0:
+            return self.rounds.missing(self.nodes)
+        return []
+
+    def stopping(self) -> None:
+        if self.leader is not None:
+            self.leader.stop_admitting()
+
+
+def formed(outcomes_dir: Path) -> bool:
+    """A rank of this node has joined the whole group (trainer.outcome.mark_started)."""
+    from trainer.outcome import STARTED
+    return any(Path(outcomes_dir).glob(f"*{STARTED}"))
+
+
+def supervise(launch: list[str], group: Group, say=print, *, outcomes_dir: Path | None = None,
+              deadline: float | None = None, timeout: float = 0.0) -> int | contract.Outcome:
+    """Run the launcher; forward SIGTERM/SIGINT to it; end it at once (exit 75) when this pod's
+    group is over; at ``deadline`` (time.monotonic()) without the group formed, end it and return
+    the start timeout's outcome. Returns the pod's exit status otherwise."""
     stopping, started = [], []
 
     def forward(signum, frame):
         stopping.append(signum)
+        group.stopping()
         if started:
             started[0].send_signal(signum)
 
@@ -206,20 +298,44 @@ def supervise(launch: list[str], rounds: Rounds | None, say=print) -> int:
             break
         except subprocess.TimeoutExpired:
             pass
-        why = rounds.superseded() if rounds is not None and not stopping else None
+        if stopping:
+            continue
+        if deadline is not None and time.monotonic() >= deadline:
+            if outcomes_dir is not None and formed(outcomes_dir):
+                deadline = None
+            else:
+                # Half a group holds its nodes (GPUs) for peers that may never be scheduled.
+                _kill(proc)
+                return start_timeout_outcome(timeout, group.missing())
+        why = group.over()
         if why:
             # The group cannot go on (a member is gone): nothing to save, no collective to wait for.
-            say(f"rendezvous: round {rounds.round} is over: {why}; node {rounds.rank} stops "
+            where = f"round {group.rounds.round}" if group.rounds is not None else "the group"
+            node = group.rounds.rank if group.rounds is not None else "this"
+            say(f"rendezvous: {where} is over: {why}; node {node} stops "
                 f"(exit {contract.EXIT_PEER_LOST}) to join the next round", flush=True)
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+            _kill(proc)
             return contract.EXIT_PEER_LOST
     if stopping and code in (signal.SIGTERM, KILLED_BY_SIGTERM, -signal.SIGTERM):
         code = contract.EXIT_PREEMPTED      # paddle's launcher exits with the signal's number
     return code
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def start_timeout_outcome(seconds: float, missing: list[int], detail: str = "") -> contract.Outcome:
+    """How a node ended that gave up waiting for its group (contract.EXIT_START_TIMEOUT)."""
+    nodes = ", ".join(map(str, missing))
+    who = f": node{'s' if len(missing) > 1 else ''} {nodes} never joined" if missing else ""
+    return contract.Outcome(contract.End.NOT_STARTED, None, contract.EXIT_START_TIMEOUT,
+                            f"the group did not form within the start timeout ({seconds:.0f} s){who}"
+                            + (f": {detail}" if detail else ""), socket.gethostname(), round(time.time(), 3))
 
 
 def node_outcome(outcomes_dir: Path, launcher_code: int) -> contract.Outcome:
@@ -267,28 +383,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank0-host", default="", help="DNS name of rank 0's pod (none: a job of one node)")
     parser.add_argument("--port", type=int, default=0, help="rendezvous port of rank 0")
     parser.add_argument("--node-rank", required=True, help="this pod's rank (the Job's completion index)")
+    parser.add_argument("--rank-offset", type=int, default=0,
+                        help="added to --node-rank (a JobSet's workers count from 0 in their own Job)")
     parser.add_argument("--pod-ip", default="", help="this pod's IP (required on rank 0)")
     parser.add_argument("--rounds-dir", default="",
                         help="a directory every pod shares (on the output claim): numbered rounds keep "
                              "a restarted group apart from the one before")
+    parser.add_argument("--generation", default="",
+                        help="no shared directory: meet rank 0 over the network (trainer.relay), only one "
+                             "of this generation (a JobSet's restart attempt)")
+    parser.add_argument("--heartbeats-dir", default="",
+                        help="with --generation: this pod's heartbeat folder, mirrored with the other pods'")
     parser.add_argument("--outcomes-dir", default="",
                         help="a directory every pod shares (on the output claim): each node's ranks' "
                              "outcomes are copied there for rank 0's next start, which bounds restarts")
     parser.add_argument("--timeout", type=float, default=600.0,
-                        help="seconds to wait for rank 0 (its name or its round; default 600)")
+                        help="seconds to wait for rank 0 (its name or its round; default 600) before "
+                             "exiting 1, when there is no --start-timeout")
+    parser.add_argument("--start-timeout", type=float, default=0.0,
+                        help="seconds for the whole group to form (every node up and joined); then every "
+                             f"node still waiting exits {contract.EXIT_START_TIMEOUT}, which fails the job")
     parser.add_argument("launch", nargs=argparse.REMAINDER, help="-- the launcher's command")
     args = parser.parse_args(argv)
     launch = args.launch[1:] if args.launch[:1] == ["--"] else args.launch
-    rounds = None
+    started_at = time.monotonic()
+    deadline = started_at + args.start_timeout if args.start_timeout else None
+    wait = args.start_timeout or args.timeout
+    group, rank = Group(), args.node_rank
     # Asked to stop before the launcher runs (as PID 1 a SIGTERM would otherwise be ignored).
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop_waiting)
     try:
         if not args.node_rank.isdigit():
             raise ValueError(f"--node-rank must be a number, got {args.node_rank!r}")
-        rank = int(args.node_rank)
+        rank = int(args.node_rank) + args.rank_offset
+        nodes = launcher_nodes(launch)
         with_master(launch, "")         # a malformed command fails before any waiting
-        if rank == 0 and not args.pod_ip:
+        if args.rank_offset:
+            launch = with_rank(launch, rank)
+        if rank == 0 and not args.pod_ip and args.rank0_host:
             raise ValueError("rank 0 needs its own address: --pod-ip (the pod's status.podIP)")
         if not args.rank0_host:
             if rank != 0:
@@ -296,31 +429,54 @@ def main(argv: list[str] | None = None) -> int:
             master = where = ""
         elif args.rounds_dir:
             rounds = Rounds(args.rounds_dir, rank)
-            master = rounds.open(args.pod_ip, args.port) if rank == 0 else rounds.join(args.timeout)
-            where = f", round {rounds.round}"
+            master = rounds.open(args.pod_ip, args.port) if rank == 0 else rounds.join(wait)
+            group, where = Group(rounds=rounds, nodes=nodes), f", round {rounds.round}"
+        elif args.generation:
+            from trainer import relay
+            heartbeats = Path(args.heartbeats_dir) if args.heartbeats_dir else None
+            where = f", generation {args.generation}"
+            if rank == 0:
+                master = f"{args.pod_ip}:{args.port}"
+                group = Group(leader=relay.Leader(args.port + 1, args.generation, master, nodes, heartbeats))
+            else:
+                member = relay.Member(args.rank0_host, args.port + 1, args.generation, rank, uuid.uuid4().hex,
+                                      heartbeats)
+                master = member.join(started_at + wait, resolve_all)
+                member.start_mirroring()
+                group = Group(member=member)
         else:
-            ip = args.pod_ip if rank == 0 else resolve(args.rank0_host, args.timeout)
+            ip = args.pod_ip if rank == 0 else resolve(args.rank0_host, wait)
             master, where = f"{ip}:{args.port}", ""
         if master:
-            launch = with_master(launch, master, rounds.round if rounds else 0)
+            launch = with_master(launch, master, group.rounds.round if group.rounds else 0)
     except ValueError as err:       # a malformed command: retrying cannot help
         print(f"error: {err}", file=sys.stderr)
         return contract.EXIT_BAD_INPUT
-    except TimeoutError as err:     # rank 0 may come up on a retry of the pod
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:          # the shared directory cannot be written
-        print(f"error: rendezvous in {args.rounds_dir}: {err.strerror or err}", file=sys.stderr)
+    except TimeoutError as err:
+        if not args.start_timeout:
+            print(f"error: {err}", file=sys.stderr)
+            return 1                # rank 0 may come up on a retry of the pod
+        outcome = start_timeout_outcome(args.start_timeout, [], str(err))
+        print(f"error: node {rank}: {outcome.message}", file=sys.stderr, flush=True)
+        return report(outcome, "")
+    except OSError as err:          # the shared directory cannot be written, the port is taken
+        where = f"in {args.rounds_dir}" if args.rounds_dir else f"on port {args.port + 1}"
+        print(f"error: rendezvous {where}: {err.strerror or err}", file=sys.stderr)
         return 1
     except _Stopped:
         print(f"rendezvous: node {args.node_rank} stopped by a signal while waiting for rank 0", flush=True)
         return contract.EXIT_PREEMPTED
     if master:
-        print(f"rendezvous: node {args.node_rank}, master {master} ({args.rank0_host}){where}", flush=True)
+        print(f"rendezvous: node {rank}, master {master} ({args.rank0_host}){where}", flush=True)
     # Every rank of this node records its outcome here (trainer.outcome); /tmp is the pod's own.
     local = Path(tempfile.mkdtemp(prefix="simsiam-outcomes-"))
     os.environ[contract.OUTCOME_DIR_ENV] = str(local)
-    code = supervise(launch, rounds)
+    # The group has formed once a rank of this node says so; a node of one has nobody to wait for.
+    code = supervise(launch, group, outcomes_dir=local, deadline=deadline if nodes > 1 else None,
+                     timeout=args.start_timeout)
+    if isinstance(code, contract.Outcome):
+        print(f"error: node {rank}: {code.message}", file=sys.stderr, flush=True)
+        return report(code, "")
     if code == contract.EXIT_PEER_LOST and not contract.read_outcomes(local):
         return code                     # superseded round: the new round's ranks say the rest
     return report(node_outcome(local, code), args.outcomes_dir)

@@ -26,6 +26,7 @@ from trainer import contract
 
 
 class State(str, enum.Enum):
+    QUEUED = "QUEUED"       # held by an admission layer (Kueue) until its quota fits the whole job
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"

@@ -14,6 +14,11 @@ RECIPE = REPO / "trainer" / "configs" / "simsiam_resnet50_pt_in1k_1n8c_dp_fp32.y
 # label of the real (kubelet + containerd) nodes.
 E2E_NAMESPACE = "simsiam-e2e"
 REAL_NODE_LABEL = "simsiam-test/real-node=true"
+# Kueue and JobSet (tests/cluster/k8s.sh up): the ClusterQueue, the LocalQueue of the real-node
+# namespace, and its ReadWriteOnce output claim (a volume on one real node).
+CLUSTER_QUEUE = "simsiam"
+E2E_QUEUE = "simsiam"
+RWO_CLAIM = "output-rwo"
 
 
 def make_spec(name: str = "demo", *, nodes: int = 2, gpus: int = 8, data: str | None = "imagenet",

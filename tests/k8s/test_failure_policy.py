@@ -18,7 +18,8 @@ def test_failure_policy_restarts_a_lost_peer_uncounted_and_fails_bad_input_and_d
     rules = job["spec"]["podFailurePolicy"]["rules"]
     fail, peer_lost, disrupted = rules
     assert fail["action"] == "FailJob" and fail["onExitCodes"] == {
-        "containerName": "trainer", "operator": "In", "values": [contract.EXIT_BAD_INPUT, contract.EXIT_DIVERGED]}
+        "containerName": "trainer", "operator": "In",
+        "values": [contract.EXIT_BAD_INPUT, contract.EXIT_DIVERGED, contract.EXIT_START_TIMEOUT]}
     # 143: the pod itself was asked to stop (a deleted pod has no DisruptionTarget) and checkpointed
     assert peer_lost["action"] == "Ignore" and peer_lost["onExitCodes"] == {
         "containerName": "trainer", "operator": "In", "values": [contract.EXIT_PEER_LOST, contract.EXIT_PREEMPTED]}

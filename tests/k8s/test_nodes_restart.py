@@ -2,7 +2,8 @@
 loses rank 1 mid-epoch (evicted through the Eviction API, or its pod deleted); both ranks stop, both
 indices are recreated, the new pods meet in a new rendezvous round (never the old rank 0), rank 0
 resumes from the newest checkpoint, and the job succeeds with every step in metrics.jsonl once,
-without counting against backoffLimit. With group_restarts=0 the same loss fails the job instead.
+without counting against backoffLimit. With group_restarts=0 a crash of rank 1 fails the job
+instead (an eviction would not count: preemption is not failure).
 
 Driven through the ``simsiam-job`` CLI like test_nodes.py; the numbers measured (eviction to every
 old pod ended, to training again) are printed (pytest -s).
@@ -124,11 +125,22 @@ def test_losing_rank_1_mid_epoch_restarts_both_ranks_which_resume_and_succeed(no
     assert final["progress"]["global_step"] == TOTAL_STEPS
 
 
+KILL_TRAINER = ("import os, signal\n"
+                "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+                "    try:\n"
+                "        if b'simsiam-train' in open(f'/proc/{pid}/cmdline', 'rb').read():\n"
+                "            os.kill(int(pid), signal.SIGKILL)\n"
+                "    except OSError:\n"
+                "        pass\n")
+
+
 def test_group_restarts_are_bounded_then_the_job_fails_with_the_reason(nodes, name):
+    """A crash counts (an eviction would not: preemption is not failure, test above)."""
     env, output = nodes["env"], Path(nodes["output"])
     ref = submit(nodes, name, "--set", "group_restarts=0")
     wait_for_steps(output / name / "metrics.jsonl", 6, ref, env)
-    lose_rank_1(nodes, running_pod(nodes, name, 1)["metadata"]["name"], "evicted")
+    kubectl(nodes, "-n", E2E_NAMESPACE, "exec", running_pod(nodes, name, 1)["metadata"]["name"], "--",
+            "python", "-c", KILL_TRAINER)
     final, _ = wait_for(ref, env, lambda st: st["state"] == "FAILED", what="FAILED", timeout=600)
     assert "exit code 2" in final["reason"] and "FailJob" in final["reason"], final["reason"]
     logs = run_cli(["logs", ref], env, check=True).stdout

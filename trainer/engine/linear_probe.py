@@ -86,7 +86,10 @@ class LinearProbe(Task):
             self.eval_loader = build_eval_loader(eval_cfg, rank=env.rank, world_size=env.world_size)
         if not g["pretrained_model"]:
             log.warning("WARNING: Global.pretrained_model is not set: probing a randomly initialised encoder")
-        self.net = build_probe(cfg, g["pretrained_model"], with_head=False)
+        # Rank 0 alone reads the weights: the data-parallel wrapper broadcasts its parameters and
+        # buffers to every rank (the others need not see the file: on Kubernetes only rank 0
+        # mounts the output claim).
+        self.net = build_probe(cfg, g["pretrained_model"] if env.is_main else None, with_head=False)
         self.optimizer, self.group_lr = build_optimizer(self.net, cfg["Optimizer"], epochs=g["epochs"],
                                                         steps_per_epoch=len(self.loader),
                                                         lr_cfg=cfg.get("LRScheduler"))

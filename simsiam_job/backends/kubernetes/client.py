@@ -58,8 +58,9 @@ def namespace(options) -> str:
 
 
 class Api:
-    """CoreV1Api and BatchV1Api on one ApiClient, every call bounded by the connect and read
-    timeouts (a server behind a dead VPN accepts the connection and never answers)."""
+    """CoreV1Api, BatchV1Api and CustomObjectsApi (JobSets, Kueue's Workloads) on one ApiClient,
+    every call bounded by the connect and read timeouts (a server behind a dead VPN accepts the
+    connection and never answers)."""
 
     def __init__(self, options) -> None:
         try:
@@ -91,6 +92,23 @@ class Api:
         api_client = _answer_reading_client(cfg)
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.apis = client.ApisApi(api_client)
+        self._groups: set[str] | None = None
+
+    def get_path(self, what: str, path: str, missing: str | None = None) -> Any:
+        """GET an API path as JSON (for paths the generated clients cannot spell, such as a
+        subresource of a subresource)."""
+        api_client = self.custom.api_client
+        return self.call(what, api_client.call_api, path, "GET", response_type="object",
+                         auth_settings=["BearerToken"], _return_http_data_only=True, missing=missing)
+
+    def serves(self, group: str) -> bool:
+        """Whether the cluster serves an API group (discovery: one call, then remembered)."""
+        if self._groups is None:
+            found = self.call("asking the API server which APIs it serves", self.apis.get_api_versions)
+            self._groups = {g.name for g in found.groups or []}
+        return group in self._groups
 
     def call(self, what: str, fn, *args, missing: str | None = None, **kwargs):
         """One API call; its errors become one line with the server's own message and a hint.

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from simsiam_job.backends.base import follow_lines
-from simsiam_job.backends.kubernetes.status import job_state, newest_pods
+from simsiam_job.backends.kubernetes.status import newest_pods
 from simsiam_job.errors import NotFoundError
 
 CONTAINER = "trainer"
@@ -23,12 +23,13 @@ FOLLOW_QUIET_S = 5.0  # silence after which -f checks whether the job ended
 
 
 class PodLogs:
-    """The logs of one job's pods. ``job_and_pods()`` reads the Job and its pods (two API calls)."""
+    """The logs of one job's pods. ``state_and_pods()`` reads the job's state and its pods (two or
+    three API calls)."""
 
-    def __init__(self, api, namespace: str, job_and_pods: Callable[[], tuple]):
+    def __init__(self, api, namespace: str, state_and_pods: Callable[[], tuple]):
         self.api = api
         self.namespace = namespace
-        self.job_and_pods = job_and_pods
+        self.state_and_pods = state_and_pods
 
     def read(self, pod, *, tail: int | None, timestamps: bool = False) -> str:
         """A pod's log now ("" before its container started)."""
@@ -69,12 +70,12 @@ class PodLogs:
 
         def finished() -> bool:
             try:
-                job, all_pods = self.job_and_pods()
+                state, all_pods = self.state_and_pods()
             except NotFoundError:
                 newest.clear()
                 return True  # cancelled while we followed
             newest.update(pod=newest_pods(all_pods).get(r))
-            return job_state(job, all_pods).finished
+            return state.finished
 
         def read(final: bool) -> Iterator[str]:
             pod = newest.get("pod")

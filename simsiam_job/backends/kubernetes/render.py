@@ -1,7 +1,9 @@
 """The manifests of one job (pure: reads the kubeconfig file for the namespace, never the cluster).
 
-A ConfigMap (the trainer config), a headless Service (rendezvous) and an Indexed Job with one pod
-per node, from ``k8s/job.yaml.j2``.
+``workload=job``: a ConfigMap (the trainer config), a headless Service (rendezvous) and an Indexed
+Job with one pod per node, from ``k8s/job.yaml.j2``. ``workload=jobset``: the ConfigMap and a
+JobSet with a leader (rank 0, the only pod with the output claim) and workers (ranks 1..N-1), from
+``k8s/jobset.yaml.j2``. Both take their pods from ``k8s/pod.yaml.j2``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 from simsiam_job import command, templates, validate
 from simsiam_job.backends.base import Rendered
+from simsiam_job.backends.kubernetes import scheduling
 from simsiam_job.errors import UsageError
 from simsiam_job.spec import JobSpec
 from trainer import contract
@@ -19,6 +22,10 @@ from trainer.rendezvous import ROUNDS_DIR
 from trainer.rendezvous import command as rendezvous_command
 
 TEMPLATE = "k8s/job.yaml.j2"
+JOBSET_TEMPLATE = "k8s/jobset.yaml.j2"
+LEADER, WORKER = "leader", "worker"       # the JobSet's replicated jobs: rank 0, ranks 1..N-1
+RESTART_ATTEMPT_LABEL = "jobset.sigs.k8s.io/restart-attempt"   # on every pod of a JobSet
+RESTART_ATTEMPT_ENV = "JOBSET_RESTART_ATTEMPT"
 CONFIG_DIR = "/etc/simsiam"      # the ConfigMap's mount
 DATA_MOUNT = "/data"             # the data claim, read-only
 OUTPUT_MOUNT = "/output"         # the output claim; each job writes OUTPUT_MOUNT/<job name>/
@@ -58,7 +65,11 @@ def output_volume(spec: JobSpec, options) -> Volume | None:
 
 def render(spec: JobSpec, options, namespace: str, attempt: int = 1) -> Rendered:
     """attempt: 1 for submit; resume renders the next attempt of the same job."""
-    docs = templates.render_yaml_stream(TEMPLATE, **context(spec, options, namespace, attempt))
+    if options.workload == "auto":
+        raise UsageError("workload=auto is decided by asking the cluster whether it serves JobSets, which "
+                         "render never does: render with --set workload=job or --set workload=jobset")
+    template = JOBSET_TEMPLATE if options.workload == "jobset" else TEMPLATE
+    docs = templates.render_yaml_stream(template, **context(spec, options, namespace, attempt))
     import yaml
 
     text = yaml.safe_dump_all(docs, sort_keys=False)
@@ -66,6 +77,7 @@ def render(spec: JobSpec, options, namespace: str, attempt: int = 1) -> Rendered
 
 
 def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, Any]:
+    jobset = opts.workload == "jobset"
     data = parse_claim(spec.data or opts.data_pvc, "--data") if (spec.data or opts.data_pvc) else None
     output = output_volume(spec, opts)
     if output is None and spec.nodes > 1 and spec.phase.value in RESUMING_PHASES:
@@ -74,24 +86,10 @@ def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, 
             "without one each pod keeps its checkpoints in its own emptyDir, and after a restart the "
             "ranks could never resume from the same checkpoint")
     output = output or Volume("")
-    service = spec.name  # the Service shares the job's name: pods are <job>-<index>.<job>
-    # Several nodes: each pod first finds rank 0's IP (trainer.rendezvous adds --master); with an
-    # output claim, through numbered rounds there, so a restarted group never meets the one before.
-    # Every pod runs its node through trainer.rendezvous, which also reports how the node ended (the
-    # termination message; with an output claim, the outcomes rank 0 bounds restarts by).
+    if jobset:
+        check_jobset_name(spec.name, spec.nodes)
+    site = scheduling.parse(opts)
     job_dir = f"{OUTPUT_MOUNT}/{spec.name}"
-    rendezvous = rendezvous_command(
-        node_rank="$(JOB_COMPLETION_INDEX)",
-        outcomes_dir=f"{job_dir}/{contract.OUTCOMES}" if output.claim else "",
-        **(dict(rank0_host=f"{spec.name}-0.{service}", port=opts.port, pod_ip="$(POD_IP)",
-                rounds_dir=f"{job_dir}/{ROUNDS_DIR}" if output.claim else "") if spec.nodes > 1 else {}))
-    argv = rendezvous + command.launch_args(
-        spec, master=None, nnodes=spec.nodes, node_rank="$(JOB_COMPLETION_INDEX)",
-        log_dir=f"{launch_logs(spec)}/rank-$(JOB_COMPLETION_INDEX)",
-    ) + command.trainer_args(
-        spec, config_path=f"{CONFIG_DIR}/config.yaml",
-        data_dir=DATA_MOUNT if data else None, output_dir=f"{OUTPUT_MOUNT}/{spec.name}",
-    )
     requests = {
         "cpu": opts.cpu or str(8 * spec.gpus if spec.gpus else 2),
         "memory": opts.memory or (f"{32 * spec.gpus}Gi" if spec.gpus else "8Gi"),
@@ -99,43 +97,96 @@ def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, 
     limits = {"memory": requests["memory"]}
     if spec.gpus:
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(spec.gpus)
+    requests.update(site.resources)
+    limits.update(site.resources)
     # The kubelet expands $(NAME) in env values and reads $$ as $: each $ doubled, the container
     # gets the value as typed, as on the other backends.
     env = [{"name": k, "value": v.replace("$", "$$")} for k, v in spec.env]
     env += [{"name": k, "valueFrom": {"secretKeyRef": dict(zip(("name", "key"), ref.split("/", 1)))}}
             for k, ref in spec.env_secrets]
+    given = {k for k, _ in (*spec.env, *spec.env_secrets)}
+    env += [{"name": k, "value": v.replace("$", "$$")} for k, v in site.env if k not in given]    # --env wins
     env.append({"name": "PYTHONUNBUFFERED", "value": "1"})  # logs reach `kubectl logs` at once
     env.append({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
-    # The trainer names the job in its lock (a restarted pod takes its own job's lock over) and,
-    # rank 0, counts the group's starts of this attempt in the output volume: past the bound it
-    # exits 2 with "gave up after N group restarts: ...", which fails the job (FailJob).
+    # The trainer names the job in its lock (a restarted pod takes its own job's lock over).
     env += [{"name": contract.JOB_ENV, "value": spec.name},
             {"name": contract.JOB_ID_ENV, "value": f"kubernetes://{namespace}/{spec.name}"},
-            {"name": contract.ATTEMPT_ENV, "value": str(attempt)},
-            {"name": contract.GROUP_RESTARTS_ENV, "value": str(opts.group_restarts)}]
+            {"name": contract.ATTEMPT_ENV, "value": str(attempt)}]
+    if not jobset:
+        # Rank 0 counts the group's starts of this attempt in the output volume: past the bound it
+        # exits 2 with "gave up after N group restarts: ...", which fails the job (FailJob). A
+        # JobSet counts its restarts itself (failurePolicy.maxRestarts).
+        env.append({"name": contract.GROUP_RESTARTS_ENV, "value": str(opts.group_restarts)})
+    labels = {**spec.labels, **site.labels}
+    pod_annotations = {**site.annotations, **site.pod_annotations}
+    trainer = command.trainer_args(spec, config_path=f"{CONFIG_DIR}/config.yaml",
+                                   data_dir=DATA_MOUNT if data else None, output_dir=job_dir)
+
+    def role(node_rank: str, rendezvous: list[str], output: Volume, extra_env=()) -> dict:
+        """One pod template: its node's supervisor and launcher command, env and output volume."""
+        launch = command.launch_args(spec, master=None, nnodes=spec.nodes, node_rank=node_rank,
+                                     log_dir=f"{launch_logs(spec)}/rank-{node_rank}")
+        return {"command": rendezvous + launch + trainer, "env": env + list(extra_env),
+                "output": dataclasses.asdict(output), "annotations": pod_annotations}
+
+    common = dict(port=opts.port, start_timeout=opts.start_timeout)
+    if not jobset:
+        service = spec.name  # the Service shares the job's name: pods are <job>-<index>.<job>
+        # Several nodes: each pod first finds rank 0's IP (trainer.rendezvous adds --master); with an
+        # output claim, through numbered rounds there, so a restarted group never meets the one
+        # before. Every pod runs its node through trainer.rendezvous, which also reports how the
+        # node ended (the termination message; with an output claim, the outcomes rank 0 bounds
+        # restarts by).
+        rendezvous = rendezvous_command(
+            node_rank="$(JOB_COMPLETION_INDEX)",
+            outcomes_dir=f"{job_dir}/{contract.OUTCOMES}" if output.claim else "",
+            **(dict(rank0_host=f"{spec.name}-0.{service}", pod_ip="$(POD_IP)", **common,
+                    rounds_dir=f"{job_dir}/{ROUNDS_DIR}" if output.claim else "") if spec.nodes > 1 else {}))
+        roles = {"job": role("$(JOB_COMPLETION_INDEX)", rendezvous, output)}
+    else:
+        # Rank 0 (the leader) alone mounts the output claim; the workers meet it by its pod's DNS
+        # name over the network, with JobSet's restart attempt as the group's generation, and
+        # relay the ranks' heartbeats through it (trainer.relay).
+        service = spec.name             # the JobSet's own headless Service (network.subdomain)
+        attempt_env = {"name": RESTART_ATTEMPT_ENV, "valueFrom": {"fieldRef": {
+            "fieldPath": f"metadata.labels['{RESTART_ATTEMPT_LABEL}']"}}}
+        network = dict(rank0_host=f"{spec.name}-{LEADER}-0-0.{service}", pod_ip="$(POD_IP)",
+                       generation=f"$({RESTART_ATTEMPT_ENV})", heartbeats_dir=f"{job_dir}/{contract.HEARTBEATS}",
+                       **common) if spec.nodes > 1 else {}
+        roles = {LEADER: role("0", rendezvous_command(node_rank="0", **network), output, [attempt_env])}
+        if spec.nodes > 1:
+            roles[WORKER] = role("$(JOB_COMPLETION_INDEX)", rendezvous_command(
+                node_rank="$(JOB_COMPLETION_INDEX)", rank_offset=1, **network), Volume(""), [attempt_env])
+    node_selector = {"nvidia.com/gpu.product": opts.gpu_product} if spec.gpus and opts.gpu_product else {}
     return {
         "name": spec.name,
         "namespace": namespace,
         "service": service,
-        "labels": spec.labels,
-        "annotations": {"simsiam-job/config-source": spec.config_source, ATTEMPT_ANNOTATION: str(attempt)},
+        "labels": labels,
+        "workload_labels": {**labels, **site.workload_labels},
+        "annotations": {**site.annotations, "simsiam-job/config-source": spec.config_source,
+                        ATTEMPT_ANNOTATION: str(attempt)},
+        # Kueue admits a suspended job (the client must not rely on Kueue's webhook doing it).
+        "suspend": bool(opts.queue),
         "config_yaml": spec.config_yaml,
         "nodes": spec.nodes,
         "gpus": spec.gpus,
         "port": opts.port,
         "backoff_limit": opts.backoff_limit,
-        "fail_job_exit_codes": list(contract.FINAL_EXITS),
-        # 75: a peer was lost (or this pod's rendezvous round superseded); 143: the pod was asked
-        # to stop (deleted, evicted) and saved a checkpoint. Either way the group restarts.
-        "restart_exit_codes": list(contract.RESTART_EXITS),
+        "pod_failure_rules": job_failure_rules() if not jobset else jobset_pod_failure_rules(),
+        "jobset_failure_rules": jobset_failure_rules(),
+        "max_restarts": opts.group_restarts,
         "termination_grace": opts.termination_grace,
         "image": spec.image,
-        "command": argv,
-        "env": env,
+        "roles": roles,
         "requests": requests,
         "limits": limits,
-        "node_selector": {"nvidia.com/gpu.product": opts.gpu_product}
-        if spec.gpus and opts.gpu_product else {},
+        "node_selector": {**node_selector, **site.node_selector},
+        "tolerations": ([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+                        if spec.gpus else []) + list(site.tolerations),
+        "node_affinity": list(site.node_affinity),
+        "scheduler_name": site.scheduler_name,
+        "capabilities": list(site.capabilities),
         "service_account": opts.service_account,
         "priority_class": opts.priority_class,
         "image_pull_secrets": [{"name": s} for s in opts.image_pull_secrets],
@@ -145,10 +196,61 @@ def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, 
         "config_dir": CONFIG_DIR,
         "data": data and dataclasses.asdict(data),
         "data_mount": DATA_MOUNT,
-        "output": dataclasses.asdict(output),
         "output_mount": OUTPUT_MOUNT,
         "launch_logs": launch_logs(spec),
     }
+
+
+# ---- failure policies, generated from the contract's decision ------------------------------------
+
+def _decided(code: int) -> contract.Decision:
+    """What contract.decide does after a start whose deciding rank ended with ``code``."""
+    ended = contract.Outcome(contract.end_of_exit(code), 0, code)
+    return contract.decide([ended], restarts=0, bound=1, ranks=1)
+
+
+def job_failure_rules() -> list[dict]:
+    """The Indexed Job's podFailurePolicy: fail at once where the contract fails; a restart of the
+    group (recreating the index) is Ignored (not counted against backoffLimit): the trainer bounds
+    the group's restarts itself, counting only what the contract counts."""
+    fail = [c for c in contract.EXIT_ENDS if _decided(c).action == contract.FAIL]
+    restart = [c for c in contract.RESTART_EXITS if _decided(c).action == contract.RESTART]
+    return [{"action": "FailJob", "exit_codes": fail},
+            {"action": "Ignore", "exit_codes": restart},
+            {"action": "Ignore", "disruption": True}]
+
+
+def jobset_pod_failure_rules() -> list[dict]:
+    """A JobSet's child Jobs fail on their pod's first failure (backoffLimit 0); these FailJob
+    rules put the class of the failure into the Job's failure message ("... matching FailJob rule
+    at index N"), which the JobSet's failurePolicy reads (jobset_failure_rules)."""
+    fail = [c for c in contract.EXIT_ENDS if _decided(c).action == contract.FAIL]
+    uncounted = [c for c in contract.RESTART_EXITS
+                 if _decided(c).action == contract.RESTART and not _decided(c).counted]
+    return [{"action": "FailJob", "exit_codes": fail},
+            {"action": "FailJob", "exit_codes": uncounted},
+            {"action": "FailJob", "disruption": True}]
+
+
+def jobset_failure_rules() -> list[dict]:
+    """The JobSet's failurePolicy rules: bad input, divergence and a start timeout fail the JobSet;
+    a preemption, eviction or drain (exit 143, DisruptionTarget) restarts the group without
+    counting; anything else (a crash, a lost peer) restarts it, counted against maxRestarts."""
+    pattern = "matching FailJob rule at index {}$"
+    return [{"name": "retryingCannotHelp", "action": "FailJobSet", "reasons": ["PodFailurePolicy"],
+             "patterns": [pattern.format(0)]},
+            {"name": "preemptedOrEvicted", "action": "RestartJobSetAndIgnoreMaxRestarts",
+             "reasons": ["PodFailurePolicy"], "patterns": [pattern.format(1), pattern.format(2)]},
+            {"name": "crashedOrPeerLost", "action": "RestartJobSet", "reasons": [], "patterns": []}]
+
+
+def check_jobset_name(name: str, nodes: int) -> None:
+    """A worker pod's hostname, <job>-worker-0-<index>, must be a DNS label (63 characters)."""
+    longest = f"{name}-{WORKER}-0-{max(nodes - 2, 0)}"
+    if len(longest) > 63:
+        raise UsageError(f"job name {name!r} is too long for a JobSet on {nodes} nodes: its pods' hostnames "
+                         f"({longest}) must fit in 63 characters; use at most "
+                         f"{len(name) - (len(longest) - 63)} characters")
 
 
 # What the API server adds to objects: not part of what we send.
@@ -177,14 +279,39 @@ def next_attempt(job: dict, config_map: dict, service: dict) -> list[dict]:
     spec.pop("selector", None)          # the server derives it again, with the new Job's uid
     pod_meta = spec["template"].setdefault("metadata", {})
     pod_meta["labels"] = {k: v for k, v in (pod_meta.get("labels") or {}).items() if k not in _SERVER_POD_LABELS}
-    annotations = job["metadata"].setdefault("annotations", {})
+    _next(job, [spec["template"]])
+    return [config_map, service, job]
+
+
+def next_jobset_attempt(jobset: dict, config_map: dict) -> list[dict]:
+    """The same for a JobSet (its headless Service is the JobSet controller's own)."""
+    import copy
+
+    docs = []
+    for obj in (config_map, jobset):
+        doc = copy.deepcopy(obj)
+        doc.pop("status", None)
+        for key in _SERVER_METADATA:
+            doc["metadata"].pop(key, None)
+        docs.append(doc)
+    config_map, jobset = docs
+    _next(jobset, [r["template"]["spec"]["template"] for r in jobset["spec"]["replicatedJobs"]])
+    return [config_map, jobset]
+
+
+def _next(workload: dict, pod_templates: list[dict]) -> None:
+    """The attempt one higher (annotation and the trainer's SIMSIAM_JOB_ATTEMPT); in a Kueue queue,
+    suspended again, for Kueue to admit."""
+    annotations = workload["metadata"].setdefault("annotations", {})
     attempt = int(annotations.get(ATTEMPT_ANNOTATION, "1")) + 1
     annotations[ATTEMPT_ANNOTATION] = str(attempt)
-    for container in spec["template"]["spec"]["containers"]:
-        for var in container.get("env") or []:
-            if var.get("name") == contract.ATTEMPT_ENV:
-                var["value"] = str(attempt)
-    return [config_map, service, job]
+    for template in pod_templates:
+        for container in template["spec"]["containers"]:
+            for var in container.get("env") or []:
+                if var.get("name") == contract.ATTEMPT_ENV:
+                    var["value"] = str(attempt)
+    if (workload["metadata"].get("labels") or {}).get(scheduling.QUEUE_LABEL):
+        workload["spec"]["suspend"] = True
 
 
 def launch_logs(spec: JobSpec) -> str:

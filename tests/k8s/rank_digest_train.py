@@ -1,0 +1,36 @@
+"""``simsiam-train`` for the JobSet tests on real pods, where only rank 0 sees the output claim:
+
+- prints ``rank-state R SHA256`` (a digest of this rank's final model state) on stdout, which the
+  pod's log carries, so a test can compare the ranks' parameters without a shared directory;
+- with FAIL_RANK=R, rank R starts with a data root that does not exist: the real trainer's bad-input
+  exit (2) with its own line, on that rank only.
+
+Everything else is the real CLI (exit codes, SIGTERM, auto-resume)."""
+import hashlib
+import os
+import sys
+
+from trainer import cli
+from trainer.engine import pretrain
+
+_train = pretrain.train
+RANK = int(os.environ.get("PADDLE_TRAINER_ID", "0"))
+
+
+def train_and_print_digest(cfg):
+    net = _train(cfg)
+    digest = hashlib.sha256()
+    for key, value in sorted(net.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.numpy().tobytes())
+    print(f"rank-state {RANK} {digest.hexdigest()}", flush=True)
+    return net
+
+
+pretrain.train = train_and_print_digest  # cli resolves the task by name at run time
+
+if __name__ == "__main__":
+    argv = sys.argv[1:]
+    if os.environ.get("FAIL_RANK") == str(RANK):
+        argv += ["-o", "DataLoader.Train.dataset.root=/data/no-such-split"]
+    sys.exit(cli.main(argv))

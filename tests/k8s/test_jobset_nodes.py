@@ -1,0 +1,197 @@
+"""The JobSet mode end to end on real pods: the two real worker nodes of the test cluster, the
+JobSet controller (v0.11.1) and a ReadWriteOnce output claim (`output-rwo`, whose volume lives on
+one real node) that only rank 0's pod mounts. Through the ``simsiam-job`` CLI, as in
+test_nodes.py: a pretrain and a probe succeed; an evicted worker restarts the whole group, which
+resumes at the checkpoint's step with identical parameters on both ranks; four evictions do not use
+up group_restarts; a worker's bad input fails the JobSet at once with its line; a frozen worker is
+found by rank 0's watchdog over the network.
+
+The numbers measured (eviction to training again, freeze to detection) are printed (pytest -s).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from k8s_util import E2E_NAMESPACE, RWO_CLAIM
+from localruns import resumed_steps
+from test_nodes import IMAGE_PATH, ON_REAL_NODES, TINY, kubectl, name, nodes  # noqa: F401  (fixtures)
+from testlib import REPO, run_cli, wait_for
+
+pytestmark = [pytest.mark.k8s_nodes, pytest.mark.slow]
+
+# The output claim is the ReadWriteOnce one; the rest as in test_nodes.py.
+ON_JOBSET = [*[a if a != "pvc:output" else f"pvc:{RWO_CLAIM}" for a in ON_REAL_NODES], "--set", "workload=jobset"]
+EPOCHS = 40                  # 4 steps per epoch
+TOTAL_STEPS = 4 * EPOCHS
+JOBSET_LABEL = "jobset.sigs.k8s.io/jobset-name"
+
+
+def digest_hook(nodes) -> list[str]:
+    """rank_digest_train.py as ``simsiam-train``, first on PATH in the pods (from the data claim)."""
+    hooks = Path(nodes["data"]) / "hooks"
+    (hooks / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "tests" / "k8s" / "rank_digest_train.py", hooks / "rank_digest_train.py")
+    script = hooks / "bin" / "simsiam-train"
+    script.write_text('#!/bin/sh\nexec python /data/hooks/rank_digest_train.py "$@"\n')
+    script.chmod(0o755)
+    return ["--env", f"PATH=/data/hooks/bin:{IMAGE_PATH}"]
+
+
+def rwo_dir(nodes) -> Path:
+    pv = json.loads(kubectl(nodes, "get", "pv", f"{E2E_NAMESPACE}-{RWO_CLAIM}", "-o", "json").stdout)
+    return Path(pv["spec"]["hostPath"]["path"])
+
+
+def all_pods(nodes, job) -> list[dict]:
+    out = kubectl(nodes, "-n", E2E_NAMESPACE, "get", "pods", "-l", f"{JOBSET_LABEL}={job}", "-o", "json").stdout
+    return json.loads(out)["items"]
+
+
+def running_pod(nodes, job, role: str) -> dict | None:
+    found = [p for p in all_pods(nodes, job) if p["status"].get("phase") == "Running"
+             and p["metadata"]["labels"]["jobset.sigs.k8s.io/replicatedjob-name"] == role
+             and not p["metadata"].get("deletionTimestamp")]
+    return found[0] if len(found) == 1 else None
+
+
+def step_records(metrics: Path) -> list[dict]:
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    return [r for r in map(json.loads, lines) if r.get("type") == "step"]
+
+
+def wait_for_steps(metrics: Path, count: int, ref, env, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while len(step_records(metrics)) < count:
+        assert time.monotonic() < deadline, run_cli(["logs", "--all", "--tail", "40", ref], env).stdout
+        time.sleep(0.5)
+
+
+def evict(nodes, pod_name: str) -> None:
+    eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod_name, "namespace": E2E_NAMESPACE}}
+    kubectl(nodes, "create", "--raw", f"/api/v1/namespaces/{E2E_NAMESPACE}/pods/{pod_name}/eviction", "-f", "-",
+            input=json.dumps(eviction))
+
+
+def digests(logs: str) -> dict[int, str]:
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r"\[rank (\d)\] rank-state \d ([0-9a-f]{64})", logs)}
+
+
+def submit(nodes, name, *extra) -> str:
+    return run_cli(["submit", "pretrain", "--nodes", "2", "--name", name, *ON_JOBSET, *TINY, *digest_hook(nodes),
+                    *extra], nodes["env"], check=True).stdout.strip()
+
+
+def test_a_two_node_jobset_with_a_readwriteonce_claim_then_a_probe(nodes, name):
+    env, output = nodes["env"], rwo_dir(nodes)
+    ref = submit(nodes, name, "-o", "Global.epochs=4")
+    running, _ = wait_for(ref, env, lambda st: st["state"] == "RUNNING", what="RUNNING", timeout=600)
+    assert running["detail"]["kind"] == "JobSet"
+    assert {n["rank"]: n["state"] for n in running["nodes"]} == {0: "RUNNING", 1: "RUNNING"}
+    # Rank 0 alone mounts the claim; the worker's /output is its own emptyDir.
+    leader, worker = running_pod(nodes, name, "leader"), running_pod(nodes, name, "worker")
+    claims = lambda pod: [v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"]  # noqa: E731
+                          if "persistentVolumeClaim" in v]
+    assert RWO_CLAIM in claims(leader) and RWO_CLAIM not in claims(worker) and "data" in claims(worker)
+    final, _ = wait_for(ref, env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED", timeout=600)
+    logs = run_cli(["logs", "--all", ref], env, check=True).stdout
+    leader_ip = leader["status"]["podIP"]
+    assert f"[rank 1] rendezvous: node 1, master {leader_ip}:6768 ({name}-leader-0-0.{name}), generation 0" in logs
+    steps = [r["global_step"] for r in step_records(output / name / "metrics.jsonl")]
+    assert steps == list(range(1, 17))
+    found = digests(logs)
+    assert set(found) == {0, 1} and found[0] == found[1], found
+    assert (output / name / "encoder.pdparams").is_file()
+
+    probe = f"{name}-lp"
+    probe_ref = run_cli(["submit", "linear-probe", "--from", ref, "--nodes", "2", "--name", probe, *ON_JOBSET,
+                         "-c", REPO / "trainer/configs/simsiam_cifar_resnet18_fmnist_lp_cpu.yaml",
+                         "-o", "Model.width=4", "-o", "Global.epochs=1",
+                         "-o", "DataLoader.Train.sampler.batch_size=8"], env, check=True).stdout.strip()
+    wait_for(probe_ref, env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED", timeout=600)
+    evaluated = json.loads((output / probe / "eval.json").read_text())
+    assert evaluated["pretrained_model"] == f"/output/{name}/encoder.pdparams"
+    assert evaluated["last"]["images"] == 16
+
+
+@pytest.mark.parametrize("evictions,bound", [(1, 3), (4, 3)])
+def test_evicted_workers_restart_the_group_which_resumes_with_identical_parameters(nodes, name, evictions, bound):
+    env, output = nodes["env"], rwo_dir(nodes)
+    ref = submit(nodes, name, "-o", f"Global.epochs={EPOCHS}", "-o", "Global.save_interval=1",
+                 "--set", f"group_restarts={bound}")
+    metrics = output / name / "metrics.jsonl"
+    for eviction in range(evictions):
+        wait_for_steps(metrics, 10 + 12 * eviction, ref, env)
+        worker = running_pod(nodes, name, "worker")
+        while worker is None:
+            time.sleep(0.5)
+            worker = running_pod(nodes, name, "worker")
+        evicted_at = time.time()
+        evict(nodes, worker["metadata"]["name"])
+        restarted = wait_for(ref, env, lambda st: st["detail"].get("group_restarts", 0) > eviction,
+                             what="the group restarted", timeout=300)[0]
+        again = None
+        while again is None:
+            later = [r for r in step_records(metrics) if r["time"] > evicted_at + 1]
+            again = later[0]["time"] if later and len(later) > 1 else None
+            time.sleep(0.5)
+        print(f"\neviction {eviction + 1}: training again {again - evicted_at:.1f} s after it")
+        assert restarted["detail"]["counted_restarts"] == 0
+    final, _ = wait_for(ref, env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED", timeout=900)
+    assert final["detail"]["group_restarts"] == evictions and final["detail"]["counted_restarts"] == 0
+    assert final["detail"]["preempted"] == evictions
+    # Each stop wrote a checkpoint at the step it stopped: every step once, resumed at S > 0.
+    steps = [r["global_step"] for r in step_records(metrics)]
+    assert steps == list(range(1, TOTAL_STEPS + 1)), steps
+    resumed = resumed_steps((output / name / "train.log").read_text())
+    assert len(resumed) == evictions and all(s > 0 for s in resumed), resumed
+    # The last group started from rank 0's checkpoint (the worker has no claim) and ended with
+    # the same parameters on both ranks.
+    found = digests(run_cli(["logs", "--all", ref], env, check=True).stdout)
+    assert set(found) == {0, 1} and found[0] == found[1], found
+
+
+def test_a_workers_bad_input_fails_the_jobset_at_once_with_its_line(nodes, name):
+    env = nodes["env"]
+    ref = submit(nodes, name, "-o", "Global.epochs=2", "--env", "FAIL_RANK=1")
+    final, _ = wait_for(ref, env, lambda st: st["state"] == "FAILED", what="FAILED", timeout=600)
+    assert "FailJobSet" in final["reason"], final["reason"]
+    assert "rank 1: Error: exit code 2" in final["reason"] and "no-such-split" in final["reason"], final["reason"]
+    assert final["detail"]["group_restarts"] == 0
+
+
+def test_a_frozen_worker_is_found_over_the_network_and_the_group_restarts(nodes, name):
+    env, output = nodes["env"], rwo_dir(nodes)
+    # A stopped process ignores SIGTERM: its pod goes at the end of the grace period, which the
+    # restart (BlockingRecreate) waits for; a short one keeps the test short.
+    ref = submit(nodes, name, "-o", f"Global.epochs={EPOCHS}", "-o", "Global.save_interval=1",
+                 "--set", "termination_grace=20")
+    wait_for_steps(output / name / "metrics.jsonl", 10, ref, env)
+    worker = running_pod(nodes, name, "worker")["metadata"]["name"]
+    freeze = ("import os, signal\n"
+              "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+              "    try:\n"
+              "        if b'simsiam-train' in open(f'/proc/{pid}/cmdline', 'rb').read():\n"
+              "            os.kill(int(pid), signal.SIGSTOP)\n"
+              "    except OSError:\n"
+              "        pass\n")
+    frozen_at = time.time()
+    kubectl(nodes, "-n", E2E_NAMESPACE, "exec", worker, "--", "python", "-c", freeze)
+    # Rank 0's watchdog sees rank 1's mirrored heartbeat stop, and rank 0 leaves with 75 (its log
+    # on the claim outlives its pod, which the restart deletes).
+    train_log = output / name / "train.log"
+    deadline = time.monotonic() + 90
+    while "no heartbeat from rank 1" not in train_log.read_text():
+        assert time.monotonic() < deadline, train_log.read_text()[-3000:]
+        time.sleep(0.5)
+    found_at = time.time()
+    print(f"\nfrozen worker found {found_at - frozen_at:.1f} s after SIGSTOP")
+    assert found_at - frozen_at < 60
+    final, _ = wait_for(ref, env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED", timeout=900)
+    assert final["detail"]["group_restarts"] == 1 and final["detail"]["counted_restarts"] == 1
