@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # A real Kubernetes cluster on this machine for the k8s tests: etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler; kwok for five fake GPU/CPU nodes (no container runs there);
+# kube-controller-manager, kube-scheduler; kwok for six fake GPU/CPU nodes (no container runs there);
 # and, where the machine allows it (root, network namespaces), two real worker nodes (worker-1,
 # worker-2): a kubelet, containerd, runc and CNI bridge networking each, every node in its own
 # network namespace on a private bridge, with CoreDNS serving cluster DNS.
 #
-#   k8s.sh build   build the binaries from Go modules at the versions pinned in k8s/go.mod and
-#                  coredns/go.mod (cached under ~/.cache/simsiam-job)
-#   k8s.sh up      start everything (idempotent) and write a kubeconfig; with real nodes, leave
-#                  namespace simsiam-e2e with claims `data` (a small Fashion-MNIST ImageFolder) and
-#                  `output` (empty)
+#   k8s.sh build   build the binaries from Go modules at the versions pinned in k8s/go.mod,
+#                  coredns/go.mod, kueue/go.mod and jobset/go.mod (cached under ~/.cache/simsiam-job)
+#   k8s.sh up      start everything (idempotent) and write a kubeconfig; start Kueue and JobSet with
+#                  their queues (docs/kubernetes.md); with real nodes, leave namespace simsiam-e2e
+#                  with claims `data` (a small Fashion-MNIST ImageFolder), `output` (empty, on both
+#                  nodes) and `output-rwo` (empty, ReadWriteOnce, on worker-1 only)
 #   k8s.sh image   build docker/Dockerfile.cpu (image.sh build) and load it into the real nodes
 #   k8s.sh env     print `export KUBECONFIG=...`
 #   k8s.sh down    stop everything
@@ -40,6 +41,14 @@ kwok_port=20247
 # CoreDNS for the real nodes' pods, built from its own module (coredns/go.mod).
 coredns_version="$(awk '$1 == "require" && $2 == "github.com/coredns/coredns" {print $3}' "$here/coredns/go.mod")"
 coredns="$cache/coredns-$coredns_version/coredns"
+# Kueue's and JobSet's managers, each built from its own module (kueue/go.mod, jobset/go.mod: their
+# k8s.io libraries differ from the control plane's and from each other's), with the CRDs of that
+# module beside the binary.
+module_version() { awk -v m="$2" '$1 == m {print $2}' "$here/$1/go.mod"; }
+kueue_version="$(module_version kueue sigs.k8s.io/kueue)"
+jobset_version="$(module_version jobset sigs.k8s.io/jobset)"
+kueue_dir="$cache/kueue-$kueue_version"
+jobset_dir="$cache/jobset-$jobset_version"
 # The real nodes: a private bridge (host end: the API server's and CoreDNS's address), one network
 # namespace per node, and one pod subnet per node, routed between the nodes.
 bridge=simk8s0
@@ -59,11 +68,34 @@ components=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubele
 built() {
   local b
   for b in "${components[@]}" kwok; do [[ -x "$bin/$b" ]] || return 1; done
-  [[ -f "$logs_crd" && -x "$bin/etcd" && -x "$coredns" ]]
+  [[ -f "$logs_crd" && -x "$bin/etcd" && -x "$coredns" ]] || return 1
+  [[ -x "$kueue_dir/kueue" && -d "$kueue_dir/crds" && -x "$jobset_dir/jobset" && -d "$jobset_dir/crds" ]]
+}
+
+# build_controller NAME PACKAGE DIR: the manager of module sigs.k8s.io/NAME (pinned in NAME/go.mod)
+# into DIR/NAME, and the module's CRDs into DIR/crds.
+build_controller() {
+  local name="$1" pkg="$2" dir="$3" version src t=$SECONDS
+  version="$(module_version "$name" "sigs.k8s.io/$name")"
+  mkdir -p "$dir"
+  if [[ ! -x "$dir/$name" ]]; then
+    log "building $name $version"
+    (cd "$here/$name" && go build -o "$dir/$name.tmp" \
+      -ldflags "-s -w -X sigs.k8s.io/$name/pkg/version.GitVersion=$version" "$pkg")
+    mv "$dir/$name.tmp" "$dir/$name"
+    log "built $name in $((SECONDS - t))s"
+  fi
+  if [[ ! -d "$dir/crds" ]]; then
+    src="$(cd "$here/$name" && go list -m -f '{{.Dir}}' "sigs.k8s.io/$name")"
+    rm -rf "$dir/crds.tmp"
+    cp -r "$src/config/components/crd/bases" "$dir/crds.tmp"
+    chmod -R u+w "$dir/crds.tmp"
+    mv "$dir/crds.tmp" "$dir/crds"
+  fi
 }
 
 cmd_build() {
-  if built; then log "binaries for $k8s_version already in $bin"; return; fi
+  if built; then log "binaries for $k8s_version, Kueue $kueue_version and JobSet $jobset_version already built"; return; fi
   command -v go >/dev/null || die "go is not installed (need Go >= 1.26)"
   mkdir -p "$bin"
   # Module and build caches live under ~/.cache so CI can keep them between runs;
@@ -105,6 +137,8 @@ cmd_build() {
     (cd "$here/coredns" && go build -ldflags "-s -w" -o "$coredns.tmp" .)
     mv "$coredns.tmp" "$coredns"
   fi
+  build_controller jobset sigs.k8s.io/jobset "$jobset_dir"
+  build_controller kueue sigs.k8s.io/kueue/cmd/kueue "$kueue_dir"
   log "built in $((SECONDS - start))s into $bin"
 }
 
@@ -231,10 +265,11 @@ cmd_up() {
     --tls-cert-file "$p/serving.crt" --tls-private-key-file "$p/serving.key" \
     --node-lease-duration-seconds 40 --enable-crds Logs
   kubectl apply --server-side -f "$here/k8s/nodes.yaml" >/dev/null
-  wait_for "5 Ready fake nodes" 90 bash -c \
-    "[[ \$('$bin/kubectl' --kubeconfig '$kubeconfig' get nodes -l type=kwok --no-headers | grep -cw Ready) == 5 ]]"
+  wait_for "6 Ready fake nodes" 90 bash -c \
+    "[[ \$('$bin/kubectl' --kubeconfig '$kubeconfig' get nodes -l type=kwok --no-headers | grep -cw Ready) == 6 ]]"
   # Pods need a service account in the namespace before the admission plugin lets them in.
   wait_for "the default service account" 60 kubectl -n default get serviceaccount default
+  controllers_up
   local why_not
   if why_not="$(real_nodes_unavailable)"; then
     log "no real nodes: $why_not"
@@ -242,6 +277,170 @@ cmd_up() {
     real_nodes_up
   fi
   log "up: KUBECONFIG=$kubeconfig ($(kubectl get nodes --no-headers | wc -l) nodes)"
+}
+
+# ---- Kueue and JobSet ------------------------------------------------------------------------------
+
+# Both managers run on this machine, on loopback, with the admin kubeconfig and no leader election.
+# No webhook configuration is registered (docs/kubernetes.md says why): their webhook servers listen,
+# with a certificate of the test CA, but the API server never calls them, so every field their
+# defaulting webhooks would set must be in the manifest, and a queued Job is created suspended.
+kueue_webhook_port=20261
+kueue_health_port=20262
+jobset_webhook_port=20263
+jobset_health_port=20264
+# With its own certificate management off, Kueue reads a metrics certificate from this fixed path,
+# even with metrics off (only root can write it; without it Kueue does not start).
+kueue_metrics_certs=/etc/kueue/metrics/certs
+
+controller_certs() {
+  local d="$run/pki/controllers"
+  [[ -f "$d/tls.crt" ]] && return
+  mkdir -p "$d"
+  chmod 700 "$d"
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=simsiam-controllers" \
+    -keyout "$d/tls.key" -out "$d/tls.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$d/tls.ext"
+  openssl x509 -req -in "$d/tls.csr" -CA "$run/pki/ca.crt" -CAkey "$run/pki/ca.key" \
+    -CAcreateserial -days 3650 -extfile "$d/tls.ext" -out "$d/tls.crt" 2>/dev/null
+}
+
+# Prints why Kueue cannot start here (and succeeds), or installs its metrics certificate and fails.
+kueue_unavailable() {
+  local d="$run/pki/controllers"
+  if ! install -d -m 0700 "$kueue_metrics_certs" 2>/dev/null; then
+    echo "it reads a certificate from $kueue_metrics_certs, which this user cannot write"
+    return 0
+  fi
+  install -m 0644 "$d/tls.crt" "$kueue_metrics_certs/tls.crt"
+  install -m 0600 "$d/tls.key" "$kueue_metrics_certs/tls.key"
+  return 1
+}
+
+controllers_up() {
+  local c="$run/pki/controllers" why_not
+  controller_certs
+  kubectl apply --server-side -f "$jobset_dir/crds" -f "$kueue_dir/crds" >/dev/null
+  kubectl wait --for condition=Established --timeout 60s -f "$jobset_dir/crds" -f "$kueue_dir/crds" >/dev/null
+
+  # JobSet's defaults (config.jobset.x-k8s.io), but no leader election, no metrics and no
+  # certificate management of its own.
+  cat >"$run/jobset.yaml" <<EOF
+apiVersion: config.jobset.x-k8s.io/v1alpha1
+kind: Configuration
+leaderElection: {leaderElect: false}
+internalCertManagement: {enable: false}
+webhook: {host: 127.0.0.1, port: $jobset_webhook_port, certDir: $c}
+metrics: {bindAddress: "0"}
+health: {healthProbeBindAddress: "127.0.0.1:$jobset_health_port"}
+EOF
+  start jobset env KUBECONFIG="$kubeconfig" "$jobset_dir/jobset" --config "$run/jobset.yaml"
+  wait_for "JobSet ready" 60 curl -sf "http://127.0.0.1:$jobset_health_port/readyz"
+
+  # Kueue manages only the Jobs and JobSets that name a queue (label kueue.x-k8s.io/queue-name), so
+  # every other job runs as if Kueue were not there. An admitted workload whose pods are not all
+  # ready within a minute is evicted (its pods deleted) and requeued, after 5 s, 10 s, ... at most
+  # 60 s. The visibility API server (VisibilityOnDemand) would need certificates of its own.
+  cat >"$run/kueue.yaml" <<EOF
+apiVersion: config.kueue.x-k8s.io/v1beta2
+kind: Configuration
+manageJobsWithoutQueueName: false
+leaderElection: {leaderElect: false}
+internalCertManagement: {enable: false}
+webhook: {host: 127.0.0.1, port: $kueue_webhook_port, certDir: $c}
+metrics: {bindAddress: "0"}
+health: {healthProbeBindAddress: "127.0.0.1:$kueue_health_port"}
+waitForPodsReady:
+  timeout: 60s
+  requeuingStrategy: {timestamp: Eviction, backoffBaseSeconds: 5, backoffMaxSeconds: 60}
+integrations:
+  frameworks: [batch/job, jobset.x-k8s.io/jobset]
+featureGates: {VisibilityOnDemand: false}
+EOF
+  if why_not="$(kueue_unavailable)"; then
+    log "no Kueue: $why_not"
+  else
+    start kueue env KUBECONFIG="$kubeconfig" "$kueue_dir/kueue" --config "$run/kueue.yaml"
+    wait_for "Kueue ready" 60 curl -sf "http://127.0.0.1:$kueue_health_port/readyz"
+  fi
+  queues_up
+}
+
+# The queues of the test cluster. Two node groups, two ClusterQueues: the kwok nodes (16 GPUs of
+# their 32, so a 3 x 8 GPU job waits behind a 2 x 8 one) and the two real nodes, whose quota is what
+# they hold on a 2-core machine (4 cpu: one two-pod job at the default 2 cpu per pod fills it). A
+# ResourceFlavor per group; Kueue adds its node labels to the admitted pods' nodeSelector. Within a
+# ClusterQueue a workload of a higher WorkloadPriorityClass (low, high) preempts a lower one.
+# The kwok nodes' LocalQueue is in namespace default, the real nodes' in simsiam-e2e.
+queues_up() {
+  kubectl apply -f - >/dev/null <<YAML
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: ResourceFlavor
+metadata: {name: kwok}
+spec:
+  nodeLabels: {type: kwok}
+---
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: ResourceFlavor
+metadata: {name: real-nodes}
+spec:
+  nodeLabels: {simsiam-test/real-node: "true"}
+---
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: ClusterQueue
+metadata: {name: kwok-gpus}
+spec:
+  namespaceSelector: {}
+  queueingStrategy: BestEffortFIFO
+  preemption: {withinClusterQueue: LowerPriority, reclaimWithinCohort: Never}
+  resourceGroups:
+  - coveredResources: [cpu, memory, nvidia.com/gpu, rdma/hca_shared_devices_a]
+    flavors:
+    - name: kwok
+      resources:
+      - {name: cpu, nominalQuota: "1000"}
+      - {name: memory, nominalQuota: 16Ti}
+      - {name: nvidia.com/gpu, nominalQuota: "16"}
+      - {name: rdma/hca_shared_devices_a, nominalQuota: "8"}
+---
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: ClusterQueue
+metadata: {name: real-nodes}
+spec:
+  namespaceSelector: {}
+  queueingStrategy: BestEffortFIFO
+  preemption: {withinClusterQueue: LowerPriority, reclaimWithinCohort: Never}
+  resourceGroups:
+  - coveredResources: [cpu, memory]
+    flavors:
+    - name: real-nodes
+      resources:
+      - {name: cpu, nominalQuota: "4"}
+      - {name: memory, nominalQuota: 32Gi}
+---
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: WorkloadPriorityClass
+metadata: {name: low}
+value: 100
+description: preempted by high within its ClusterQueue
+---
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: WorkloadPriorityClass
+metadata: {name: high}
+value: 1000
+description: preempts low within its ClusterQueue
+YAML
+  local_queue default kwok-gpus
+}
+
+# local_queue NAMESPACE CLUSTERQUEUE: the LocalQueue `simsiam` of NAMESPACE.
+local_queue() {
+  kubectl apply -f - >/dev/null <<YAML
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: LocalQueue
+metadata: {name: simsiam, namespace: $1}
+spec: {clusterQueue: $2}
+YAML
 }
 
 # ---- real nodes ------------------------------------------------------------------------------------
@@ -430,8 +629,11 @@ start_node() {
 }
 
 # Namespace simsiam-e2e: our pods must pass the "restricted" Pod Security level there, and land on
-# the real nodes. Its claims bind to hostPath volumes that both nodes see (as a cluster's shared
-# filesystem): `data` holds a small Fashion-MNIST ImageFolder, `output` starts empty.
+# the real nodes. Its claims `data` and `output` bind to hostPath volumes that both nodes see (as a
+# cluster's shared filesystem): `data` holds a small Fashion-MNIST ImageFolder, `output` starts
+# empty. `output-rwo` starts empty too, but is a node's own disk: a ReadWriteOnce local volume on
+# worker-1 only, so a pod that mounts it runs there. Kueue's LocalQueue `simsiam` of the namespace
+# feeds ClusterQueue real-nodes.
 e2e_namespace_up() {
   local volumes="$run/volumes" python="${SIMSIAM_PYTHON:-$repo/.venv/bin/python}"
   if [[ ! -d "$volumes/data/train" ]]; then
@@ -440,7 +642,7 @@ e2e_namespace_up() {
       "$volumes/data" --train 64 --val 16 >/dev/null
   fi
   # The pods run as uid 1000; the output volume is theirs.
-  install -d -o 1000 -g 1000 -m 0755 "$volumes/output"
+  install -d -o 1000 -g 1000 -m 0755 "$volumes/output" "$volumes/output-rwo"
   kubectl apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: Namespace
@@ -494,9 +696,36 @@ spec:
   storageClassName: ""
   volumeName: $e2e_namespace-output
   resources: {requests: {storage: 1Gi}}
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: $e2e_namespace-output-rwo
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  claimRef: {namespace: $e2e_namespace, name: output-rwo}
+  local: {path: $volumes/output-rwo}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions:
+        - {key: kubernetes.io/hostname, operator: In, values: [${real_nodes[0]}]}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: output-rwo, namespace: $e2e_namespace}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: ""
+  volumeName: $e2e_namespace-output-rwo
+  resources: {requests: {storage: 1Gi}}
 YAML
-  wait_for "claims data and output bound" 60 bash -c \
-    "[[ \$('$bin/kubectl' --kubeconfig '$kubeconfig' -n $e2e_namespace get pvc --no-headers | grep -cw Bound) == 2 ]]"
+  local_queue "$e2e_namespace" real-nodes
+  wait_for "claims data, output and output-rwo bound" 60 bash -c \
+    "[[ \$('$bin/kubectl' --kubeconfig '$kubeconfig' -n $e2e_namespace get pvc --no-headers | grep -cw Bound) == 3 ]]"
   wait_for "the default service account of $e2e_namespace" 60 kubectl -n "$e2e_namespace" get serviceaccount default
 }
 
@@ -560,7 +789,7 @@ real_nodes_down() {
     find /sys/fs/cgroup/*/"simsiam-$n" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done
   ip link del "$bridge" 2>/dev/null || true
-  rm -rf "$run/volumes/output"
+  rm -rf "$run/volumes/output" "$run/volumes/output-rwo"
 }
 
 stop() {
@@ -575,6 +804,13 @@ stop() {
 
 cmd_down() {
   local name
+  # The controllers first: nothing recreates what the nodes' shutdown removes.
+  stop kueue
+  stop jobset
+  if cmp -s "$kueue_metrics_certs/tls.crt" "$run/pki/controllers/tls.crt"; then
+    rm -f "$kueue_metrics_certs/tls.crt" "$kueue_metrics_certs/tls.key"
+    rmdir -p "$kueue_metrics_certs" 2>/dev/null || true
+  fi
   real_nodes_down
   for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$name"; done
   # A fresh etcd each time: tests start from an empty cluster.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from simsiam_job.backends.kubernetes import Options
@@ -37,3 +39,19 @@ def make_spec(name: str = "demo", *, nodes: int = 2, gpus: int = 8, data: str | 
 
 def docs_by_kind(docs: list[dict]) -> dict[str, dict]:
     return {doc["kind"]: doc for doc in docs}
+
+
+def wait_until(fn: Callable, *, timeout: float = 60, what: str = "condition"):
+    """fn()'s first true value; an exception counts as "not yet"."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = fn()
+            if value:
+                return value
+            last = value
+        except Exception as err:  # not there yet
+            last = err
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")

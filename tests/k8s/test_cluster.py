@@ -16,13 +16,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from k8s_util import docs_by_kind, make_spec
+from k8s_util import docs_by_kind, make_spec, wait_until
 
 pytestmark = pytest.mark.k8s
 
@@ -92,21 +91,6 @@ def submit(cluster, ns, name, *args, **kw):
 
 def status(cluster, ref) -> dict:
     return json.loads(run_cli(cluster, "status", ref, "--json").stdout)
-
-
-def wait_until(fn: Callable, *, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            value = fn()
-            if value:
-                return value
-            last = value
-        except Exception as err:  # not there yet
-            last = err
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def pods_of(kube, ns, name):
