@@ -54,7 +54,7 @@ def class_folders(root: Path) -> list[str]:
     try:
         return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     except OSError as e:
-        raise DataError(f"cannot read dataset root {root}: {e.strerror or e}") from None
+        raise DataError(f"dataset root {root}: cannot read {e.filename or root}: {e.strerror or e}") from None
 
 
 def scan(root: Path) -> Listing:
@@ -68,7 +68,7 @@ def scan(root: Path) -> Listing:
             files.append(sorted(e.name for e in os.scandir(folder)
                                 if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS))
         except OSError as e:
-            raise DataError(f"cannot read dataset folder {folder}: {e.strerror or e}") from None
+            raise DataError(f"dataset root {root}: cannot read {e.filename or folder}: {e.strerror or e}") from None
     return Listing(classes, mtimes, files)
 
 
