@@ -1,4 +1,5 @@
-"""``simsiam-train`` for the JobSet tests on real pods, where only rank 0 sees the output claim:
+"""Loaded into every ``simsiam-train`` process of the JobSet tests' pods (by a sitecustomize module
+on PYTHONPATH; --env may not set PATH), where only rank 0 sees the output claim:
 
 - prints ``rank-state R SHA256`` (a digest of this rank's final model state) on stdout, which the
   pod's log carries, so a test can compare the ranks' parameters without a shared directory;
@@ -10,7 +11,6 @@ import hashlib
 import os
 import sys
 
-from trainer import cli
 from trainer.engine import pretrain
 
 _train = pretrain.train
@@ -29,8 +29,5 @@ def train_and_print_digest(cfg):
 
 pretrain.train = train_and_print_digest  # cli resolves the task by name at run time
 
-if __name__ == "__main__":
-    argv = sys.argv[1:]
-    if os.environ.get("FAIL_RANK") == str(RANK):
-        argv += ["-o", "DataLoader.Train.dataset.root=/data/no-such-split"]
-    sys.exit(cli.main(argv))
+if os.environ.get("FAIL_RANK") == str(RANK):
+    sys.argv += ["-o", "DataLoader.Train.dataset.root=/data/no-such-split"]

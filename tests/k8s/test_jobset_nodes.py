@@ -21,7 +21,7 @@ import pytest
 
 from k8s_util import E2E_NAMESPACE, RWO_CLAIM
 from localruns import resumed_steps
-from test_nodes import IMAGE_PATH, ON_REAL_NODES, TINY, kubectl, name, nodes  # noqa: F401  (fixtures)
+from test_nodes import ON_REAL_NODES, TINY, kubectl, name, nodes  # noqa: F401  (fixtures)
 from testlib import REPO, run_cli, wait_for
 
 pytestmark = [pytest.mark.k8s_nodes, pytest.mark.slow]
@@ -34,14 +34,16 @@ JOBSET_LABEL = "jobset.sigs.k8s.io/jobset-name"
 
 
 def digest_hook(nodes) -> list[str]:
-    """rank_digest_train.py as ``simsiam-train``, first on PATH in the pods (from the data claim)."""
-    hooks = Path(nodes["data"]) / "hooks"
-    (hooks / "bin").mkdir(parents=True, exist_ok=True)
+    """rank_digest_train.py loaded into every ``simsiam-train`` of the pods by a sitecustomize
+    module on PYTHONPATH (from the data claim, mounted read-only at /data)."""
+    hooks = Path(nodes["data"]) / "digest-hooks"    # apart from test_nodes.py's hook
+    hooks.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "tests" / "k8s" / "rank_digest_train.py", hooks / "rank_digest_train.py")
-    script = hooks / "bin" / "simsiam-train"
-    script.write_text('#!/bin/sh\nexec python /data/hooks/rank_digest_train.py "$@"\n')
-    script.chmod(0o755)
-    return ["--env", f"PATH=/data/hooks/bin:{IMAGE_PATH}"]
+    (hooks / "sitecustomize.py").write_text(
+        "import os\nimport sys\n\n"
+        "if os.path.basename(sys.argv[0]) == 'simsiam-train':\n"
+        "    import rank_digest_train  # noqa: F401  (wraps the pretraining task)\n")
+    return ["--env", "PYTHONPATH=/data/digest-hooks"]
 
 
 def rwo_dir(nodes) -> Path:
