@@ -145,10 +145,35 @@ def test_bad_env_secrets_are_one_line(user_env, args, said):
 
 # ---- the Role grants exactly what the CLI calls --------------------------------------------------
 
-_VERBS = {"create": "create", "read": "get", "list": "list", "delete": "delete", "patch": "patch",
-          "replace": "update"}
+_VERBS = {"create": "create", "read": "get", "get": "get", "list": "list", "delete": "delete",
+          "patch": "patch", "replace": "update"}
 _RESOURCES = {"job": ("batch", "jobs"), "config_map": ("", "configmaps"), "service": ("", "services"),
-              "pod": ("", "pods"), "pod_log": ("", "pods/log")}
+              "pod": ("", "pods"), "pod_log": ("", "pods/log"), "event": ("", "events")}
+_GROUPS = {"JOBSET_GROUP": "jobset.x-k8s.io", "KUEUE_GROUP": "kueue.x-k8s.io"}
+
+
+def _client_calls(source: str) -> set[tuple[str, str, str]]:
+    """(group, resource, verb) of every kubernetes-client call in one module's source."""
+    calls = set()
+    # API methods (called, or passed to the retrying wrapper), not attributes such as api_client
+    for method in re.findall(r"\.(?:batch|core)\.((?:create|read|list|delete|patch|replace)_\w+)", source):
+        match = re.fullmatch(r"(create|read|list|delete|patch|replace)_namespaced_(\w+)", method)
+        if match is None:
+            assert re.fullmatch(r"list_\w+_for_all_namespaces", method), method
+            continue
+        calls.add((*_RESOURCES[match.group(2)], _VERBS[match.group(1)]))
+    # custom objects: the group constant, then (version, namespace,) the plural in quotes
+    for verb, scope, group, plural in re.findall(
+            r"\.custom\.(create|get|list|delete)_(namespaced|cluster)_custom_object,\s*(\w+),[^\"]*?\"(\w+)\"",
+            source):
+        if scope == "namespaced":           # cluster-wide listing is the ClusterRole's, not the Role's
+            calls.add((_GROUPS[group], plural, _VERBS[verb]))
+    # raw GETs of a path (Kueue's visibility API): /apis/GROUP/VERSION/namespaces/NS/RESOURCE/NAME/SUB
+    for group, resource, sub in re.findall(
+            r"f\"/apis/visibility\.\{(\w+)\}/\{version\}/namespaces/\"\s*f\"\{[^}]+\}/(\w+)/\{\w+\}/(\w+)\"",
+            source):
+        calls.add((f"visibility.{_GROUPS[group]}", f"{resource}/{sub}", "get"))
+    return calls
 
 
 def test_the_role_grants_exactly_the_api_calls_the_client_makes():
@@ -157,14 +182,7 @@ def test_the_role_grants_exactly_the_api_calls_the_client_makes():
     Cluster-wide listing (list --all) is the separate ClusterRole the Role's comment describes."""
     calls = set()
     for source in (REPO / "simsiam_job" / "backends" / "kubernetes").glob("*.py"):
-        # API methods (called, or passed to the retrying wrapper), not attributes such as api_client
-        for method in re.findall(r"\.(?:batch|core)\.((?:create|read|list|delete|patch|replace)_\w+)",
-                                 source.read_text()):
-            match = re.fullmatch(r"(create|read|list|delete|patch|replace)_namespaced_(\w+)", method)
-            if match is None:
-                assert re.fullmatch(r"list_\w+_for_all_namespaces", method), method
-                continue
-            calls.add((*_RESOURCES[match.group(2)], _VERBS[match.group(1)]))
+        calls |= _client_calls(source.read_text())
     role = yaml.safe_load((REPO / "k8s" / "rbac.yaml").read_text())
     granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
                for resource in rule["resources"] for verb in rule["verbs"]}
