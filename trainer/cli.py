@@ -31,7 +31,7 @@ SUBCOMMANDS: dict[str, str] = {
 TASKS = {
     PHASE_TASKS["pretrain"]: "trainer.engine.pretrain:train",
     PHASE_TASKS["linear-probe"]: "trainer.engine.linear_probe:train",
-    PHASE_TASKS["smoke"]: "trainer.engine.smoke:run",
+    PHASE_TASKS["smoke"]: "trainer.engine.smoke:smoke_test",
 }
 
 
@@ -118,12 +118,12 @@ def _config_command(argv: list[str], prog: str, description: str, target: str | 
         check_memory(cfg, host_memory=machine_memory(), machine="this machine",
                      device_memory=None if cfg["Global"]["device"] == "cpu" else LARGEST_DEVICE_MEMORY,
                      processes=int(os.environ.get("PADDLE_LOCAL_SIZE", "1")))   # ranks on this machine
-        return run(cfg, target)
+        return run_task(cfg, target)
     except ConfigError as e:
         return _fail(str(e))
 
 
-def run(cfg: dict, target: str | None = None) -> int:
+def run_task(cfg: dict, target: str | None = None) -> int:
     """Run the config's task (or `target`); map the outcomes to exit codes."""
     import warnings
     # paddle's import-time and BatchNorm notices say nothing actionable to a user of this tool

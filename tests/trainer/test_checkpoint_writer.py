@@ -101,7 +101,7 @@ def test_a_failed_write_is_raised_in_the_training_thread_once(tmp_path):
 def test_sigterm_during_a_checkpoint_write_ends_with_the_stop_checkpoint_complete(tmp_path, image_root, monkeypatch):
     """SIGTERM arrives while the first periodic checkpoint is being written (slowly). The run must
     wait for that write, write the stop checkpoint, and only then report the stop (exit 143)."""
-    from trainer.cli import run
+    from trainer.cli import run_task
 
     out = tmp_path / "run"
     overrides = [*TINY_MODEL[1::2], f"Global.output_dir={out}", f"DataLoader.Train.dataset.root={image_root}",
@@ -123,7 +123,7 @@ def test_sigterm_during_a_checkpoint_write_ends_with_the_stop_checkpoint_complet
             active -= 1
 
     monkeypatch.setattr(ckpt, "save_object", slow_save)
-    assert run(cfg) == 143
+    assert run_task(cfg) == 143
     newest = ckpt.list_checkpoints(out / "checkpoints")[-1]   # as soon as the run has returned
     stopped = ckpt.load_checkpoint(newest)
     assert stopped["global_step"] > 2 and most == 1

@@ -15,10 +15,6 @@ import paddle
 
 from trainer.config import ConfigError
 
-SCALER_KEYS = ("init_loss_scaling", "incr_ratio", "decr_ratio", "incr_every_n_steps",
-               "decr_every_n_nan_or_inf", "use_dynamic_loss_scaling")
-
-
 class Amp:
     def __init__(self, fp16_cfg: dict | None, device: str = "gpu"):
         fp16_cfg = fp16_cfg or {}

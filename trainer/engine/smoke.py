@@ -174,7 +174,7 @@ class Smoke(Task):
         return getattr(self, "summary", "")
 
 
-def run(cfg: dict) -> None:
+def smoke_test(cfg: dict) -> None:
     """Run the smoke test as configured (raises SmokeFailed on FAIL)."""
     engine = Engine(cfg, resumes=False, refuse_amp_on_cpu=False)
     engine.fit(Smoke(engine))
