@@ -63,11 +63,10 @@ import uuid
 from pathlib import Path
 
 from trainer import contract
-from trainer.watchdog import read_json, write_json
+from trainer.rounds import POLL, Rounds
 
 LAUNCHER = "paddle.distributed.launch"
 ROUNDS_DIR = "rendezvous"       # in the job's output directory: rank-NNNNN.json, one per rank
-POLL = 1.0                      # seconds between looks at the rounds while waiting or running
 KILLED_BY_SIGTERM = 128 + signal.SIGTERM
 
 
@@ -158,88 +157,6 @@ def launcher_nodes(argv: list[str]) -> int:
             return int(value)
     return 1
 
-
-# ---- rounds ---------------------------------------------------------------------------------------
-
-class Rounds:
-    """This pod's view of the rounds in ``directory`` (see the module's docstring)."""
-
-    def __init__(self, directory, rank: int):
-        self.directory, self.rank = Path(directory), rank
-        self.pod = uuid.uuid4().hex      # this pod's run (a pod runs this program once)
-        self.round = 0                   # the round this pod joined
-
-    def path(self, rank: int) -> Path:
-        return self.directory / f"rank-{rank:05d}.json"
-
-    def records(self) -> dict[int, dict]:
-        found = {}
-        for path in self.directory.glob("rank-*.json"):
-            record = read_json(path)
-            if record is not None and isinstance(record.get("rank"), int):
-                found[record["rank"]] = record
-        return found
-
-    @staticmethod
-    def last_round(record: dict | None) -> int:
-        """The newest round a rank's pods took part in (or are waiting to follow)."""
-        if not record:
-            return 0
-        return int(record.get("round") or record.get("after") or 0)
-
-    def open(self, master_ip: str, port: int) -> str:
-        """Rank 0: announce the next round, master at our own address. Returns the master."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.round = max([self.last_round(r) for r in self.records().values()], default=0) + 1
-        master = f"{master_ip}:{port}"
-        write_json(self.path(0), {"rank": 0, "pod": self.pod, "round": self.round, "master": master,
-                              "time": round(time.time(), 3)})
-        return master
-
-    def join(self, timeout: float, say=print) -> str:
-        """Any other rank: wait for a round newer than the one this index last joined; join it.
-        Returns its master."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        after = self.last_round(read_json(self.path(self.rank)))
-        write_json(self.path(self.rank), {"rank": self.rank, "pod": self.pod, "round": None, "after": after,
-                                      "time": round(time.time(), 3)})
-        deadline, next_note = time.monotonic() + timeout, 0.0
-        while True:
-            rank0 = read_json(self.path(0)) or {}
-            if self.last_round(rank0) > after and rank0.get("master"):
-                self.round = rank0["round"]
-                write_json(self.path(self.rank), {"rank": self.rank, "pod": self.pod, "round": self.round,
-                                              "time": round(time.time(), 3)})
-                return rank0["master"]
-            now = time.monotonic()
-            if now >= deadline:
-                raise TimeoutError(f"rank 0 announced no round after round {after} in {self.directory} "
-                                   f"within {timeout:.0f}s")
-            if now >= next_note:
-                say(f"rendezvous: node {self.rank} waiting for rank 0 to open a round after round {after}",
-                    flush=True)
-                next_note = now + 15
-            time.sleep(POLL)
-
-    def missing(self, nodes: int) -> list[int]:
-        """The nodes that have not joined this pod's round (rank 0's view)."""
-        records = self.records()
-        return [n for n in range(1, nodes) if (records.get(n) or {}).get("round") != self.round]
-
-    def superseded(self) -> str | None:
-        """Why this pod's round is over (a member was replaced, or rank 0 opened a newer round),
-        else None."""
-        for rank, record in sorted(self.records().items()):
-            if rank == self.rank:
-                continue
-            if rank == 0 and self.last_round(record) > self.round:
-                return f"rank 0 opened round {record['round']} (a new pod)"
-            if record.get("round") is None and record.get("after") == self.round:
-                return f"rank {rank} was replaced by a new pod"
-        return None
-
-
-# ---- the launcher, supervised ---------------------------------------------------------------------
 
 class Group:
     """What this pod's supervisor knows of its group: who has not joined yet (for the start
@@ -378,7 +295,7 @@ def _stop_waiting(signum, frame):
     raise _Stopped
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.rendezvous", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rank0-host", default="", help="DNS name of rank 0's pod (none: a job of one node)")
     parser.add_argument("--port", type=int, default=0, help="rendezvous port of rank 0")
@@ -404,11 +321,45 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds for the whole group to form (every node up and joined); then every "
                              f"node still waiting exits {contract.EXIT_START_TIMEOUT}, which fails the job")
     parser.add_argument("launch", nargs=argparse.REMAINDER, help="-- the launcher's command")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _meet(args: argparse.Namespace, rank: int, nodes: int, started_at: float) -> tuple[str, Group, str]:
+    """Find rank 0 (or, on rank 0, announce it): the master address, the group this pod is in,
+    and a note of where it met ("" / ", round R" / ", generation G")."""
+    wait = args.start_timeout or args.timeout
+    if rank == 0 and not args.pod_ip and args.rank0_host:
+        raise ValueError("rank 0 needs its own address: --pod-ip (the pod's status.podIP)")
+    if not args.rank0_host:
+        if rank != 0:
+            raise ValueError("a node other than rank 0 needs --rank0-host")
+        return "", Group(), ""
+    if args.rounds_dir:
+        rounds = Rounds(args.rounds_dir, rank)
+        master = rounds.open(args.pod_ip, args.port) if rank == 0 else rounds.join(wait)
+        return master, Group(rounds=rounds, nodes=nodes), f", round {rounds.round}"
+    if args.generation:
+        from trainer import relay
+        heartbeats = Path(args.heartbeats_dir) if args.heartbeats_dir else None
+        where = f", generation {args.generation}"
+        if rank == 0:
+            master = f"{args.pod_ip}:{args.port}"
+            return master, Group(leader=relay.Leader(args.port + 1, args.generation, master, nodes,
+                                                     heartbeats)), where
+        member = relay.Member(args.rank0_host, args.port + 1, args.generation, rank, uuid.uuid4().hex,
+                              heartbeats)
+        master = member.join(started_at + wait, resolve_all)
+        member.start_mirroring()
+        return master, Group(member=member), where
+    ip = args.pod_ip if rank == 0 else resolve(args.rank0_host, wait)
+    return f"{ip}:{args.port}", Group(), ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     launch = args.launch[1:] if args.launch[:1] == ["--"] else args.launch
     started_at = time.monotonic()
     deadline = started_at + args.start_timeout if args.start_timeout else None
-    wait = args.start_timeout or args.timeout
     group, rank = Group(), args.node_rank
     # Asked to stop before the launcher runs (as PID 1 a SIGTERM would otherwise be ignored).
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -421,32 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         with_master(launch, "")         # a malformed command fails before any waiting
         if args.rank_offset:
             launch = with_rank(launch, rank)
-        if rank == 0 and not args.pod_ip and args.rank0_host:
-            raise ValueError("rank 0 needs its own address: --pod-ip (the pod's status.podIP)")
-        if not args.rank0_host:
-            if rank != 0:
-                raise ValueError("a node other than rank 0 needs --rank0-host")
-            master = where = ""
-        elif args.rounds_dir:
-            rounds = Rounds(args.rounds_dir, rank)
-            master = rounds.open(args.pod_ip, args.port) if rank == 0 else rounds.join(wait)
-            group, where = Group(rounds=rounds, nodes=nodes), f", round {rounds.round}"
-        elif args.generation:
-            from trainer import relay
-            heartbeats = Path(args.heartbeats_dir) if args.heartbeats_dir else None
-            where = f", generation {args.generation}"
-            if rank == 0:
-                master = f"{args.pod_ip}:{args.port}"
-                group = Group(leader=relay.Leader(args.port + 1, args.generation, master, nodes, heartbeats))
-            else:
-                member = relay.Member(args.rank0_host, args.port + 1, args.generation, rank, uuid.uuid4().hex,
-                                      heartbeats)
-                master = member.join(started_at + wait, resolve_all)
-                member.start_mirroring()
-                group = Group(member=member)
-        else:
-            ip = args.pod_ip if rank == 0 else resolve(args.rank0_host, wait)
-            master, where = f"{ip}:{args.port}", ""
+        master, group, where = _meet(args, rank, nodes, started_at)
         if master:
             launch = with_master(launch, master, group.rounds.round if group.rounds else 0)
     except ValueError as err:       # a malformed command: retrying cannot help
