@@ -23,8 +23,9 @@ import numpy as np
 
 from trainer.data import index
 from trainer.data.errors import DataError
+from trainer.data.images import CorruptImage, Source
 from trainer.data.index import IMAGE_EXTENSIONS
-from trainer.data.transforms import CorruptImage, Source, Views, build_views
+from trainer.data.transforms import Views, build_views
 
 log = logging.getLogger("trainer.data")
 
