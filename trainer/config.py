@@ -37,10 +37,10 @@ def shipped_config(name: str) -> Path:
 _SIZED_OPS = ("RandomResizedCrop", "RandCropImage", "CenterCrop", "CenterCropImage", "Resize", "ResizeImage")
 
 
-def _view_pixels(ops: list) -> int | None:
+def _view_pixels(ops: list[Any]) -> int | None:
     """Pixels of one view at least: the last op that sets a size decides (a Resize to one number
     sets the shorter side, so the view has at least size x size); None when no op sets one."""
-    pixels = None
+    pixels: int | None = None
     for entry in ops:
         (name, params), = entry.items()
         params = params or {}
@@ -50,32 +50,34 @@ def _view_pixels(ops: list) -> int | None:
     return pixels
 
 
-def _sample_pixels(ops: list) -> int | None:
+def _sample_pixels(ops: list[Any]) -> int | None:
     """Pixels of all the views one image gives, at least (None when a view's size is unknown)."""
     for entry in ops:
         (name, params), = entry.items()
         if name == "TwoViewsTransform":
             views = [_view_pixels(params["base_transform1"]), _view_pixels(params["base_transform2"])]
-            return None if None in views else sum(views)
+            first, second = views
+            return None if first is None or second is None else first + second
     return _view_pixels(ops)
 
 
-def _first_layer_bytes(model: Mapping) -> float:
+def _first_layer_bytes(model: Mapping[str, Any]) -> float:
     """Per input pixel, the first convolution's float32 output alone (what any forward pass holds):
     `width` channels at the stem's stride, 2 in ImageNet ResNets, 1 in the CIFAR one."""
     name = model["name"]
     if name.startswith("pixels"):
         return 4.0                          # the pixels themselves, as float32
-    return model.get("width", 64) * 4 / (1 if "cifar" in name else 4)
+    return float(model.get("width", 64) * 4 / (1 if "cifar" in name else 4))
 
 
-def check_memory(cfg: Mapping, *, host_memory: int, device_memory: int | None, processes: int,
+def check_memory(cfg: Mapping[str, Any], *, host_memory: int, device_memory: int | None, processes: int,
                  machine: str) -> None:
     """ConfigError unless the batches fit `machine`: each of the `processes` ranks on it holds its
     loaders' batch buffers (num_workers x prefetch_factor + 1 uint8 batches, one without workers)
     in host memory, and its model's first-layer output for the largest batch on the device
     (`device_memory` None: in host memory too, as on CPUs)."""
-    host, device, largest = 0, 0.0, ""
+    host: float = 0
+    device, largest = 0.0, ""
     for split, section in cfg["DataLoader"].items():
         dataset = section["dataset"]
         pixels = _sample_pixels(dataset.get("transform") or dataset.get("transform_ops") or [])
@@ -129,7 +131,7 @@ def machine_memory() -> int:
     return memory
 
 
-def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
+def apply_overrides(cfg: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply `Dotted.Key=VALUE` overrides (VALUE parsed as a YAML scalar or list) to a copy."""
     cfg = copy.deepcopy(cfg)
     for item in overrides:
@@ -145,24 +147,25 @@ def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
         for depth, part in enumerate(parts):
             last = depth == len(parts) - 1
             where = ".".join(parts[:depth + 1])
+            step: int | str = part
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
                     raise ConfigError(f"bad override key '{key}': '{where}' is not an index of "
                                       f"a {len(node)}-item list")
-                part = int(part)
+                step = int(part)
             elif not isinstance(node, dict):
                 raise ConfigError(f"bad override key '{key}': '{'.'.join(parts[:depth])}' "
                                   "is not a section")
             if last:
-                node[part] = value
+                node[step] = value
             else:
-                if isinstance(node, dict) and node.get(part) is None:
-                    node[part] = {}
-                node = node[part]
+                if isinstance(node, dict) and node.get(step) is None:
+                    node[step] = {}
+                node = node[step]
     return cfg
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict:
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Read a PASSL-schema YAML file, apply overrides, validate; ConfigError on any problem."""
     raw = read_yaml(path)
     if not isinstance(raw, dict):

@@ -11,7 +11,8 @@ import copy
 import difflib
 import math
 import re
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from trainer.config_yaml import ConfigError, _underflows
 
@@ -25,19 +26,19 @@ def _bad(path: str, value: Any, expected: str) -> ConfigError:
     return ConfigError(f"bad value for '{path}': {value!r} (expected {expected})")
 
 
-def _any(value, path):
+def _any(value: Any, path: str) -> Any:
     return value
 
 
 def _str(*choices: str) -> Check:
-    def check(value, path):
+    def check(value: Any, path: str) -> Any:
         if not isinstance(value, str) or (choices and value not in choices):
             raise _bad(path, value, "one of: " + ", ".join(choices) if choices else "a string")
         return value
     return check
 
 
-def _bool(value, path):
+def _bool(value: Any, path: str) -> Any:
     if not isinstance(value, bool):
         raise _bad(path, value, "True or False")
     return value
@@ -50,7 +51,7 @@ _INT_TEXT = re.compile(r"^[-+]?[0-9][0-9_]*$")
 _FLOAT_TEXT = re.compile(r"^[-+]?([0-9][0-9_]*\.?[0-9_]*|\.[0-9][0-9_]*)([eE][-+]?[0-9]+)?$")
 
 
-def _number(value, pattern: re.Pattern, kind: type):
+def _number(value: Any, pattern: re.Pattern[str], kind: type) -> Any:
     """`value` as a `kind` when it is one or is a string spelling one; None otherwise."""
     if isinstance(value, str) and pattern.match(value.strip()):
         try:
@@ -63,7 +64,7 @@ def _number(value, pattern: re.Pattern, kind: type):
 
 
 def _int(lo: int | None = None, hi: int | None = None) -> Check:
-    def check(value, path):
+    def check(value: Any, path: str) -> Any:
         number = _number(value, _INT_TEXT, int)
         if number is not None and not -INT_LIMIT <= number <= INT_LIMIT:
             number = None           # beyond what paddle's int64 holds: a typo, not a setting
@@ -74,7 +75,7 @@ def _int(lo: int | None = None, hi: int | None = None) -> Check:
 
 
 def _float(lo: float | None = None, hi: float | None = None) -> Check:
-    def check(value, path):
+    def check(value: Any, path: str) -> Any:
         number = _number(value, _FLOAT_TEXT, float)
         if number is None:
             raise _bad(path, value, _range("a number", lo, hi))
@@ -93,7 +94,7 @@ def _float(lo: float | None = None, hi: float | None = None) -> Check:
     return check
 
 
-def _range(what: str, lo, hi) -> str:
+def _range(what: str, lo: float | None, hi: float | None) -> str:
     if lo is not None and hi is not None:
         return f"{what} in [{lo}, {hi}]"
     if lo is not None:
@@ -104,20 +105,20 @@ def _range(what: str, lo, hi) -> str:
 
 
 def _optional(check: Check) -> Check:
-    def wrapped(value, path):
+    def wrapped(value: Any, path: str) -> Any:
         return None if value is None else check(value, path)
     return wrapped
 
 
 def _none_or(check: Check) -> Check:
     """Like _optional, also accepting the string "None" (Python spelling in PASSL's YAML files)."""
-    def wrapped(value, path):
+    def wrapped(value: Any, path: str) -> Any:
         return None if value in (None, "None") else check(value, path)
     return wrapped
 
 
 def _list_of(check: Check, length: int | None = None) -> Check:
-    def wrapped(value, path):
+    def wrapped(value: Any, path: str) -> Any:
         if not isinstance(value, (list, tuple)) or (length is not None and len(value) != length):
             expected = f"a list of {length} items" if length else "a list"
             raise _bad(path, value, expected)
@@ -142,7 +143,7 @@ MAX_WIDTH = 1024                    # ResNet width: 16x the standard 64, ~3e9 pa
 MAX_EPOCHS = 1_000_000
 
 
-def _size(value, path):
+def _size(value: Any, path: str) -> Any:
     if isinstance(value, (list, tuple)):
         return _list_of(_int(1, MAX_IMAGE_SIDE), 2)(value, path)
     return _int(1, MAX_IMAGE_SIDE)(value, path)
@@ -157,12 +158,12 @@ class Section:
         self.defaults = dict(defaults or {})
         self.required = tuple(required)
 
-    def __call__(self, value, path):
+    def __call__(self, value: Any, path: str) -> dict[str, Any]:
         if value is None:
             value = {}
         if not isinstance(value, Mapping):
             raise _bad(path, value, "a mapping of keys")
-        out = {}
+        out: dict[str, Any] = {}
         for key, item in value.items():
             if key not in self.keys:
                 raise _unknown_key(path, str(key), self.keys)
@@ -179,14 +180,15 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _did_you_mean(word: str, candidates) -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.5)
+def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    candidates = list(candidates)
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5)
     if not close:
         close = [c for c in candidates if c.lower() == word.lower()]
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _unknown_key(path: str, key: str, valid) -> ConfigError:
+def _unknown_key(path: str, key: str, valid: Mapping[str, Any]) -> ConfigError:
     close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5) or \
         [v for v in valid if v.lower() == key.lower()]
     hint = f" (did you mean '{_join(path, close[0])}'?)" if close else \
@@ -200,10 +202,10 @@ class OpList:
     def __init__(self, ops: Mapping[str, Section]):
         self.ops = ops
 
-    def __call__(self, value, path):
+    def __call__(self, value: Any, path: str) -> list[dict[str, Any]]:
         if not isinstance(value, (list, tuple)):
             raise _bad(path, value, "a list of '- OpName: {...}' entries")
-        out = []
+        out: list[dict[str, Any]] = []
         for i, entry in enumerate(value):
             where = f"{path}.{i}"
             if isinstance(entry, str):          # bare op name, e.g. "- ToTensor"
@@ -265,7 +267,7 @@ MODEL_NAMES = (*(f"simsiam_{b}_pretrain" for b in BACKBONE_NAMES),
                *(f"{b}_linearprobe" for b in BACKBONE_NAMES), "pixels_linearprobe")
 
 
-def _model_name(value, path):
+def _model_name(value: Any, path: str) -> Any:
     if not isinstance(value, str) or value not in MODEL_NAMES:
         close = difflib.get_close_matches(str(value), MODEL_NAMES, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(MODEL_NAMES)}"
@@ -425,7 +427,7 @@ SCHEMA = Section({
 
 # ---------------------------------------------------------------------------------------------
 
-def validate(cfg: Mapping) -> dict:
+def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Check every key and value; return a new dict with Global/FP16 defaults filled in."""
     if isinstance(cfg, Mapping) and "Global" not in cfg and ("epochs" in cfg or "model" in cfg):
         raise ConfigError("this looks like a PASSL 1.x config (top-level 'epochs'/'model'); "

@@ -33,13 +33,13 @@ class _BudgetLoader(yaml.SafeLoader):
     """yaml.SafeLoader that refuses a document whose aliases expand it beyond the budget (the
     loader shares an anchored value, but every reader of the result walks each copy)."""
 
-    def compose_document(self):
+    def compose_document(self) -> yaml.Node | None:
         node = super().compose_document()
         _check_expansion(node)
         return node
 
 
-def _construct_float(loader, node):
+def _construct_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
     number = yaml.SafeLoader.construct_yaml_float(loader, node)
     if _underflows(node.value, number):
         raise ConfigError(f"{node.value} (line {node.start_mark.line + 1}) is too small for a float: it "
@@ -50,11 +50,11 @@ def _construct_float(loader, node):
 _BudgetLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 
 
-def _check_expansion(root) -> None:
+def _check_expansion(root: yaml.Node | None) -> None:
     sizes: dict[int, int] = {}          # node id -> nodes in its expanded subtree
     open_nodes: set[int] = set()
 
-    def size(node) -> int:
+    def size(node: yaml.Node) -> int:
         key = id(node)
         if key in sizes:
             return sizes[key]
@@ -76,12 +76,13 @@ def _check_expansion(root) -> None:
                               "(refused: a config never needs that many)")
         return total
 
-    size(root)
+    if root is not None:
+        size(root)
 
 
-def _check_unique_keys(node) -> None:
+def _check_unique_keys(node: yaml.MappingNode) -> None:
     """YAML keeps the last of two equal keys and drops the first without a word: refuse that."""
-    seen = set()
+    seen: set[str] = set()
     for key, _ in node.value:
         if isinstance(key, yaml.ScalarNode) and key.value != "<<":
             if key.value in seen:
@@ -133,12 +134,12 @@ def read_yaml(path: str | Path) -> Any:
     return safe_load(text, str(path))
 
 
-def dump(cfg: Mapping) -> str:
+def dump(cfg: Mapping[str, Any]) -> str:
     """The config as YAML text (sections in their given order)."""
     return yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=None)
 
 
-def _plain(value):
+def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 # ---- OUTPUT_DIR layout --------------------------------------------------------------------------
 CONFIG = "config.yaml"          # resolved config after overrides
@@ -48,12 +49,12 @@ PROGRESS_FIELDS = ("epoch", "epochs", "step", "steps_per_epoch", "global_step", 
 PROGRESS_PREFIX = "simsiam-progress "
 
 
-def progress_line(record: dict) -> str:
+def progress_line(record: dict[str, Any]) -> str:
     """The stdout line for a step record."""
     return PROGRESS_PREFIX + json.dumps(record, separators=(",", ":"))
 
 
-def parse_progress_line(line: str) -> dict | None:
+def parse_progress_line(line: str) -> dict[str, Any] | None:
     """The record in a progress line, None for any other line (log lines may carry a prefix such as
     a timestamp, so the marker is searched, not required at the start)."""
     at = line.find(PROGRESS_PREFIX)
@@ -66,7 +67,7 @@ def parse_progress_line(line: str) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def last_progress(lines: Iterable[str]) -> dict | None:
+def last_progress(lines: Iterable[str]) -> dict[str, Any] | None:
     """The newest progress record among log lines."""
     found = None
     for line in lines:
@@ -76,7 +77,7 @@ def last_progress(lines: Iterable[str]) -> dict | None:
     return found
 
 
-def read_last_step(metrics_path: str | os.PathLike, tail_bytes: int = 65536) -> dict | None:
+def read_last_step(metrics_path: str | os.PathLike[str], tail_bytes: int = 65536) -> dict[str, Any] | None:
     """The newest step record of a metrics.jsonl (reads only its tail)."""
     try:
         with open(metrics_path, "rb") as f:
@@ -235,11 +236,11 @@ class Outcome:
         return f"{who}: {what[0].upper()}{what[1:]}" if with_host and self.host else f"{who} {what}"
 
 
-def outcome_path(directory: str | os.PathLike, rank: int | None) -> Path:
+def outcome_path(directory: str | os.PathLike[str], rank: int | None) -> Path:
     return Path(directory) / ("launcher.json" if rank is None else f"rank-{rank:05d}.json")
 
 
-def write_outcome(directory: str | os.PathLike, outcome: Outcome) -> None:
+def write_outcome(directory: str | os.PathLike[str], outcome: Outcome) -> None:
     """Atomically (a reader sees the whole record or none)."""
     path = outcome_path(directory, outcome.rank)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -248,7 +249,7 @@ def write_outcome(directory: str | os.PathLike, outcome: Outcome) -> None:
     os.replace(tmp, path)
 
 
-def read_outcomes(directory: str | os.PathLike) -> list[Outcome]:
+def read_outcomes(directory: str | os.PathLike[str]) -> list[Outcome]:
     """Every readable outcome in ``directory`` (unreadable files are skipped: a launcher then
     speaks for that rank)."""
     found = []
