@@ -25,6 +25,7 @@ import paddle
 from trainer import checkpoint as ckpt
 from trainer import dist, guard, outcome
 from trainer.config import dump
+from trainer.sections import Global
 
 if TYPE_CHECKING:
     from trainer.engine.loop import Engine, Task
@@ -153,9 +154,9 @@ class Checkpointing(Hook):
     StopAgreement), the end of the run, and SIGTERM; with each save the task exports its weights.
     Files are written in the background (checkpoint.CheckpointWriter), one write at a time."""
 
-    def __init__(self, g: dict, divergence: DivergenceGuard, stops: StopAgreement):
-        self.epoch_interval, self.step_interval = g["save_interval"], g["save_interval_steps"]
-        self.keep = g["max_num_latest_checkpoint"]
+    def __init__(self, settings: Global, divergence: DivergenceGuard, stops: StopAgreement):
+        self.epoch_interval, self.step_interval = settings.save_interval, settings.save_interval_steps
+        self.keep = settings.max_num_latest_checkpoint
         self.divergence, self.stops = divergence, stops
         self.writer = ckpt.CheckpointWriter()
 

@@ -24,6 +24,7 @@ from trainer.engine.loop import Engine, Task
 from trainer.engine.process import set_cpu_threads
 from trainer.models import build_model
 from trainer.optim import build_optimizer
+from trainer.sections import Global
 from trainer.weights import WeightsError, load_into
 
 log = logging.getLogger("trainer")
@@ -78,19 +79,19 @@ class LinearProbe(Task):
     train_mode = False   # frozen backbone, BN on running statistics, no dropout: train() would change nothing
 
     def __init__(self, engine: Engine):
-        cfg, g, env = engine.cfg, engine.g, engine.env
-        self.cfg, self.pretrained = cfg, g["pretrained_model"]
+        cfg, settings, env = engine.cfg, engine.settings, engine.env
+        self.cfg, self.pretrained = cfg, settings.pretrained_model
         self.loader = engine.train_loader()
         eval_cfg = cfg["DataLoader"].get("Eval")
         if eval_cfg:
             self.eval_loader = build_eval_loader(eval_cfg, rank=env.rank, world_size=env.world_size)
-        if not g["pretrained_model"]:
+        if not settings.pretrained_model:
             log.warning("WARNING: Global.pretrained_model is not set: probing a randomly initialised encoder")
         # Rank 0 alone reads the weights: the data-parallel wrapper broadcasts its parameters and
         # buffers to every rank (the others need not see the file: on Kubernetes only rank 0
         # mounts the output claim).
-        self.net = build_probe(cfg, g["pretrained_model"] if env.is_main else None, with_head=False)
-        self.optimizer, self.group_lr = build_optimizer(self.net, cfg["Optimizer"], epochs=g["epochs"],
+        self.net = build_probe(cfg, settings.pretrained_model if env.is_main else None, with_head=False)
+        self.optimizer, self.group_lr = build_optimizer(self.net, cfg["Optimizer"], epochs=settings.epochs,
                                                         steps_per_epoch=len(self.loader),
                                                         lr_cfg=cfg.get("LRScheduler"))
         self.weight, self.train_ks, self.eval_ks = loss_weight(cfg, "Train"), topk(cfg, "Train"), topk(cfg, "Eval")
@@ -158,16 +159,16 @@ def train(cfg: dict):
 def evaluate_only(cfg: dict) -> dict:
     """`simsiam-train eval`: top-k of a trained probe (Global.pretrained_model, with its fc) on
     DataLoader.Eval over all ranks; prints one JSON object on rank 0."""
-    g = cfg["Global"]
-    spec = g["pretrained_model"] or g["checkpoint"]
+    settings = Global.of(cfg)
+    spec = settings.pretrained_model or settings.checkpoint
     if not spec:
         raise ConfigError("simsiam-train eval needs the trained probe: -o Global.pretrained_model=PATH "
                           "(probe.pdparams, a checkpoint, or a URL)")
     if "Eval" not in cfg["DataLoader"]:
         raise ConfigError("missing required section 'DataLoader.Eval'")
-    env = dist.init(g["device"])
+    env = dist.init(settings.device)
     if env.device == "cpu":
-        set_cpu_threads(g["num_threads"])
+        set_cpu_threads(settings.num_threads)
     loader = build_eval_loader(cfg["DataLoader"]["Eval"], rank=env.rank, world_size=env.world_size)
     net = build_probe(cfg, spec, with_head=True)
     try:

@@ -22,6 +22,7 @@ from trainer.engine.hooks import (Checkpointing, DivergenceGuard, Hook, Preempte
 from trainer.engine.output import OutputDir
 from trainer.engine.process import seed_everything, set_cpu_threads
 from trainer.engine.resume import resume_state
+from trainer.sections import Global
 
 log = logging.getLogger("trainer")
 
@@ -79,27 +80,27 @@ class Engine:
     def __init__(self, cfg: dict, *, resumes: bool = True, refuse_amp_on_cpu: bool = True):
         """`refuse_amp_on_cpu=False`: the smoke test runs an AMP config on a CPU to report that
         AMP did not take effect, where training would refuse it."""
-        g = cfg["Global"]
-        if g["accum_steps"] != 1:
+        settings = Global.of(cfg)
+        if settings.accum_steps != 1:
             raise ConfigError("bad value for 'Global.accum_steps': only 1 is supported; raise "
                               "DataLoader.Train.sampler.batch_size or the number of devices instead")
-        self.cfg, self.g = cfg, g
-        self.env = dist.init(g["device"])
+        self.cfg, self.settings = cfg, settings
+        self.env = dist.init(settings.device)
         takeover = lock.claim(cfg, self.env)        # before any write to the output directory
-        self.threads = set_cpu_threads(g["num_threads"]) if self.env.device == "cpu" else None
+        self.threads = set_cpu_threads(settings.num_threads) if self.env.device == "cpu" else None
         self.amp = Amp(cfg.get("FP16"), self.env.device if refuse_amp_on_cpu else "gpu")
         self.output = OutputDir(cfg, self.env.rank)
         if takeover:
             log.warning(takeover)
-        seed_everything(g["seed"], self.env.rank)
+        seed_everything(settings.seed, self.env.rank)
         # early: a bad checkpoint fails before the slow set-up of data and model
-        self.resumed = resume_state(g, self.output.checkpoints, self.env) if resumes else None
+        self.resumed = resume_state(settings, self.output.checkpoints, self.env) if resumes else None
         self.global_step = self.start_epoch = self.start_step = self.step_in_epoch = 0
         self.epochs = self.steps_per_epoch = self.total_steps = self.global_batch = 0
 
     def train_loader(self):
         loader = build_train_loader(self.cfg["DataLoader"]["Train"], rank=self.env.rank,
-                                    world_size=self.env.world_size, seed=self.g["seed"] or 0,
+                                    world_size=self.env.world_size, seed=self.settings.seed or 0,
                                     index_dir=self.output.path)
         if len(loader) == 0:
             raise ConfigError("DataLoader.Train gives no batches per epoch (dataset smaller than a batch)")
@@ -110,13 +111,13 @@ class Engine:
 
     def evaluation_due(self, epoch: int, finished: bool, last: bool) -> bool:
         """After the last epoch, and every Global.eval_interval epochs with Global.eval_during_train."""
-        return last or (finished and self.g["eval_during_train"] and epoch % self.g["eval_interval"] == 0)
+        return last or (finished and self.settings.eval_during_train and epoch % self.settings.eval_interval == 0)
 
     def hooks(self, task: Task) -> list[Hook]:
-        divergence, stops = DivergenceGuard(), StopAgreement(self.g["save_interval_minutes"])
+        divergence, stops = DivergenceGuard(), StopAgreement(self.settings.save_interval_minutes)
         hooks: list[Hook] = [Progress(), *([divergence] if task.stops_on_divergence else []), stops]
         if task.saves_checkpoints:
-            hooks.append(Checkpointing(self.g, divergence, stops))
+            hooks.append(Checkpointing(self.settings, divergence, stops))
         return hooks
 
     # ------------------------------------------------------------------------------------------
@@ -151,11 +152,11 @@ class Engine:
         return net
 
     def _plan(self, task: Task) -> None:
-        g = self.g
-        self.steps_per_epoch, self.epochs = len(task.loader), task.epochs or g["epochs"]
+        settings = self.settings
+        self.steps_per_epoch, self.epochs = len(task.loader), task.epochs or settings.epochs
         self.total_steps = self.epochs * self.steps_per_epoch
-        if g["max_train_step"]:
-            self.total_steps = min(self.total_steps, g["max_train_step"])
+        if settings.max_train_step:
+            self.total_steps = min(self.total_steps, settings.max_train_step)
         self.global_batch = self.cfg["DataLoader"]["Train"]["sampler"]["batch_size"] * self.env.world_size
         log.info("%s: %s, %d process(es) on %s%s, %s, %d images, global batch %d, %d steps/epoch, %d epochs",
                  task.name, self.cfg["Model"]["name"], self.env.world_size, self.env.device,
@@ -185,7 +186,7 @@ class Engine:
             out, latest = step_fn([task.loader.to_tensor(v) for v in views], labels)
             self.global_step += 1
             self.step_in_epoch = index + 1
-            logged = (self.global_step % self.g["print_batch_step"] == 0 or index + 1 == self.steps_per_epoch
+            logged = (self.global_step % self.settings.print_batch_step == 0 or index + 1 == self.steps_per_epoch
                       or self.global_step >= self.total_steps)
             step = Step(epoch, index, out, latest, lrs, logged)
             for hook in hooks:

@@ -31,18 +31,18 @@ class Pretraining(Task):
     name = "SimSiam pretraining"
 
     def __init__(self, engine: Engine):
-        cfg, g = engine.cfg, engine.g
+        cfg, settings = engine.cfg, engine.settings
         self.net = dist.use_sync_batch_norm(engine.env, build_model(cfg["Model"]))  # first: a bad name fails fast
         self.loader = engine.train_loader()
-        if g["pretrained_model"]:
+        if settings.pretrained_model:
             try:
-                load_into(self.net.encoder, g["pretrained_model"])  # the backbone; the projector (fc) stays fresh
+                load_into(self.net.encoder, settings.pretrained_model)  # the backbone; the projector (fc) stays fresh
             except WeightsError as e:
                 raise ConfigError(f"Global.pretrained_model: {e}") from None
-        self.optimizer, self.group_lr = build_optimizer(self.net, cfg["Optimizer"], epochs=g["epochs"],
+        self.optimizer, self.group_lr = build_optimizer(self.net, cfg["Optimizer"], epochs=settings.epochs,
                                                         steps_per_epoch=len(self.loader))
-        self.to_static = g["to_static"]
-        self.collapse = CollapseMonitor(self.net.dim, g["collapse_warn_fraction"], g["collapse_patience"])
+        self.to_static = settings.to_static
+        self.collapse = CollapseMonitor(self.net.dim, settings.collapse_warn_fraction, settings.collapse_patience)
         eval_cfg = cfg["DataLoader"].get("Eval")        # a small labelled folder: the kNN monitor's split
         if eval_cfg:
             self.eval_loader = build_eval_loader(eval_cfg, rank=engine.env.rank, world_size=engine.env.world_size)

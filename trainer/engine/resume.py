@@ -16,17 +16,18 @@ import numpy as np
 from trainer import checkpoint as ckpt
 from trainer import dist
 from trainer.config import ConfigError
+from trainer.sections import Global
 
 log = logging.getLogger("trainer")
 
 
-def resume_state(g: dict, checkpoints, env):
+def resume_state(settings: Global, checkpoints, env):
     """(path, state) to resume from on every rank, or None for a fresh start. A checkpoint rank 0
     cannot use stops every rank with rank 0's line (none waits)."""
     decision = None
     if env.is_main:
         try:
-            chosen = _choose_checkpoint(g, checkpoints)
+            chosen = _choose_checkpoint(settings, checkpoints)
             decision = ("state", None if chosen is None else (str(chosen[0]), _to_host(chosen[1])))
         except ConfigError as e:
             decision = ("error", str(e))
@@ -38,13 +39,13 @@ def resume_state(g: dict, checkpoints, env):
     return (chosen if env.is_main else (value[0], _to_device(value[1])))
 
 
-def _choose_checkpoint(g: dict, checkpoints):
-    if g["checkpoint"]:
+def _choose_checkpoint(settings: Global, checkpoints):
+    if settings.checkpoint:
         try:
-            return g["checkpoint"], ckpt.load_checkpoint(g["checkpoint"])
+            return settings.checkpoint, ckpt.load_checkpoint(settings.checkpoint)
         except ValueError as e:
             raise ConfigError(f"Global.checkpoint: {e}") from None
-    if g["auto_resume"]:
+    if settings.auto_resume:
         found = ckpt.latest_valid_checkpoint(checkpoints)
         if found is None:
             log.info("auto_resume: no valid checkpoint in %s, starting fresh", checkpoints)

@@ -94,11 +94,11 @@ class Smoke(Task):
     epochs = 1
 
     def __init__(self, engine: Engine):
-        cfg, g, env = engine.cfg, engine.g, engine.env
+        cfg, settings, env = engine.cfg, engine.settings, engine.env
         if "Train" not in cfg["DataLoader"]:
             raise ConfigError("missing required section 'DataLoader.Train' (the smoke test reads its batch "
                               "size and crop size)")
-        self.steps = g["max_train_step"] or DEFAULT_STEPS
+        self.steps = settings.max_train_step or DEFAULT_STEPS
         if self.steps < 2:
             raise ConfigError(f"bad value for 'Global.max_train_step': {self.steps} (the smoke test needs at "
                               f"least 2 steps to see the loss fall; default {DEFAULT_STEPS})")
@@ -109,9 +109,9 @@ class Smoke(Task):
         self.net = dist.use_sync_batch_norm(env, build_model(cfg["Model"]))
         self.optimizer, self.group_lr = build_optimizer(self.net, cfg["Optimizer"], epochs=1,
                                                         steps_per_epoch=self.steps)
-        self.loader = FixedBatch(self.batch, self.size, self.steps, (g["seed"] or 0) + 1000 * env.rank)
+        self.loader = FixedBatch(self.batch, self.size, self.steps, (settings.seed or 0) + 1000 * env.rank)
         self.conv_dtype = _watch_first_conv(self.net)
-        self.to_static = g["to_static"]
+        self.to_static = settings.to_static
         self.losses, self.started, self.done = [], None, 0
         log.info("smoke: %s, %d rank(s), batch %d per rank of %dx%d synthetic images, %d steps, FP16 %s",
                  cfg["Model"]["name"], env.world_size, self.batch, self.size, self.size, self.steps,
