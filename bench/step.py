@@ -20,7 +20,8 @@ import time
 
 def paddle_step_time(args) -> float:
     import paddle
-    from trainer.engine.pretrain import Amp, make_train_step
+    from trainer.engine.amp import Amp
+    from trainer.engine.pretrain import make_train_step
     from trainer.engine.process import set_cpu_threads
     from trainer.models import build_model
     from trainer.optim import build_optimizer

@@ -2,7 +2,8 @@
 import numpy as np
 import paddle
 
-from trainer.engine.pretrain import Amp, make_train_step
+from trainer.engine.amp import Amp
+from trainer.engine.pretrain import make_train_step
 from trainer.models import build_model
 from trainer.optim import build_optimizer
 

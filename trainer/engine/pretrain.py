@@ -24,7 +24,7 @@ from trainer.weights import WeightsError, load_into
 
 log = logging.getLogger("trainer")
 
-__all__ = ["Amp", "Pretraining", "CollapseMonitor", "make_train_step", "train"]
+__all__ = ["Pretraining", "CollapseMonitor", "make_train_step", "train"]
 
 
 class Pretraining(Task):
