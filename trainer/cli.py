@@ -20,6 +20,7 @@ from trainer import lock, outcome, watchdog
 from trainer.config import LARGEST_DEVICE_MEMORY, ConfigError, check_memory, load_config, machine_memory
 from trainer.contract import (End, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_DONE, EXIT_ERROR, EXIT_PREEMPTED,
                               PHASE_TASKS)
+from trainer.sections import Global
 
 # name -> "module:function"; the function takes the remaining argv and returns an exit code.
 SUBCOMMANDS: dict[str, str] = {
@@ -116,7 +117,7 @@ def _config_command(argv: list[str], prog: str, description: str, target: str | 
     try:
         cfg = load_config(args.config, args.override)
         check_memory(cfg, host_memory=machine_memory(), machine="this machine",
-                     device_memory=None if cfg["Global"]["device"] == "cpu" else LARGEST_DEVICE_MEMORY,
+                     device_memory=None if Global.of(cfg).device == "cpu" else LARGEST_DEVICE_MEMORY,
                      processes=int(os.environ.get("PADDLE_LOCAL_SIZE", "1")))   # ranks on this machine
         return run_task(cfg, target)
     except ConfigError as e:
@@ -131,9 +132,9 @@ def run_task(cfg: dict, target: str | None = None) -> int:
     warnings.filterwarnings("ignore", message="When training, we now always track")
     from trainer.data import DataError       # imports paddle lazily; keep `--help` and errors fast
     try:
-        task = _resolve(target or TASKS[cfg["Global"]["task_type"]])
+        task = _resolve(target or TASKS[Global.of(cfg).task_type])
     except (ImportError, AttributeError):
-        return _fail(f"Global.task_type {cfg['Global']['task_type']!r} is not available in this install")
+        return _fail(f"Global.task_type {Global.of(cfg).task_type!r} is not available in this install")
     from trainer.engine.hooks import Preempted
     from trainer.guard import Diverged
     code = EXIT_ERROR

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from trainer import contract
 from trainer.config import ConfigError
+from trainer.sections import Global
 from trainer.watchdog import machine, pid_alive, read_json, same_machine, write_json
 
 log = logging.getLogger("trainer")
@@ -164,14 +165,14 @@ class RunLock:
 _held: RunLock | None = None
 
 
-def claim(cfg: dict, env) -> str | None:
+def claim(settings: Global, env) -> str | None:
     """As the group forms: rank 0 takes OUTPUT_DIR's lock and chooses this start's heartbeat
     generation; every rank learns the outcome from one broadcast (a refused lock stops every rank
     with rank 0's line, none waits) and starts its watchdog. Returns rank 0's takeover warning, to
     log once logging is set up."""
     global _held
     from trainer import dist, watchdog
-    output_dir = Path(cfg["Global"]["output_dir"])
+    output_dir = Path(settings.output_dir)
     decision = None
     if env.is_main:
         try:
@@ -187,7 +188,7 @@ def claim(cfg: dict, env) -> str | None:
     kind, value, note = dist.broadcast_from_main(decision, env)
     if kind == "error":
         raise LockError(value)
-    watchdog.start(output_dir, value, env.rank, env.world_size, cfg["Global"]["peer_timeout_seconds"])
+    watchdog.start(output_dir, value, env.rank, env.world_size, settings.peer_timeout_seconds)
     return note
 
 

@@ -86,7 +86,7 @@ class Engine:
                               "DataLoader.Train.sampler.batch_size or the number of devices instead")
         self.cfg, self.settings = cfg, settings
         self.env = dist.init(settings.device)
-        takeover = lock.claim(cfg, self.env)        # before any write to the output directory
+        takeover = lock.claim(settings, self.env)        # before any write to the output directory
         self.threads = set_cpu_threads(settings.num_threads) if self.env.device == "cpu" else None
         self.amp = Amp(cfg.get("FP16"), self.env.device if refuse_amp_on_cpu else "gpu")
         self.output = OutputDir(cfg, self.env.rank)
