@@ -41,7 +41,7 @@ def test_group_restarts_are_bounded_then_the_job_fails_with_the_reason(tmp_path,
 
 def test_bad_data_fails_at_once_without_a_restart(tmp_path):
     env = user(tmp_path)
-    (tmp_path / "empty" / "train").mkdir(parents=True)
+    (tmp_path / "empty" / "train" / "cat").mkdir(parents=True)  # a class with no images: the trainer's error
     ref = submit(env, tmp_path / "empty", "no-images")
     st = wait_finished(ref, env, timeout=120)
     assert st["state"] == "FAILED" and st["detail"]["exit_code"] == 2

@@ -98,6 +98,8 @@ def test_kubernetes_pods_keep_paddles_environment_dumps_private(tmp_path, shared
         ((kind, ref),) = e["valueFrom"].items()
         return resolved[(kind, *ref.values())]
     env = {**os.environ, **{e["name"]: value(e) for e in trainer["env"]}}
+    # The image's python (with paddle) is first on its PATH; here, the one running the tests.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     launched = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert launched.returncode == 0, launched.stdout[-2000:]
     assert_private(shared_dir, claim / "kjob" / "launch-logs" / "rank-0")
