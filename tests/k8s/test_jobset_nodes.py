@@ -183,7 +183,7 @@ def test_a_frozen_worker_is_found_over_the_network_and_the_group_restarts(nodes,
     freeze = ("import os, signal\n"
               "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
               "    try:\n"
-              "        if b'simsiam-train' in open(f'/proc/{pid}/cmdline', 'rb').read():\n"
+              "        if int(pid) != os.getpid() and b'simsiam-train' in open(f'/proc/{pid}/cmdline', 'rb').read():\n"
               "            os.kill(int(pid), signal.SIGSTOP)\n"
               "    except OSError:\n"
               "        pass\n")
