@@ -18,8 +18,7 @@ from simsiam_job.backends.kubernetes import scheduling
 from simsiam_job.errors import UsageError
 from simsiam_job.spec import JobSpec
 from trainer import contract
-from trainer.rendezvous import ROUNDS_DIR
-from trainer.rendezvous import command as rendezvous_command
+from trainer.contract import ROUNDS_DIR, rendezvous_command
 
 TEMPLATE = "k8s/job.yaml.j2"
 JOBSET_TEMPLATE = "k8s/jobset.yaml.j2"
