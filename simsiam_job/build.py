@@ -11,19 +11,15 @@ import json
 import os
 import re
 import secrets
-import shlex
-import stat
 import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from simsiam_job import defaults
-from simsiam_job.backends import get_backend, options_class
+from simsiam_job.backends import backend_class, options_class
 from simsiam_job.backends.base import JobRef, State
 from simsiam_job.errors import UsageError
-from simsiam_job.locate import located_options
 from simsiam_job.spec import JobSpec, Phase, validate_name
-from simsiam_job.validate import DNS1123_SUBDOMAIN
 from trainer.contract import PHASE_TASKS, reserved_env
 
 # The shipped recipe each phase runs when no -c is given (trainer/configs/).
@@ -135,9 +131,6 @@ def _not_reserved(flag: str, name: str) -> None:
                          "for every trainer process and cannot be given (reserved names: docs/launcher.md)")
 
 
-_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
-
-
 def _env_secrets(items: Sequence[str], backend: str, env_names: set[str]) -> tuple[tuple[str, str], ...]:
     """``--env-secret NAME=REF`` -> (NAME, REF), checked for the backend: SECRET/KEY on Kubernetes,
     else a file that only the user can read (its path is kept, never its content)."""
@@ -150,35 +143,8 @@ def _env_secrets(items: Sequence[str], backend: str, env_names: set[str]) -> tup
         _not_reserved("--env-secret", name)
         if name in env_names or name in (n for n, _ in pairs):
             raise UsageError(f"--env-secret {name}: {name} is set twice (by --env or --env-secret)")
-        pairs.append((name, _secret_key_ref(name, ref) if backend == "kubernetes" else _secret_file(name, ref)))
+        pairs.append((name, backend_class(backend).secret_reference(name, ref)))
     return tuple(pairs)
-
-
-def _secret_key_ref(name: str, ref: str) -> str:
-    secret, sep, key = ref.partition("/")
-    if not sep or not DNS1123_SUBDOMAIN.match(secret) or len(secret) > 253 or not _SECRET_KEY.match(key):
-        raise UsageError(f"--env-secret {name}={ref}: on Kubernetes write SECRET/KEY, a Secret in the "
-                         "job's namespace and one of its keys (e.g. wandb/api-key)")
-    return ref
-
-
-def _secret_file(name: str, path: str) -> str:
-    """The absolute path of a secret file that exists, is readable and that nobody else can read."""
-    if "\0" in path or "\n" in path:
-        raise UsageError(f"--env-secret {name}: a file path cannot contain NUL or newline characters")
-    full = os.path.abspath(os.path.expanduser(path))
-    try:
-        st = os.stat(full)
-    except OSError as err:
-        raise UsageError(f"--env-secret {name}={path}: {err.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise UsageError(f"--env-secret {name}={path}: not a regular file")
-    if st.st_mode & 0o077:
-        raise UsageError(f"--env-secret {name}={path}: group or others have access to this file (mode "
-                         f"{stat.S_IMODE(st.st_mode):04o}); make it yours alone: chmod 600 {shlex.quote(full)}")
-    if not os.access(full, os.R_OK):
-        raise UsageError(f"--env-secret {name}={path}: you cannot read this file")
-    return full
 
 
 def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, str] = os.environ) -> JobSpec:
@@ -213,7 +179,7 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
                              "data set; leave --data out")
         data = None
     # A backend's default data location (Kubernetes' data_pvc) sets the roots as --data does.
-    _check_overrides(overrides, data or getattr(options, "data_pvc", None) or None)
+    _check_overrides(overrides, data or backend_class(backend).default_data(options))
 
     if req.from_ref is not None:
         if phase is not Phase.LINEAR_PROBE:
@@ -221,7 +187,8 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
         ref = JobRef.parse(req.from_ref)
         source_options = options if ref.backend == backend else defaults.resolve_options(
             ref.backend, options_class(ref.backend), (), user_config=user, environ=environ)
-        source = get_backend(ref.backend, located_options(ref, source_options, environ))
+        source_class = backend_class(ref.backend)
+        source = source_class(source_class.located_options(ref, source_options, environ))
         pretrained = _pretrained_path(ref, source, check_from)
         overrides.append("Global.pretrained_model=" + json.dumps(pretrained))
 

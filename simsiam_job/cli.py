@@ -137,10 +137,7 @@ def submit(
         _err(f"dry run ({dry_run.value}): {ref} would be created; nothing was started")
         typer.echo(str(ref))
         return
-    if hasattr(job_backend, "runs_dir"):  # local: later commands find the run by its JOBREF alone
-        from simsiam_job.locate import remember
-
-        remember(ref, job_backend.runs_dir)
+    job_backend.remember(ref)  # a backend with a run index: later commands find it by its JOBREF alone
     typer.echo(str(ref))
     if wait:
         raise typer.Exit(_follow(ref, job_backend))
@@ -196,8 +193,8 @@ JobRefArg = Annotated[str, typer.Argument(
 
 
 def _backend_for(ref_text: str):
+    from simsiam_job.backends import backend_for
     from simsiam_job.backends.base import JobRef
-    from simsiam_job.locate import backend_for
 
     ref = JobRef.parse(ref_text)
     return ref, backend_for(ref)
@@ -325,11 +322,7 @@ def list_(
     for name in names:
         options = defaults.resolve_options(name, options_class(name))
         try:
-            rows += get_backend(name, options).list(all_jobs=all_)
-            if name == "local":  # and the runs submit recorded in other runs directories
-                from simsiam_job.locate import runs_elsewhere
-
-                rows += runs_elsewhere(options, all_jobs=all_)
+            rows += get_backend(name, options).list_everywhere(all_jobs=all_)
         except (BackendError, UsageError) as err:  # one unreachable cluster must not hide the other jobs
             if backend is not None:
                 raise

@@ -23,11 +23,12 @@ from typing import ClassVar, Literal
 
 from simsiam_job import command, templates, validate
 from simsiam_job.backends.base import (
-    GROUP_RESTARTS_HELP, BaseBackend, FileLines, JobRef, JobStatus, JobSummary, NodeStatus, Rendered,
+    GROUP_RESTARTS_HELP, Backend, FileLines, JobRef, JobStatus, JobSummary, NodeStatus, Rendered,
     State, creatable_dir, follow_lines, option,
 )
 from simsiam_job.errors import BackendError, NotFoundError, UsageError
 from simsiam_job.spec import JobSpec
+from simsiam_job.util import tail_lines, write_json_atomic, write_text_atomic
 from trainer import contract
 
 MARKER = "simsiam-job"
@@ -294,7 +295,7 @@ def parse_list(squeue: str, now: dt.datetime) -> list[JobSummary]:
     return rows
 
 
-class SlurmBackend(BaseBackend):
+class SlurmBackend(Backend[Options]):
     name: ClassVar[str] = "slurm"
     options_class: ClassVar[type] = Options
 
@@ -396,9 +397,7 @@ class SlurmBackend(BaseBackend):
             raise UsageError(f"cannot create the job directory {job_dir}: {err.strerror}") from None
         try:
             for fname, text in rendered.files.items():
-                tmp = job_dir / f".{fname}.tmp"
-                tmp.write_text(text)
-                tmp.replace(job_dir / fname)
+                write_text_atomic(job_dir / fname, text)
             proc = self._run(["sbatch", "--parsable", SCRIPT], cwd=str(job_dir))
         except BaseException:
             shutil.rmtree(job_dir, ignore_errors=True)  # nothing was queued: let the name be reused
@@ -414,9 +413,7 @@ class SlurmBackend(BaseBackend):
         """job.json lists the job ids of every attempt, oldest first."""
         meta = json.loads((job_dir / META).read_text())
         meta["attempts"] = [*meta.get("attempts", []), job_id]
-        tmp = job_dir / f".{META}.tmp"
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        tmp.replace(job_dir / META)
+        write_json_atomic(job_dir / META, meta)
 
     # ---- resume: the same script, config and output directory, as a new job --------------------
 
@@ -491,7 +488,7 @@ class SlurmBackend(BaseBackend):
         if record is None and job.workdir:
             logs = self._log_files(job.workdir, 0)
             if logs:
-                record = contract.last_progress(_tail_lines(logs[-1]))
+                record = contract.last_progress(tail_lines(logs[-1]))
         return record
 
     def _log_files(self, job_dir: str, rank: int) -> list[Path]:
@@ -566,7 +563,7 @@ def _decisions(job: SlurmJob) -> list[dict]:
     if not job.workdir:
         return []
     runs: dict[int, list[dict]] = {}
-    for line in _tail_lines(Path(job.workdir, f"decisions-{job.id}.jsonl")):
+    for line in tail_lines(Path(job.workdir, f"decisions-{job.id}.jsonl")):
         try:
             record = json.loads(line)
         except ValueError:
@@ -577,11 +574,3 @@ def _decisions(job: SlurmJob) -> list[dict]:
             runs.setdefault(int(start.split("-")[1]), []).append(record)
     return runs[max(runs)] if runs else []
 
-
-def _tail_lines(path: Path, size: int = 65536) -> list[str]:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - size))
-            return f.read().decode(errors="replace").splitlines()
-    except OSError:
-        return []
