@@ -161,15 +161,7 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
 
     nodes = _int_default("nodes", req.nodes, user, 1, environ)
     gpus = _int_default("gpus", req.gpus, user, 0, environ)
-    if not 1 <= nodes <= MAX_NODES:
-        raise UsageError(f"--nodes must be between 1 and {MAX_NODES}, got {nodes}")
-    if not 0 <= gpus <= MAX_GPUS_PER_NODE:
-        raise UsageError(f"--gpus is per node and must be between 0 (CPU) and {MAX_GPUS_PER_NODE}, got {gpus}")
-    if not 1 <= req.procs <= 256:
-        raise UsageError(f"--procs must be between 1 and 256, got {req.procs}")
-    if req.procs != 1 and gpus > 0:
-        raise UsageError("--procs sets CPU processes per node; with --gpus G each node runs G processes")
-
+    _check_size(nodes, gpus, req.procs)
     name = validate_name(req.name) if req.name is not None else generated_name(phase)
     overrides = list(req.overrides)
     data = req.data or defaults.top_level_default("data", user, environ)
@@ -180,20 +172,54 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
         data = None
     # A backend's default data location (Kubernetes' data_pvc) sets the roots as --data does.
     _check_overrides(overrides, data or backend_class(backend).default_data(options))
-
     if req.from_ref is not None:
-        if phase is not Phase.LINEAR_PROBE:
-            raise UsageError("--from is for linear-probe: it names the pretrain job whose encoder to probe")
-        ref = JobRef.parse(req.from_ref)
-        source_options = options if ref.backend == backend else defaults.resolve_options(
-            ref.backend, options_class(ref.backend), (), user_config=user, environ=environ)
-        source_class = backend_class(ref.backend)
-        source = source_class(source_class.located_options(ref, source_options, environ))
-        pretrained = _pretrained_path(ref, source, check_from)
-        overrides.append("Global.pretrained_model=" + json.dumps(pretrained))
+        overrides.append(_pretrained_override(req, phase, backend, options, user, environ, check_from))
+    config_path, config = _checked_config(req, phase, gpus, overrides)
 
-    from trainer.config import (LARGEST_DEVICE_MEMORY, LARGEST_HOST_MEMORY, ConfigError, check_memory, dump,
-                                load_config, shipped_config)
+    from trainer.config import dump
+
+    env = _env_pairs(req.env)
+    env_secrets = _env_secrets(req.env_secrets, backend, {n for n, _ in env})
+    return JobSpec(
+        name=name, phase=phase, backend=backend, nodes=nodes, gpus=gpus,
+        image=_image(req.image or defaults.top_level_default("image", user, environ) or DEFAULT_IMAGE),
+        config_source=config_path, config=config, config_yaml=dump(config),
+        data=data,
+        output=req.output or defaults.top_level_default("output", user, environ),
+        from_ref=req.from_ref, env=env, env_secrets=env_secrets, options=options, procs_per_node=req.procs,
+    )
+
+
+def _check_size(nodes: int, gpus: int, procs: int) -> None:
+    if not 1 <= nodes <= MAX_NODES:
+        raise UsageError(f"--nodes must be between 1 and {MAX_NODES}, got {nodes}")
+    if not 0 <= gpus <= MAX_GPUS_PER_NODE:
+        raise UsageError(f"--gpus is per node and must be between 0 (CPU) and {MAX_GPUS_PER_NODE}, got {gpus}")
+    if not 1 <= procs <= 256:
+        raise UsageError(f"--procs must be between 1 and 256, got {procs}")
+    if procs != 1 and gpus > 0:
+        raise UsageError("--procs sets CPU processes per node; with --gpus G each node runs G processes")
+
+
+def _pretrained_override(req: Request, phase: Phase, backend: str, options: Any, user: dict[str, Any],
+                         environ: Mapping[str, str], check_from: bool) -> str:
+    """``Global.pretrained_model=...``: the encoder of the pretrain job ``--from`` names."""
+    if phase is not Phase.LINEAR_PROBE:
+        raise UsageError("--from is for linear-probe: it names the pretrain job whose encoder to probe")
+    ref = JobRef.parse(req.from_ref)
+    source_options = options if ref.backend == backend else defaults.resolve_options(
+        ref.backend, options_class(ref.backend), (), user_config=user, environ=environ)
+    source_class = backend_class(ref.backend)
+    source = source_class(source_class.located_options(ref, source_options, environ))
+    pretrained = _pretrained_path(ref, source, check_from)
+    return "Global.pretrained_model=" + json.dumps(pretrained)
+
+
+def _checked_config(req: Request, phase: Phase, gpus: int, overrides: list[str]) -> tuple[str, dict[str, Any]]:
+    """The config file (given or shipped) with the overrides, checked: it loads, its batches fit the
+    largest machine, and its task is the phase's. Returns its path and the resolved config."""
+    from trainer.config import (LARGEST_DEVICE_MEMORY, LARGEST_HOST_MEMORY, ConfigError, check_memory, load_config,
+                                shipped_config)
 
     try:
         default = (gpus == 0 and CPU_DEFAULT_CONFIGS.get(phase)) or DEFAULT_CONFIGS[phase]
@@ -211,17 +237,7 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
     if task != expected:
         raise UsageError(f"{config_path} is a {task} config, but the phase {phase.value} needs "
                          f"Global.task_type {expected}")
-
-    env = _env_pairs(req.env)
-    env_secrets = _env_secrets(req.env_secrets, backend, {n for n, _ in env})
-    return JobSpec(
-        name=name, phase=phase, backend=backend, nodes=nodes, gpus=gpus,
-        image=_image(req.image or defaults.top_level_default("image", user, environ) or DEFAULT_IMAGE),
-        config_source=config_path, config=config, config_yaml=dump(config),
-        data=data,
-        output=req.output or defaults.top_level_default("output", user, environ),
-        from_ref=req.from_ref, env=env, env_secrets=env_secrets, options=options, procs_per_node=req.procs,
-    )
+    return config_path, config
 
 
 def _pretrained_path(ref: JobRef, source, check: bool) -> str:

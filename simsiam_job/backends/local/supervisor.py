@@ -59,6 +59,23 @@ def _start_outcomes(run_dir: Path, start: int, launcher_code: int, ranks: int) -
     return outcomes
 
 
+def _launch_environment(run_dir: Path) -> tuple[dict, dict[str, str]]:
+    """command.json and the environment paddle's launcher runs in (--env-secret files read now);
+    ValueError (one line) for a bad record or an unreadable secret file."""
+    command = read_command(run_dir)
+    env = {**os.environ, **command["env"], RUN_ENV: str(run_dir)}
+    env["PATH"] = command["path_prefix"] + os.pathsep + env.get("PATH", "")
+    env.update(_read_secrets(command.get("env_files", {})))
+    return command, env
+
+
+def _restart_note(decision: contract.Decision, restarts: int, bound: int) -> str:
+    if decision.counted:
+        return (f"group restart {restarts} of at most {bound}: {decision.reason}; starting every rank "
+                "again (they resume from the newest checkpoint)")
+    return f"{decision.reason}; starting every rank again, not counted as a group restart"
+
+
 def supervise(run_dir: Path) -> int:
     """Run paddle's launcher until the group succeeds, fails for good, or is cancelled; after each
     start, contract.decide says from the ranks' outcomes whether to restart the whole group (a
@@ -79,10 +96,7 @@ def supervise(run_dir: Path) -> int:
             log.flush()
 
         try:
-            command = read_command(run_dir)    # a bad record is this run's outcome, not a crash
-            env = {**os.environ, **command["env"], RUN_ENV: str(run_dir)}
-            env["PATH"] = command["path_prefix"] + os.pathsep + env.get("PATH", "")
-            env.update(_read_secrets(command.get("env_files", {})))
+            command, env = _launch_environment(run_dir)    # a bad record is this run's outcome, not a crash
             outcome = None
         except ValueError as err:
             say(f"error: {err}")
@@ -111,13 +125,8 @@ def supervise(run_dir: Path) -> int:
             if decision.action != contract.RESTART:
                 outcome = {"exit_code": decision.exit_code, "reason": decision.reason}
                 break
-            if decision.counted:
-                restarts += 1
-                say(f"group restart {restarts} of at most {bound}: {decision.reason}; starting every rank "
-                    "again (they resume from the newest checkpoint)")
-            else:
-                preemptions += 1
-                say(f"{decision.reason}; starting every rank again, not counted as a group restart")
+            restarts, preemptions = restarts + decision.counted, preemptions + (not decision.counted)
+            say(_restart_note(decision, restarts, bound))
             write_text_atomic(run_dir / "restarts.json", json.dumps(
                 {"restarts": restarts, "bound": bound, "preemptions": preemptions, "cause": decision.reason,
                  "time": time.time()}))
