@@ -25,8 +25,8 @@ from simsiam_job.backends.kubernetes import scheduling
 from simsiam_job.backends.kubernetes.client import Api, namespace
 from simsiam_job.backends.kubernetes.logs import PodLogs
 from simsiam_job.backends.kubernetes.options import Options
-from simsiam_job.backends.kubernetes.render import IMAGE_UID, OUTPUT_MOUNT, Volume, parse_claim  # noqa: F401
-from simsiam_job.backends.kubernetes.status import (  # noqa: F401  (read by the tests)
+from simsiam_job.backends.kubernetes.render import OUTPUT_MOUNT
+from simsiam_job.backends.kubernetes.status import (
     Queued, attempt_of, attempt_of_meta, job_state, job_status, jobset_nodes, jobset_state, jobset_status,
     kueue_evictions, kueue_reason, newest_pods, progress_of,
 )
