@@ -63,35 +63,12 @@ import uuid
 from pathlib import Path
 
 from trainer import contract
+from trainer.contract import ROUNDS_DIR, rendezvous_command as command  # noqa: F401  (built by the launcher; kept here under its old names)
 from trainer.watchdog import read_json, write_json
 
 LAUNCHER = "paddle.distributed.launch"
-ROUNDS_DIR = "rendezvous"       # in the job's output directory: rank-NNNNN.json, one per rank
 POLL = 1.0                      # seconds between looks at the rounds while waiting or running
 KILLED_BY_SIGTERM = 128 + signal.SIGTERM
-
-
-def command(*, node_rank: str, rank0_host: str = "", port: int = 0, pod_ip: str = "", rounds_dir: str = "",
-            outcomes_dir: str = "", start_timeout: int = 0, generation: str = "", heartbeats_dir: str = "",
-            rank_offset: int = 0) -> list[str]:
-    """The words before the launcher's own command in a pod's command line (without rank0_host:
-    a job of one node, nobody to meet)."""
-    words = ["python", "-m", "trainer.rendezvous", "--node-rank", node_rank]
-    if rank_offset:
-        words += ["--rank-offset", str(rank_offset)]
-    if rank0_host:
-        words += ["--rank0-host", rank0_host, "--port", str(port), "--pod-ip", pod_ip]
-    if start_timeout:
-        words += ["--start-timeout", str(start_timeout)]
-    if rounds_dir:
-        words += ["--rounds-dir", rounds_dir]
-    if generation:
-        words += ["--generation", generation]
-    if heartbeats_dir:
-        words += ["--heartbeats-dir", heartbeats_dir]
-    if outcomes_dir:
-        words += ["--outcomes-dir", outcomes_dir]
-    return [*words, "--"]
 
 
 def resolve(host: str, timeout: float, *, interval: float = 1.0, say=print) -> str:

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from simsiam_job.backends import local
+from simsiam_job.backends.local import supervisor as local
 from trainer import contract, lock, rendezvous
 from trainer.config import ConfigError
 from trainer.contract import End, Outcome

@@ -194,7 +194,7 @@ def test_the_role_grants_exactly_the_api_calls_the_client_makes():
 def test_a_secret_file_gone_when_the_run_starts_fails_the_run_with_one_line(tmp_path):
     """The local supervisor reads --env-secret files when it starts the launcher: a file that has
     gone since submit ends the run with exit code 2 and a line naming it, and starts nothing."""
-    from simsiam_job.backends.local import supervise
+    from simsiam_job.backends.local.supervisor import supervise
 
     run_dir = tmp_path / "run"
     (run_dir / "logs").mkdir(parents=True)
