@@ -312,7 +312,8 @@ def start_timeout_outcome(seconds: float, missing: list[int], detail: str = "") 
     who = f": node{'s' if len(missing) > 1 else ''} {nodes} never joined" if missing else ""
     return contract.Outcome(contract.End.NOT_STARTED, None, contract.EXIT_START_TIMEOUT,
                             f"the group did not form within the start timeout ({seconds:.0f} s){who}"
-                            + (f": {detail}" if detail else ""), socket.gethostname(), round(time.time(), 3))
+                            + (f": {detail}" if detail else ""), host=socket.gethostname(),
+                            time=round(time.time(), 3))
 
 
 def node_outcome(outcomes_dir: Path, launcher_code: int) -> contract.Outcome:
@@ -326,8 +327,8 @@ def node_outcome(outcomes_dir: Path, launcher_code: int) -> contract.Outcome:
     if launcher_code == 0 and outcomes:
         return contract.Outcome(contract.End.DONE, None, 0)
     return contract.Outcome(contract.end_of_exit(launcher_code), None, launcher_code,
-                            "" if outcomes else "no rank recorded how it ended", socket.gethostname(),
-                            round(time.time(), 3))
+                            "" if outcomes else "no rank recorded how it ended", host=socket.gethostname(),
+                            time=round(time.time(), 3))
 
 
 def report(outcome: contract.Outcome, shared_dir: str) -> int:
