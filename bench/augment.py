@@ -13,6 +13,9 @@ other processes on a shared machine out of the ratio. Images/s per CPU-second is
 
     python bench/augment.py [--images 256] [--rounds 3] [--width 500 --height 375]
 
+The decode-only figure (read + full-size decode of each file, one thread) is the per-core limit
+any pipeline must stay under; ours is reported as a share of it.
+
 The images are synthetic: colour 1/f ("pink") noise textures, whose spectrum resembles natural
 photos, saved as JPEG quality 90 (about 120 KB at 500x375, close to ImageNet's average file).
 Needs torch and torchvision (the `torch` extra) for the reference.
@@ -61,28 +64,27 @@ def write_images(root: Path, n: int, width: int, height: int) -> int:
     return total // n
 
 
-def recipe_section(root: Path) -> dict:
+def recipe_section(root: Path, workers: int = 0) -> dict:
     section = yaml.safe_load(RECIPE.read_text())["DataLoader"]["Train"]
     section["dataset"]["root"] = str(root)
     section["sampler"]["batch_size"] = BATCH
-    section["loader"]["num_workers"] = 0
+    section["loader"]["num_workers"] = workers
     return section
 
 
 # ---------------------------------------------------------------------------------------------
-# One measurement (runs in a child process)
+# The two pipelines (bench/loader_scaling.py runs them with loader workers too)
 
 
-def run_ours(root: Path) -> tuple[int, float, float]:
+def ours_loader(root: Path, workers: int = 0):
     from trainer.data import build_train_loader
 
-    loader = build_train_loader(recipe_section(root), rank=0, world_size=1, seed=0)
-    next(iter(loader))  # warm-up: imports, first allocations
+    loader = build_train_loader(recipe_section(root, workers), rank=0, world_size=1, seed=0)
     loader.set_epoch(1)
-    return _timed(loader)
+    return loader
 
 
-def run_torchvision(root: Path) -> tuple[int, float, float]:
+def torchvision_loader(root: Path, workers: int = 0):
     import torch
     from PIL import ImageFilter
     from torchvision import datasets, transforms as T
@@ -102,8 +104,46 @@ def run_torchvision(root: Path) -> tuple[int, float, float]:
         T.ToTensor(),
         T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
     ])
-    dataset = datasets.ImageFolder(str(root), transform=lambda image: [one_view(image), one_view(image)])
-    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=0, drop_last=True)
+    dataset = datasets.ImageFolder(str(root), transform=TwoViews(one_view))
+    return torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers,
+                                       drop_last=True, persistent_workers=workers > 0)
+
+
+class TwoViews:
+    """Two independent views of one image (a class, not a lambda: loader workers pickle it)."""
+
+    def __init__(self, view):
+        self.view = view
+
+    def __call__(self, image):
+        return [self.view(image), self.view(image)]
+
+
+def decode_only(root: Path) -> tuple[int, float, float]:
+    """The floor under any pipeline: read and decode every file at full size, nothing else (the
+    fastest decoder we have, libjpeg-turbo through simplejpeg, one thread)."""
+    import simplejpeg
+
+    files = sorted(root.glob("*/*.jpg"))
+    wall, cpu = time.perf_counter(), time.process_time()
+    for path in files:
+        simplejpeg.decode_jpeg(path.read_bytes(), "RGB")
+    return len(files), time.perf_counter() - wall, time.process_time() - cpu
+
+
+# ---------------------------------------------------------------------------------------------
+# One measurement (runs in a child process)
+
+
+def run_ours(root: Path) -> tuple[int, float, float]:
+    loader = ours_loader(root)
+    next(iter(loader))  # warm-up: imports, first allocations
+    loader.set_epoch(2)
+    return _timed(loader)
+
+
+def run_torchvision(root: Path) -> tuple[int, float, float]:
+    loader = torchvision_loader(root)
     next(iter(loader))
     return _timed(loader)
 
@@ -119,7 +159,8 @@ def _timed(loader) -> tuple[int, float, float]:
 def child(which: str, root: str) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
-    images, wall, cpu = (run_ours if which == "ours" else run_torchvision)(Path(root))
+    run = {"ours": run_ours, "torchvision": run_torchvision, "decode": decode_only}[which]
+    images, wall, cpu = run(Path(root))
     print(json.dumps({"images": images, "wall": wall, "cpu": cpu}))
 
 
@@ -153,18 +194,22 @@ def main() -> None:
         print(f"{args.images} JPEGs {args.width}x{args.height} (synthetic 1/f colour noise, q90, "
               f"mean {mean_bytes // 1024} KB); two 224x224 views each; batch {BATCH}; "
               f"1 process, 1 thread per measurement; {os.cpu_count()} cores on this machine")
-        rates = {"ours": [], "torchvision": []}
+        rates = {"ours": [], "torchvision": [], "decode": []}
         for r in range(args.rounds):
-            for which in ("torchvision", "ours"):
+            for which in ("torchvision", "ours", "decode"):
                 m = measure(which, root)
                 rates[which].append((m["images"] / m["wall"], m["images"] / m["cpu"]))
                 print(f"  round {r + 1} {which:12s} {rates[which][-1][0]:7.1f} images/s  "
                       f"({rates[which][-1][1]:7.1f} per CPU-second)")
-        (ours, ours_cpu), (ref, ref_cpu) = (tuple(max(col) for col in zip(*rates[w])) for w in ("ours", "torchvision"))
+        best = {w: tuple(max(col) for col in zip(*rates[w])) for w in rates}
+        (ours, ours_cpu), (ref, ref_cpu), (_, decode_cpu) = best["ours"], best["torchvision"], best["decode"]
         print(f"\nimages/s per core (best of {args.rounds} rounds):")
         print(f"  torchvision {ref:7.1f}   ({ref_cpu:.1f} per CPU-second)")
         print(f"  ours        {ours:7.1f}   ({ours_cpu:.1f} per CPU-second)")
         print(f"  ratio       {ours / ref:7.2f}x  ({ours_cpu / ref_cpu:.2f}x per CPU-second)")
+        print(f"  decode only {decode_cpu:7.1f} per CPU-second (full-size decode, nothing else): "
+              f"ours reaches {100 * ours_cpu / decode_cpu:.0f}% of it")
+
 
 if __name__ == "__main__":
     main()

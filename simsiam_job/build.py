@@ -11,19 +11,15 @@ import json
 import os
 import re
 import secrets
-import shlex
-import stat
 import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from simsiam_job import defaults
-from simsiam_job.backends import get_backend, options_class
+from simsiam_job.backends import backend_class, options_class
 from simsiam_job.backends.base import JobRef, State
 from simsiam_job.errors import UsageError
-from simsiam_job.locate import located_options
 from simsiam_job.spec import JobSpec, Phase, validate_name
-from simsiam_job.validate import DNS1123_SUBDOMAIN
 from trainer.contract import PHASE_TASKS, reserved_env
 
 # The shipped recipe each phase runs when no -c is given (trainer/configs/).
@@ -135,9 +131,6 @@ def _not_reserved(flag: str, name: str) -> None:
                          "for every trainer process and cannot be given (reserved names: docs/launcher.md)")
 
 
-_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
-
-
 def _env_secrets(items: Sequence[str], backend: str, env_names: set[str]) -> tuple[tuple[str, str], ...]:
     """``--env-secret NAME=REF`` -> (NAME, REF), checked for the backend: SECRET/KEY on Kubernetes,
     else a file that only the user can read (its path is kept, never its content)."""
@@ -150,35 +143,8 @@ def _env_secrets(items: Sequence[str], backend: str, env_names: set[str]) -> tup
         _not_reserved("--env-secret", name)
         if name in env_names or name in (n for n, _ in pairs):
             raise UsageError(f"--env-secret {name}: {name} is set twice (by --env or --env-secret)")
-        pairs.append((name, _secret_key_ref(name, ref) if backend == "kubernetes" else _secret_file(name, ref)))
+        pairs.append((name, backend_class(backend).secret_reference(name, ref)))
     return tuple(pairs)
-
-
-def _secret_key_ref(name: str, ref: str) -> str:
-    secret, sep, key = ref.partition("/")
-    if not sep or not DNS1123_SUBDOMAIN.match(secret) or len(secret) > 253 or not _SECRET_KEY.match(key):
-        raise UsageError(f"--env-secret {name}={ref}: on Kubernetes write SECRET/KEY, a Secret in the "
-                         "job's namespace and one of its keys (e.g. wandb/api-key)")
-    return ref
-
-
-def _secret_file(name: str, path: str) -> str:
-    """The absolute path of a secret file that exists, is readable and that nobody else can read."""
-    if "\0" in path or "\n" in path:
-        raise UsageError(f"--env-secret {name}: a file path cannot contain NUL or newline characters")
-    full = os.path.abspath(os.path.expanduser(path))
-    try:
-        st = os.stat(full)
-    except OSError as err:
-        raise UsageError(f"--env-secret {name}={path}: {err.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise UsageError(f"--env-secret {name}={path}: not a regular file")
-    if st.st_mode & 0o077:
-        raise UsageError(f"--env-secret {name}={path}: group or others have access to this file (mode "
-                         f"{stat.S_IMODE(st.st_mode):04o}); make it yours alone: chmod 600 {shlex.quote(full)}")
-    if not os.access(full, os.R_OK):
-        raise UsageError(f"--env-secret {name}={path}: you cannot read this file")
-    return full
 
 
 def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, str] = os.environ) -> JobSpec:
@@ -195,15 +161,7 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
 
     nodes = _int_default("nodes", req.nodes, user, 1, environ)
     gpus = _int_default("gpus", req.gpus, user, 0, environ)
-    if not 1 <= nodes <= MAX_NODES:
-        raise UsageError(f"--nodes must be between 1 and {MAX_NODES}, got {nodes}")
-    if not 0 <= gpus <= MAX_GPUS_PER_NODE:
-        raise UsageError(f"--gpus is per node and must be between 0 (CPU) and {MAX_GPUS_PER_NODE}, got {gpus}")
-    if not 1 <= req.procs <= 256:
-        raise UsageError(f"--procs must be between 1 and 256, got {req.procs}")
-    if req.procs != 1 and gpus > 0:
-        raise UsageError("--procs sets CPU processes per node; with --gpus G each node runs G processes")
-
+    _check_size(nodes, gpus, req.procs)
     name = validate_name(req.name) if req.name is not None else generated_name(phase)
     overrides = list(req.overrides)
     data = req.data or defaults.top_level_default("data", user, environ)
@@ -213,20 +171,55 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
                              "data set; leave --data out")
         data = None
     # A backend's default data location (Kubernetes' data_pvc) sets the roots as --data does.
-    _check_overrides(overrides, data or getattr(options, "data_pvc", None) or None)
-
+    _check_overrides(overrides, data or backend_class(backend).default_data(options))
     if req.from_ref is not None:
-        if phase is not Phase.LINEAR_PROBE:
-            raise UsageError("--from is for linear-probe: it names the pretrain job whose encoder to probe")
-        ref = JobRef.parse(req.from_ref)
-        source_options = options if ref.backend == backend else defaults.resolve_options(
-            ref.backend, options_class(ref.backend), (), user_config=user, environ=environ)
-        source = get_backend(ref.backend, located_options(ref, source_options, environ))
-        pretrained = _pretrained_path(ref, source, check_from)
-        overrides.append("Global.pretrained_model=" + json.dumps(pretrained))
+        overrides.append(_pretrained_override(req, phase, backend, options, user, environ, check_from))
+    config_path, config = _checked_config(req, phase, gpus, overrides)
 
-    from trainer.config import (LARGEST_DEVICE_MEMORY, LARGEST_HOST_MEMORY, ConfigError, check_memory, dump,
-                                load_config, shipped_config)
+    from trainer.config import dump
+
+    env = _env_pairs(req.env)
+    env_secrets = _env_secrets(req.env_secrets, backend, {n for n, _ in env})
+    return JobSpec(
+        name=name, phase=phase, backend=backend, nodes=nodes, gpus=gpus,
+        image=_image(req.image or defaults.top_level_default("image", user, environ) or DEFAULT_IMAGE),
+        config_source=config_path, config=config, config_yaml=dump(config),
+        data=data,
+        output=req.output or defaults.top_level_default("output", user, environ),
+        from_ref=req.from_ref, env=env, env_secrets=env_secrets, options=options, procs_per_node=req.procs,
+    )
+
+
+def _check_size(nodes: int, gpus: int, procs: int) -> None:
+    if not 1 <= nodes <= MAX_NODES:
+        raise UsageError(f"--nodes must be between 1 and {MAX_NODES}, got {nodes}")
+    if not 0 <= gpus <= MAX_GPUS_PER_NODE:
+        raise UsageError(f"--gpus is per node and must be between 0 (CPU) and {MAX_GPUS_PER_NODE}, got {gpus}")
+    if not 1 <= procs <= 256:
+        raise UsageError(f"--procs must be between 1 and 256, got {procs}")
+    if procs != 1 and gpus > 0:
+        raise UsageError("--procs sets CPU processes per node; with --gpus G each node runs G processes")
+
+
+def _pretrained_override(req: Request, phase: Phase, backend: str, options: Any, user: dict[str, Any],
+                         environ: Mapping[str, str], check_from: bool) -> str:
+    """``Global.pretrained_model=...``: the encoder of the pretrain job ``--from`` names."""
+    if phase is not Phase.LINEAR_PROBE:
+        raise UsageError("--from is for linear-probe: it names the pretrain job whose encoder to probe")
+    ref = JobRef.parse(req.from_ref)
+    source_options = options if ref.backend == backend else defaults.resolve_options(
+        ref.backend, options_class(ref.backend), (), user_config=user, environ=environ)
+    source_class = backend_class(ref.backend)
+    source = source_class(source_class.located_options(ref, source_options, environ))
+    pretrained = _pretrained_path(ref, source, check_from)
+    return "Global.pretrained_model=" + json.dumps(pretrained)
+
+
+def _checked_config(req: Request, phase: Phase, gpus: int, overrides: list[str]) -> tuple[str, dict[str, Any]]:
+    """The config file (given or shipped) with the overrides, checked: it loads, its batches fit the
+    largest machine, and its task is the phase's. Returns its path and the resolved config."""
+    from trainer.config import (LARGEST_DEVICE_MEMORY, LARGEST_HOST_MEMORY, ConfigError, check_memory, load_config,
+                                shipped_config)
 
     try:
         default = (gpus == 0 and CPU_DEFAULT_CONFIGS.get(phase)) or DEFAULT_CONFIGS[phase]
@@ -244,17 +237,7 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
     if task != expected:
         raise UsageError(f"{config_path} is a {task} config, but the phase {phase.value} needs "
                          f"Global.task_type {expected}")
-
-    env = _env_pairs(req.env)
-    env_secrets = _env_secrets(req.env_secrets, backend, {n for n, _ in env})
-    return JobSpec(
-        name=name, phase=phase, backend=backend, nodes=nodes, gpus=gpus,
-        image=_image(req.image or defaults.top_level_default("image", user, environ) or DEFAULT_IMAGE),
-        config_source=config_path, config=config, config_yaml=dump(config),
-        data=data,
-        output=req.output or defaults.top_level_default("output", user, environ),
-        from_ref=req.from_ref, env=env, env_secrets=env_secrets, options=options, procs_per_node=req.procs,
-    )
+    return config_path, config
 
 
 def _pretrained_path(ref: JobRef, source, check: bool) -> str:

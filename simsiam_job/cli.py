@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from simsiam_job import __version__
+from simsiam_job.cli_flags import BackendArg, Overrides, PhaseArg, Sets, job_spec, with_job_flags
 
 app = typer.Typer(
     name="simsiam-job",
@@ -24,18 +25,6 @@ app = typer.Typer(
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-class PhaseArg(str, Enum):
-    pretrain = "pretrain"
-    linear_probe = "linear-probe"
-    smoke = "smoke"
-
-
-class BackendArg(str, Enum):
-    local = "local"
-    kubernetes = "kubernetes"
-    slurm = "slurm"
 
 
 class DryRun(str, Enum):
@@ -65,54 +54,11 @@ def _root(
     """
 
 
-# ---- shared flags of submit and render ---------------------------------------------------------
-
-Backend = Annotated[Optional[BackendArg], typer.Option(
-    "--backend", "-b", help="Where to run (default: SIMSIAM_JOB_BACKEND, the config file, else local).")]
-Nodes = Annotated[Optional[int], typer.Option("--nodes", "-n", metavar="N", help="Number of nodes (default 1).")]
-Gpus = Annotated[Optional[int], typer.Option("--gpus", "-g", metavar="G", help="GPUs per node; 0 runs on CPU (default 0).")]
-Procs = Annotated[int, typer.Option("--procs", metavar="P", help="CPU processes per node when --gpus 0.")]
-Config = Annotated[Optional[str], typer.Option(
-    "--config", "-c", metavar="CONFIG", help="Trainer config (PASSL YAML); default: the shipped recipe for the phase.")]
-Overrides = Annotated[Optional[list[str]], typer.Option(
-    "--override", "-o", metavar="KEY=VALUE", help="Config override Dotted.Key=VALUE (repeatable), e.g. -o Global.epochs=10.")]
-Image = Annotated[Optional[str], typer.Option("--image", metavar="IMAGE", help="Container image (kubernetes; slurm with containers).")]
-Name = Annotated[Optional[str], typer.Option(
-    "--name", metavar="NAME", help="Job name (DNS-1123 label); default simsiam-<phase>-<random>.")]
-Data = Annotated[Optional[str], typer.Option(
-    "--data", metavar="LOCATION", help="Dataset location holding train/ (and val/ for the probe), ImageNet layout.")]
-Output = Annotated[Optional[str], typer.Option(
-    "--output", metavar="LOCATION", help="Where outputs go; the job writes LOCATION/<job name>/.")]
-From = Annotated[Optional[str], typer.Option(
-    "--from", metavar="JOBREF", help="linear-probe: the finished pretrain job whose encoder to probe (a JOBREF).")]
-Env = Annotated[Optional[list[str]], typer.Option(
-    "--env", "-e", metavar="NAME=VALUE", help="Environment variable NAME=VALUE for the trainer processes (repeatable).")]
-EnvSecret = Annotated[Optional[list[str]], typer.Option(
-    "--env-secret", metavar="NAME=REF", help="Environment variable NAME read from a secret where the job "
-    "runs, never written by simsiam-job (repeatable). REF: SECRET/KEY on kubernetes; a file only you "
-    "can read (chmod 600) on slurm and local.")]
-Sets = Annotated[Optional[list[str]], typer.Option(
-    "--set", metavar="KEY=VALUE", help="Backend option KEY=VALUE (repeatable); `simsiam-job options BACKEND` lists them.")]
-
-
-def _spec(phase, backend, nodes, gpus, procs, config, overrides, image, name, data, output,
-          from_ref, env, env_secret, sets, *, check_from: bool):
-    from simsiam_job.build import Request, build_spec
-
-    return build_spec(Request(
-        phase=phase.value, backend=backend.value if backend else None, nodes=nodes, gpus=gpus,
-        procs=procs, config=config, overrides=overrides or (), image=image, name=name, data=data,
-        output=output, from_ref=from_ref, env=env or (), env_secrets=env_secret or (), sets=sets or ()),
-        check_from=check_from)
-
-
 @app.command()
+@with_job_flags
 def submit(
     phase: Annotated[PhaseArg, typer.Argument(help="pretrain, linear-probe or smoke (a short check of the cluster).")],
-    backend: Backend = None, nodes: Nodes = None, gpus: Gpus = None, procs: Procs = 1,
-    config: Config = None, override: Overrides = None, image: Image = None, name: Name = None,
-    data: Data = None, output: Output = None, from_: From = None, env: Env = None,
-    env_secret: EnvSecret = None, set_: Sets = None,
+    flags: dict,    # the job flags shared with render (cli_flags.JOB_FLAGS)
     dry_run: Annotated[Optional[DryRun], typer.Option(
         "--dry-run", help="client: validate and print the job reference only; server: also let "
                           "the backend validate (Kubernetes server-side dry run).")] = None,
@@ -129,18 +75,14 @@ def submit(
     """
     from simsiam_job.backends import get_backend
 
-    spec = _spec(phase, backend, nodes, gpus, procs, config, override, image, name, data, output,
-                 from_, env, env_secret, set_, check_from=dry_run is None)
+    spec = job_spec(phase, flags, check_from=dry_run is None)
     job_backend = get_backend(spec.backend, spec.options)
     ref = job_backend.submit(spec, dry_run=dry_run.value if dry_run else None)
     if dry_run:
         _err(f"dry run ({dry_run.value}): {ref} would be created; nothing was started")
         typer.echo(str(ref))
         return
-    if hasattr(job_backend, "runs_dir"):  # local: later commands find the run by its JOBREF alone
-        from simsiam_job.locate import remember
-
-        remember(ref, job_backend.runs_dir)
+    job_backend.remember(ref)  # a backend with a run index: later commands find it by its JOBREF alone
     typer.echo(str(ref))
     if wait:
         raise typer.Exit(_follow(ref, job_backend))
@@ -148,12 +90,10 @@ def submit(
 
 
 @app.command()
+@with_job_flags
 def render(
     phase: Annotated[PhaseArg, typer.Argument(help="pretrain, linear-probe or smoke (a short check of the cluster).")],
-    backend: Backend = None, nodes: Nodes = None, gpus: Gpus = None, procs: Procs = 1,
-    config: Config = None, override: Overrides = None, image: Image = None, name: Name = None,
-    data: Data = None, output: Output = None, from_: From = None, env: Env = None,
-    env_secret: EnvSecret = None, set_: Sets = None,
+    flags: dict,    # the job flags shared with render (cli_flags.JOB_FLAGS)
     out: Annotated[Optional[str], typer.Option(
         "--out", help="Write the files into this directory instead of printing.")] = None,
 ) -> None:
@@ -169,8 +109,7 @@ def render(
     """
     from simsiam_job.backends import get_backend
 
-    spec = _spec(phase, backend, nodes, gpus, procs, config, override, image, name, data, output,
-                 from_, env, env_secret, set_, check_from=False)
+    spec = job_spec(phase, flags, check_from=False)
     rendered = get_backend(spec.backend, spec.options).render(spec)
     if out is None:
         sys.stdout.write(rendered.text)
@@ -196,8 +135,8 @@ JobRefArg = Annotated[str, typer.Argument(
 
 
 def _backend_for(ref_text: str):
+    from simsiam_job.backends import backend_for
     from simsiam_job.backends.base import JobRef
-    from simsiam_job.locate import backend_for
 
     ref = JobRef.parse(ref_text)
     return ref, backend_for(ref)
@@ -325,11 +264,7 @@ def list_(
     for name in names:
         options = defaults.resolve_options(name, options_class(name))
         try:
-            rows += get_backend(name, options).list(all_jobs=all_)
-            if name == "local":  # and the runs submit recorded in other runs directories
-                from simsiam_job.locate import runs_elsewhere
-
-                rows += runs_elsewhere(options, all_jobs=all_)
+            rows += get_backend(name, options).list_everywhere(all_jobs=all_)
         except (BackendError, UsageError) as err:  # one unreachable cluster must not hide the other jobs
             if backend is not None:
                 raise

@@ -18,7 +18,6 @@ Environment: ``SIMSIAM_JOB_BACKEND``, ``SIMSIAM_JOB_IMAGE``, ... for the top-lev
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import types
@@ -29,6 +28,7 @@ from typing import Any
 
 from simsiam_job.backends.base import BACKEND_NAMES
 from simsiam_job.errors import UsageError
+from simsiam_job.util import did_you_mean
 
 # Top-level keys: defaults for the submit/render flags of the same name.
 TOP_LEVEL_KEYS = ("backend", "image", "data", "output", "nodes", "gpus")
@@ -43,8 +43,8 @@ def config_path(environ: Mapping[str, str] = os.environ) -> Path:
 
 
 def _closest(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else f"; valid: {', '.join(choices) or 'none'}"
+    close = did_you_mean(word, choices, cutoff=0.5)
+    return f" (did you mean {close!r}?)" if close else f"; valid: {', '.join(choices) or 'none'}"
 
 
 def load_user_config(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:

@@ -162,7 +162,7 @@ def run_task(cfg: dict, target: str | None = None) -> int:
         watchdog.wait_for_lost_peer()
         raise
     finally:
-        watchdog.finish(code)           # tell the peers how this rank ended
+        watchdog.finish(code, _said or "")     # tell the peers how this rank ended
         lock.release_held()
     return code
 

@@ -375,3 +375,31 @@ RESERVED_ENV_PREFIXES = ("PADDLE_", "SLURM_")
 
 def reserved_env(name: str) -> bool:
     return name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES)
+
+
+# ---- the node supervisor's command line (trainer.rendezvous), built by the launcher -------------
+
+ROUNDS_DIR = "rendezvous"       # in the job's output directory: rank-NNNNN.json, one per rank
+
+
+def rendezvous_command(*, node_rank: str, rank0_host: str = "", port: int = 0, pod_ip: str = "",
+                       rounds_dir: str = "", outcomes_dir: str = "", start_timeout: int = 0,
+                       generation: str = "", heartbeats_dir: str = "", rank_offset: int = 0) -> list[str]:
+    """The node supervisor's (``python -m trainer.rendezvous``) words before the launcher's own command in a pod's command line (without rank0_host:
+    a job of one node, nobody to meet)."""
+    words = ["python", "-m", "trainer.rendezvous", "--node-rank", node_rank]
+    if rank_offset:
+        words += ["--rank-offset", str(rank_offset)]
+    if rank0_host:
+        words += ["--rank0-host", rank0_host, "--port", str(port), "--pod-ip", pod_ip]
+    if start_timeout:
+        words += ["--start-timeout", str(start_timeout)]
+    if rounds_dir:
+        words += ["--rounds-dir", rounds_dir]
+    if generation:
+        words += ["--generation", generation]
+    if heartbeats_dir:
+        words += ["--heartbeats-dir", heartbeats_dir]
+    if outcomes_dir:
+        words += ["--outcomes-dir", outcomes_dir]
+    return [*words, "--"]

@@ -63,34 +63,11 @@ import uuid
 from pathlib import Path
 
 from trainer import contract
+from trainer.contract import ROUNDS_DIR  # noqa: F401  (where the rounds live; the launcher builds the command)
 from trainer.rounds import POLL, Rounds
 
 LAUNCHER = "paddle.distributed.launch"
-ROUNDS_DIR = "rendezvous"       # in the job's output directory: rank-NNNNN.json, one per rank
 KILLED_BY_SIGTERM = 128 + signal.SIGTERM
-
-
-def command(*, node_rank: str, rank0_host: str = "", port: int = 0, pod_ip: str = "", rounds_dir: str = "",
-            outcomes_dir: str = "", start_timeout: int = 0, generation: str = "", heartbeats_dir: str = "",
-            rank_offset: int = 0) -> list[str]:
-    """The words before the launcher's own command in a pod's command line (without rank0_host:
-    a job of one node, nobody to meet)."""
-    words = ["python", "-m", "trainer.rendezvous", "--node-rank", node_rank]
-    if rank_offset:
-        words += ["--rank-offset", str(rank_offset)]
-    if rank0_host:
-        words += ["--rank0-host", rank0_host, "--port", str(port), "--pod-ip", pod_ip]
-    if start_timeout:
-        words += ["--start-timeout", str(start_timeout)]
-    if rounds_dir:
-        words += ["--rounds-dir", rounds_dir]
-    if generation:
-        words += ["--generation", generation]
-    if heartbeats_dir:
-        words += ["--heartbeats-dir", heartbeats_dir]
-    if outcomes_dir:
-        words += ["--outcomes-dir", outcomes_dir]
-    return [*words, "--"]
 
 
 def resolve(host: str, timeout: float, *, interval: float = 1.0, say=print) -> str:
@@ -252,7 +229,8 @@ def start_timeout_outcome(seconds: float, missing: list[int], detail: str = "") 
     who = f": node{'s' if len(missing) > 1 else ''} {nodes} never joined" if missing else ""
     return contract.Outcome(contract.End.NOT_STARTED, None, contract.EXIT_START_TIMEOUT,
                             f"the group did not form within the start timeout ({seconds:.0f} s){who}"
-                            + (f": {detail}" if detail else ""), socket.gethostname(), round(time.time(), 3))
+                            + (f": {detail}" if detail else ""), host=socket.gethostname(),
+                            time=round(time.time(), 3))
 
 
 def node_outcome(outcomes_dir: Path, launcher_code: int) -> contract.Outcome:
@@ -266,8 +244,8 @@ def node_outcome(outcomes_dir: Path, launcher_code: int) -> contract.Outcome:
     if launcher_code == 0 and outcomes:
         return contract.Outcome(contract.End.DONE, None, 0)
     return contract.Outcome(contract.end_of_exit(launcher_code), None, launcher_code,
-                            "" if outcomes else "no rank recorded how it ended", socket.gethostname(),
-                            round(time.time(), 3))
+                            "" if outcomes else "no rank recorded how it ended", host=socket.gethostname(),
+                            time=round(time.time(), 3))
 
 
 def report(outcome: contract.Outcome, shared_dir: str) -> int:

@@ -37,6 +37,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 from trainer import contract, outcome
 
@@ -117,6 +118,22 @@ class Heartbeat:
         write_json(self.path, self.record)
 
 
+class Lost(NamedTuple):
+    """A lost peer, why, and the exit code this rank leaves with: the peer's own when retrying
+    cannot help (bad input), so that whichever rank's end a scheduler reads first (a JobSet's
+    failure policy acts on the first Job that fails) leads to the same decision; else peer-lost."""
+    rank: int
+    why: str
+    exit_code: int = contract.EXIT_PEER_LOST
+
+
+def _passed_on(record: dict) -> int:
+    code = record.get("exit_code")
+    if isinstance(code, int) and not isinstance(code, bool) and contract.end_of_exit(code).final:
+        return code
+    return contract.EXIT_PEER_LOST
+
+
 class PeerView:
     """What this rank knows of its peers; check() names the first lost one."""
 
@@ -128,8 +145,8 @@ class PeerView:
         self.seen = {r: (None, now) for r in range(world_size) if r != rank}
         self.near: set[int] = set()             # peers on this machine
 
-    def check(self, near_only: bool = False) -> tuple[int, str] | None:
-        """(rank, why) for a lost peer, else None. `near_only`: only the peers on this machine."""
+    def check(self, near_only: bool = False) -> Lost | None:
+        """The first lost peer, else None. `near_only`: only the peers on this machine."""
         now = self.clock()
         for r, (beat, changed) in list(self.seen.items()):
             if near_only and r not in self.near:
@@ -144,20 +161,22 @@ class PeerView:
                     del self.seen[r]                # a deliberate exit: nothing more to watch
                     continue
                 if state == FAILED:
-                    return r, f"rank {r} ({where}) failed: {record.get('detail') or 'no reason given'}"
+                    return Lost(r, f"rank {r} ({where}) failed: {record.get('detail') or 'no reason given'}",
+                                _passed_on(record))
                 if state == LOST_PEER:           # pass on what it saw: the rank that was lost
-                    return record.get("lost", r), f"{record.get('detail')} (seen by rank {r})"
+                    return Lost(record.get("lost", r), f"{record.get('detail')} (seen by rank {r})",
+                                _passed_on(record))
                 if same_machine(record, self.me) and not pid_alive(record.get("pid", 0)):
-                    return r, f"rank {r} ({where}) is gone: its process no longer exists"
+                    return Lost(r, f"rank {r} ({where}) is gone: its process no longer exists")
                 if record.get("beat") != beat:
                     beat, changed = record.get("beat"), now
                     self.seen[r] = (beat, changed)
             if now - changed > self.timeout:
                 if beat is None:        # never seen: dead before its first beat, or not our storage
-                    return r, (f"no heartbeat from rank {r} in {self.directory} for {now - changed:.0f} s "
-                               "(if it runs, Global.output_dir is not storage every rank shares)")
+                    return Lost(r, f"no heartbeat from rank {r} in {self.directory} for {now - changed:.0f} s "
+                                   "(if it runs, Global.output_dir is not storage every rank shares)")
                 where = f" ({record.get('host')}, pid {record.get('pid')})" if record else ""
-                return r, f"no heartbeat from rank {r}{where} for {now - changed:.0f} s"
+                return Lost(r, f"no heartbeat from rank {r}{where} for {now - changed:.0f} s")
         return None
 
 
@@ -197,14 +216,15 @@ class Watchdog:
                 log.warning("WARNING: heartbeat in %s failed: %s", self.directory, e)
                 continue
             if lost is not None and not self._stop.is_set():
-                self.fire(*lost)
+                self.fire(lost)
 
-    def fire(self, lost_rank: int, why: str) -> None:
+    def fire(self, lost: Lost) -> None:
         """Name the lost peer, flush the log, mark this rank and leave at once (os._exit: no
         exception can reach a main thread blocked in a collective)."""
         with self._firing:
-            message = (f"peer lost: {why}; rank {self.rank} stops (exit {contract.EXIT_PEER_LOST}) so the "
-                       "whole group can restart and resume from the newest checkpoint")
+            then = ("so the whole group can restart and resume from the newest checkpoint"
+                    if lost.exit_code == contract.EXIT_PEER_LOST else "as it did: retrying cannot help")
+            message = f"peer lost: {lost.why}; rank {self.rank} stops (exit {lost.exit_code}) {then}"
             if log.handlers:
                 log.error("ERROR: %s", message)
                 for handler in log.handlers:
@@ -214,21 +234,23 @@ class Watchdog:
             sys.stdout.flush()
             sys.stderr.flush()
             try:
-                self.heartbeat.write(LOST_PEER, why, lost=lost_rank)
+                self.heartbeat.write(LOST_PEER, lost.why, lost=lost.rank, exit_code=lost.exit_code)
             except OSError:
                 pass
-            outcome.record(contract.EXIT_PEER_LOST, why)
-            os._exit(contract.EXIT_PEER_LOST)
+            outcome.record(lost.exit_code, lost.why)
+            os._exit(lost.exit_code)
 
-    def finish(self, exit_code: int) -> None:
-        """Stop beating and tell the peers how this rank ended."""
+    def finish(self, exit_code: int, message: str = "") -> None:
+        """Stop beating and tell the peers how this rank ended (and its one line, which a peer that
+        leaves because of it passes on)."""
         self._stop.set()
         with self._firing:
             try:
                 if exit_code in CLEAN_EXITS:
                     self.heartbeat.write(LEFT, f"exit {exit_code}")
                 else:
-                    self.heartbeat.write(FAILED, f"exit {exit_code} ({contract.EXIT_MEANINGS.get(exit_code, 'failed')})")
+                    said = f"exit {exit_code} ({contract.EXIT_MEANINGS.get(exit_code, 'failed')})"
+                    self.heartbeat.write(FAILED, f"{said}: {message}" if message else said, exit_code=exit_code)
             except OSError:
                 pass
 
@@ -240,7 +262,7 @@ class Watchdog:
         while time.monotonic() < deadline:
             lost = self.view.check()
             if lost is not None:
-                self.fire(*lost)
+                self.fire(lost)
             time.sleep(min(0.5, self.interval))
 
 
@@ -280,10 +302,10 @@ def _catch_aborts() -> None:
         pass
 
 
-def finish(exit_code: int) -> None:
+def finish(exit_code: int, message: str = "") -> None:
     global _current
     if _current is not None:
-        _current.finish(exit_code)
+        _current.finish(exit_code, message)
         _current = None
 
 

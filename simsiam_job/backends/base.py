@@ -5,24 +5,26 @@ what ``submit`` sends. Backends never import paddle; the kubernetes client is im
 inside the kubernetes backend's methods, never at module import. A backend imports this module
 and never another backend.
 
-Shared here: ``option`` (how every Options field is declared), ``BaseBackend`` (submit = render +
-send; cancel = TERM, grace, KILL), ``poll`` (wait for a condition), ``follow_lines`` and
-``FileLines`` (following logs to the job's end).
+Shared here: ``REGISTRY`` (backend name -> its class, imported lazily), ``option`` (how every
+Options field is declared), ``Backend`` (the abstract interface: submit = render + send; cancel =
+TERM, grace, KILL; the hooks through which generic code asks a backend what only it knows),
+``poll`` (wait for a condition), ``follow_lines`` and ``FileLines`` (following logs to the job's end).
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import enum
 import os
+import shlex
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from simsiam_job.errors import UsageError
-from trainer import contract
 
 
 class State(str, enum.Enum):
@@ -60,7 +62,14 @@ class JobRef:
         return cls(backend, rest)
 
 
-BACKEND_NAMES = ("local", "kubernetes", "slurm")
+# Every backend, by name: "module:Class", imported only when the backend is used (``simsiam-job
+# --help`` or a local job never imports the kubernetes backend, nor through it the client).
+REGISTRY = {
+    "local": "simsiam_job.backends.local:LocalBackend",
+    "kubernetes": "simsiam_job.backends.kubernetes:KubernetesBackend",
+    "slurm": "simsiam_job.backends.slurm:SlurmBackend",
+}
+BACKEND_NAMES = tuple(REGISTRY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,43 +120,6 @@ class Rendered:
     text: str
     files: dict[str, str]
     payload: Any
-
-
-class Backend(Protocol):
-    """Constructed as ``Backend(options)`` with the backend's own ``Options`` dataclass."""
-
-    name: ClassVar[str]
-
-    def render(self, spec: "JobSpec") -> Rendered: ...
-
-    def submit(self, spec: "JobSpec", dry_run: str | None = None) -> JobRef:
-        """dry_run: None, "client" (render only) or "server" (backend validates, nothing runs)."""
-        ...
-
-    def status(self, ref: JobRef) -> JobStatus: ...
-
-    def logs(
-        self, ref: JobRef, *, rank: int | None = 0, all_ranks: bool = False,
-        follow: bool = False, tail: int | None = None,
-    ) -> Iterator[str]:
-        """Yield log lines (no trailing newline); with all_ranks, lines are prefixed "[rank N] "."""
-        ...
-
-    def cancel(self, ref: JobRef) -> str:
-        """Stop the job (TERM first so the trainer checkpoints); return a one-line report."""
-        ...
-
-    def list(self, *, all_jobs: bool = False) -> list[JobSummary]: ...
-
-    def output_location(self, ref: JobRef) -> str:
-        """Where a job's output directory is, as later jobs of this backend see it
-        (``linear-probe --from REF`` reads ``<output>/encoder.pdparams`` from there)."""
-        ...
-
-    def resume(self, ref: JobRef) -> JobRef:
-        """A new attempt of a FAILED or CANCELLED job: same config, same output location; the
-        trainer continues from the newest valid checkpoint there (Global.auto_resume)."""
-        ...
 
 
 # ---- what every backend shares -----------------------------------------------------------------
@@ -236,18 +208,25 @@ class FileLines:
         return lines
 
 
-class BaseBackend:
-    """What every backend does the same way. A backend provides ``render`` and ``send`` (submit),
-    and ``_stop``/``_stopped``/``_kill`` (cancel); the base decides the order."""
+OptionsT = TypeVar("OptionsT")
+
+
+class Backend(abc.ABC, Generic[OptionsT]):
+    """The one interface every backend implements, constructed as ``Backend(options)`` with its own
+    frozen ``Options`` dataclass (its defaults if None). A backend provides ``render`` and ``send``
+    (submit), ``_stop``/``_stopped``/``_kill`` (cancel), ``_resume``, ``status``, ``logs``, ``list``
+    and ``output_location``; the base decides the order. Generic code (cli.py, build.py) asks a
+    backend, never its name, what differs between backends: the hooks below."""
 
     name: ClassVar[str]
     options_class: ClassVar[type]
 
-    def __init__(self, options: Any = None) -> None:
-        self.options = options if options is not None else self.options_class()
+    def __init__(self, options: OptionsT | None = None) -> None:
+        self.options: OptionsT = options if options is not None else self.options_class()
 
+    @abc.abstractmethod
     def render(self, spec: "JobSpec") -> Rendered:
-        raise NotImplementedError
+        """What submit would send; pure (no cluster access)."""
 
     def submit(self, spec: "JobSpec", dry_run: str | None = None) -> JobRef:
         """render + send: what is sent is exactly what ``render`` prints. dry_run: "client"
@@ -256,8 +235,25 @@ class BaseBackend:
             raise UsageError(f"--dry-run must be 'client' or 'server', not {dry_run!r}")
         return self.send(spec, self.render(spec), dry_run)
 
+    @abc.abstractmethod
     def send(self, spec: "JobSpec", rendered: Rendered, dry_run: str | None) -> JobRef:
-        raise NotImplementedError
+        """Start what ``render`` returned (or, with dry_run, only check it)."""
+
+    @abc.abstractmethod
+    def status(self, ref: JobRef) -> JobStatus: ...
+
+    @abc.abstractmethod
+    def logs(self, ref: JobRef, *, rank: int | None = 0, all_ranks: bool = False,
+             follow: bool = False, tail: int | None = None) -> Iterator[str]:
+        """Yield log lines (no trailing newline); with all_ranks, lines are prefixed "[rank N] "."""
+
+    @abc.abstractmethod
+    def list(self, *, all_jobs: bool = False) -> list[JobSummary]: ...
+
+    @abc.abstractmethod
+    def output_location(self, ref: JobRef) -> str:
+        """Where a job's output directory is, as later jobs of this backend see it
+        (``linear-probe --from REF`` reads ``<output>/encoder.pdparams`` from there)."""
 
     # ---- cancel: TERM, the grace period, KILL ---------------------------------------------------
 
@@ -274,9 +270,16 @@ class BaseBackend:
             return f"cancelled {ref}: {self.stopped_after_term}"
         return f"cancelled {ref}: " + self._kill(ref)
 
+    @abc.abstractmethod
     def _stop(self, ref: JobRef) -> str | None:
         """Send TERM; return a line instead when there is nothing to stop."""
-        raise NotImplementedError
+
+    @abc.abstractmethod
+    def _stopped(self, ref: JobRef) -> bool: ...
+
+    @abc.abstractmethod
+    def _kill(self, ref: JobRef) -> str:
+        """KILL whatever is left; return what happened, e.g. "killed after 60 s"."""
 
     # ---- resume: a new attempt of a finished, unsuccessful job -----------------------------------
 
@@ -291,15 +294,53 @@ class BaseBackend:
                              f"CANCELLED job can be resumed (stop it first: simsiam-job cancel {ref})")
         return self._resume(ref, st)
 
-    def _resume(self, ref: JobRef, status: JobStatus) -> JobRef:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _resume(self, ref: JobRef, status: JobStatus) -> JobRef: ...
 
-    def _stopped(self, ref: JobRef) -> bool:
-        raise NotImplementedError
+    # ---- what generic code asks a backend instead of testing its name ---------------------------
 
-    def _kill(self, ref: JobRef) -> str:
-        """KILL whatever is left; return what happened, e.g. "killed after 60 s"."""
-        raise NotImplementedError
+    @classmethod
+    def default_data(cls, options: Any) -> str | None:
+        """The data location a job reads when --data is not given (none unless the backend has one)."""
+        return None
+
+    @classmethod
+    def secret_reference(cls, name: str, ref: str) -> str:
+        """``--env-secret NAME=REF`` checked for this backend: by default the absolute path of a
+        file that exists, is readable and that nobody else can read (its content is never read)."""
+        return secret_file(name, ref)
+
+    @classmethod
+    def located_options(cls, ref: JobRef, options: Any, environ: Mapping[str, str] = os.environ) -> Any:
+        """``options`` pointed at where ``ref`` was recorded, for backends that keep a run index."""
+        return options
+
+    def remember(self, ref: JobRef) -> None:
+        """Record a submitted job where later commands look it up by its JOBREF alone (no-op unless
+        the backend keeps a run index)."""
+
+    def list_everywhere(self, *, all_jobs: bool = False) -> list[JobSummary]:
+        """``list`` plus the jobs a run index records outside this backend's configured location."""
+        return self.list(all_jobs=all_jobs)
+
+
+def secret_file(name: str, path: str) -> str:
+    """The absolute path of a secret file that exists, is readable and that nobody else can read."""
+    if "\0" in path or "\n" in path:
+        raise UsageError(f"--env-secret {name}: a file path cannot contain NUL or newline characters")
+    full = os.path.abspath(os.path.expanduser(path))
+    try:
+        st = os.stat(full)
+    except OSError as err:
+        raise UsageError(f"--env-secret {name}={path}: {err.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"--env-secret {name}={path}: not a regular file")
+    if st.st_mode & 0o077:
+        raise UsageError(f"--env-secret {name}={path}: group or others have access to this file (mode "
+                         f"{stat.S_IMODE(st.st_mode):04o}); make it yours alone: chmod 600 {shlex.quote(full)}")
+    if not os.access(full, os.R_OK):
+        raise UsageError(f"--env-secret {name}={path}: you cannot read this file")
+    return full
 
 
 from simsiam_job.spec import JobSpec  # noqa: E402  (type names only; spec imports nothing heavy)

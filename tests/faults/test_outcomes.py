@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from simsiam_job.backends import local
+from simsiam_job.backends.local import supervisor as local
 from trainer import contract, lock, rendezvous
 from trainer.config import ConfigError
 from trainer.contract import End, Outcome
@@ -205,3 +205,13 @@ def test_the_same_outcomes_are_decided_the_same_on_every_backend(tmp_path, monke
         assert (got_action, got_counted) == (action, counted), backend
         assert words in reason, (backend, reason)
     assert len({reason for _, _, reason in decided.values()}) == 1, decided
+
+
+def test_a_node_supervisors_own_outcomes_survive_the_termination_message(tmp_path):
+    """The start timeout's and a silent launcher's outcomes are what Kubernetes' termination
+    message carries: they must read back as the same record (host and time in their fields)."""
+    from trainer import rendezvous
+
+    for said in (rendezvous.start_timeout_outcome(60, [1]), rendezvous.node_outcome(tmp_path, -9)):
+        back = contract.Outcome.from_json(said.to_json())
+        assert back == said and back.global_step is None and back.host and back.time > 0, said

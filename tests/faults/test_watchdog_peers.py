@@ -44,7 +44,7 @@ def test_a_killed_peer_on_this_machine_is_lost_at_once(tmp_path, peer):
     assert view.check() is None
     peer.send_signal(signal.SIGKILL)
     peer.wait()
-    rank, why = _until_lost(view, 30)
+    rank, why, _ = _until_lost(view, 30)
     assert rank == 1 and f"pid {peer.pid}" in why and "no longer exists" in why
 
 
@@ -56,13 +56,13 @@ def test_a_frozen_peer_is_lost_when_its_counter_stops_for_the_timeout(tmp_path, 
         time.sleep(0.6)
         assert view.check() is None
     peer.send_signal(signal.SIGSTOP)        # a lost node: the process neither beats nor exits
-    rank, why = _until_lost(view, 30)
+    rank, why, _ = _until_lost(view, 30)
     assert rank == 1 and why.startswith("no heartbeat from rank 1")
 
 
 def test_a_peer_that_never_beats_is_lost_after_the_timeout(tmp_path):
     view = PeerView(tmp_path, rank=1, world_size=2, timeout=0.5)
-    rank, why = _until_lost(view, 30)
+    rank, why, _ = _until_lost(view, 30)
     assert rank == 0 and why.startswith("no heartbeat from rank 0")
 
 
@@ -71,7 +71,7 @@ def test_a_peer_that_failed_is_named_with_its_reason(tmp_path, peer):
     peer.stdin.write(f"{FAILED}\n")
     peer.stdin.flush()
     assert peer.stdout.readline().strip() == "marked"
-    rank, why = view.check()
+    rank, why, _ = view.check()
     assert rank == 1 and "failed: exit 9" in why
 
 
@@ -86,3 +86,16 @@ def test_a_peer_that_left_cleanly_is_never_lost(tmp_path, peer):
     time.sleep(1.0)
     assert view.check() is None
 
+
+
+@pytest.mark.parametrize("exit_code, passed_on", [(2, 2), (9, 75)])
+def test_a_peer_whose_retry_cannot_help_is_followed_with_its_exit_code(tmp_path, exit_code, passed_on):
+    """A peer that ended with bad input makes this rank leave with the same code (so a scheduler
+    that reads whichever rank failed first decides alike); any other failure with the peer-lost code."""
+    from trainer.watchdog import Watchdog, generation_dir
+
+    peer = Watchdog(tmp_path, "g1", rank=1, world_size=2, timeout=3600).start()
+    peer.finish(exit_code, "dataset root /data/x does not exist")
+    lost = PeerView(generation_dir(tmp_path, "g1"), rank=0, world_size=2, timeout=3600).check()
+    assert lost.rank == 1 and lost.exit_code == passed_on
+    assert f"failed: exit {exit_code}" in lost.why and "dataset root /data/x does not exist" in lost.why

@@ -18,7 +18,7 @@ E2E_NAMESPACE = "simsiam-e2e"
 REAL_NODE_LABEL = "simsiam-test/real-node=true"
 # Kueue and JobSet (tests/cluster/k8s.sh up): the ClusterQueue, the LocalQueue of the real-node
 # namespace, and its ReadWriteOnce output claim (a volume on one real node).
-CLUSTER_QUEUE = "simsiam"
+CLUSTER_QUEUE = "kwok-gpus"          # the ClusterQueue of the kwok GPU nodes (k8s.sh)
 E2E_QUEUE = "simsiam"
 RWO_CLAIM = "output-rwo"
 

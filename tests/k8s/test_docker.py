@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from simsiam_job.backends.kubernetes import IMAGE_UID
+from simsiam_job.backends.kubernetes.render import IMAGE_UID
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = [REPO / "docker" / "Dockerfile", REPO / "docker" / "Dockerfile.cpu"]

@@ -1,7 +1,7 @@
 """Shared-cluster behaviour on real pods (the two real worker nodes, Kueue v0.17.0 with its
 batch/Job integration, namespace simsiam-e2e and its LocalQueue): preemption by a higher-priority
 job is not a failure (the preempted job checkpoints on SIGTERM, waits QUEUED, is readmitted and
-resumes at that step, its group_restarts untouched); nor are four evictions with group_restarts=3;
+resumes at that step, its group_restarts untouched); nor are two evictions with group_restarts=1;
 and a group that cannot start (rank 1 unschedulable) gives up at the start timeout, naming rank 1
 and the scheduler's reason.
 
@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.k8s_nodes, pytest.mark.slow]
 
 EPOCHS = 40                  # 4 steps per epoch
 TOTAL_STEPS = 4 * EPOCHS
+EVICTIONS = 2
 # Each pod asks for most of a real node's CPU quota share: the high-priority job fits only where
 # the low one was.
 QUEUED = ["--set", f"queue={E2E_QUEUE}", "--set", "cpu=1500m"]
@@ -49,10 +50,15 @@ def test_a_preempted_job_checkpoints_waits_queued_resumes_and_succeeds_without_a
     queued, _ = wait_for(low, env, lambda st: st["state"] == "QUEUED", what="the low job QUEUED", timeout=300)
     print(f"\npreempted: QUEUED {time.time() - preempted_at:.1f} s after the high-priority job was submitted")
     assert "Preempted" in queued["reason"] or "Evicted" in queued["reason"], queued["reason"]
-    # Its pods got SIGTERM and rank 0 wrote a checkpoint at the step where both stopped.
-    stopped = [line for line in (output / name / "train.log").read_text().splitlines()
-               if "stopped by SIGTERM" in line or "SIGTERM received" in line]
-    assert stopped, (output / name / "train.log").read_text()[-3000:]
+    # Its pods got SIGTERM and rank 0 wrote a checkpoint at the step where both stopped (Kueue
+    # suspends the Job first; the Job controller then deletes its pods: seconds later).
+    def stopped():
+        return [line for line in (output / name / "train.log").read_text().splitlines()
+                if "stopped by SIGTERM" in line or "SIGTERM received" in line]
+    deadline = time.monotonic() + 60
+    while not stopped() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert stopped(), (output / name / "train.log").read_text()[-3000:]
     wait_for(high, env, lambda st: st["state"] == "SUCCEEDED", what="the high job SUCCEEDED", timeout=600)
     readmitted_at = time.time()
     final, _ = wait_for(low, env, lambda st: st["state"] == "SUCCEEDED", what="the low job SUCCEEDED", timeout=900)
@@ -68,11 +74,15 @@ def test_a_preempted_job_checkpoints_waits_queued_resumes_and_succeeds_without_a
     assert [s["counted"] for s in starts] == [False, False]
 
 
-def test_four_evictions_do_not_use_up_three_group_restarts(nodes, name):
+def test_evictions_beyond_the_group_restart_bound_do_not_fail_the_job(nodes, name):
+    """Two evictions with group_restarts=1 (the JobSet test evicts four times with 3). An Indexed
+    Job recreates its failed pods after the Job controller's back-off, which doubles with every
+    failed pod (each eviction fails two: 20 s, then 80 s, then 320 s...): more evictions here would
+    only wait longer."""
     env, output = nodes["env"], Path(nodes["output"])
-    ref = submit(nodes, name, "--set", "group_restarts=3")
+    ref = submit(nodes, name, "--set", "group_restarts=1")
     metrics = output / name / "metrics.jsonl"
-    for eviction in range(4):
+    for eviction in range(EVICTIONS):
         wait_for_steps(metrics, 10 + 12 * eviction, ref, env)
         pod = None
         while pod is None:
@@ -83,8 +93,8 @@ def test_four_evictions_do_not_use_up_three_group_restarts(nodes, name):
         lose_rank_1(nodes, pod["metadata"]["name"], "evicted")
         wait_for(ref, env, lambda st: st["detail"].get("group_restarts", 0) > eviction, what="restarted", timeout=300)
     final, _ = wait_for(ref, env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED", timeout=900)
-    assert final["detail"]["preempted"] == 4
-    assert "preempted 4 times" in run_cli(["status", ref], env, check=True).stdout
+    assert final["detail"]["preempted"] == EVICTIONS
+    assert f"preempted {EVICTIONS} times" in run_cli(["status", ref], env, check=True).stdout
     assert [r["global_step"] for r in step_records(metrics)] == list(range(1, TOTAL_STEPS + 1))
 
 
@@ -98,13 +108,14 @@ def test_a_group_that_cannot_start_gives_up_at_the_start_timeout_naming_the_pend
                        "--set", "start_timeout=60"], env, check=True).stdout.strip()
         waiting, _ = wait_for(ref, env, lambda st: st["state"] == "PENDING" and "rank 1" in (st["reason"] or ""),
                               what="rank 1 pending", timeout=300)
-        assert "simsiam-test/closed" in waiting["reason"], waiting["reason"]
+        # the scheduler counts the taints it met (worker-2's simsiam-test/closed among them)
+        assert "untolerated taint" in waiting["reason"], waiting["reason"]
         started = time.time()
         final, _ = wait_for(ref, env, lambda st: st["state"] == "FAILED", what="FAILED", timeout=300)
         print(f"\nstart timeout: FAILED {time.time() - started:.1f} s after rank 1 was seen pending")
         reason = final["reason"]
         assert "exit code 69" in reason and "node 1 never joined" in reason, reason
-        assert "rank 1 was never scheduled: FailedScheduling:" in reason and "simsiam-test/closed" in reason, reason
+        assert "rank 1 was never scheduled: FailedScheduling:" in reason and "untolerated taint" in reason, reason
         shown = run_cli(["status", ref], env, check=True).stdout
         assert "rank 1 was never scheduled" in shown
     finally:

@@ -42,9 +42,22 @@ def nodes(real_cluster):
 
 
 @pytest.fixture
-def name(request):
-    """A job name of this test, unique per run (the output claim outlives a job)."""
-    return f"{request.node.name[5:20].replace('_', '-').strip('-')}-{uuid.uuid4().hex[:4]}"
+def name(request, nodes):
+    """A job name of this test, unique per run (the output claim outlives a job). Afterwards every
+    Job and JobSet whose name starts with it is deleted and its pods waited for: a failed test
+    must not leave pods holding the real nodes' CPU for the next one."""
+    job = f"{request.node.name[5:20].replace('_', '-').strip('-')}-{uuid.uuid4().hex[:4]}"
+    yield job
+    for kind in ("jobsets.jobset.x-k8s.io", "jobs"):
+        found = kubectl(nodes, "-n", E2E_NAMESPACE, "get", kind, "-o", "name", check=False).stdout.split()
+        mine = [n for n in found if n.split("/", 1)[1].startswith(job)]
+        if mine:
+            kubectl(nodes, "-n", E2E_NAMESPACE, "delete", *mine, "--wait=false", check=False)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and any(
+            p.split("/", 1)[1].startswith(job)
+            for p in kubectl(nodes, "-n", E2E_NAMESPACE, "get", "pods", "-o", "name", check=False).stdout.split()):
+        time.sleep(1)
 
 
 def kubectl(nodes, *args, check=True, input=None):

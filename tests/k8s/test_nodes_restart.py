@@ -128,7 +128,7 @@ def test_losing_rank_1_mid_epoch_restarts_both_ranks_which_resume_and_succeed(no
 KILL_TRAINER = ("import os, signal\n"
                 "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
                 "    try:\n"
-                "        if b'simsiam-train' in open(f'/proc/{pid}/cmdline', 'rb').read():\n"
+                "        if int(pid) != os.getpid() and b'simsiam-train' in open(f'/proc/{pid}/cmdline', 'rb').read():\n"
                 "            os.kill(int(pid), signal.SIGKILL)\n"
                 "    except OSError:\n"
                 "        pass\n")

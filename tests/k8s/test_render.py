@@ -12,7 +12,8 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 
-from simsiam_job.backends.kubernetes import KubernetesBackend, Options, parse_claim
+from simsiam_job.backends.kubernetes import KubernetesBackend, Options
+from simsiam_job.backends.kubernetes.render import parse_claim
 from simsiam_job.errors import UsageError
 
 from k8s_util import docs_by_kind, make_spec

@@ -29,10 +29,17 @@ def local_queue(kube, ns, name="team") -> str:
     from kubernetes import client
 
     _, _, api = kube
-    client.CustomObjectsApi(api).create_namespaced_custom_object(
+    custom = client.CustomObjectsApi(api)
+    custom.create_namespaced_custom_object(
         "kueue.x-k8s.io", "v1beta2", ns, "localqueues",
         {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue", "metadata": {"name": name, "namespace": ns},
          "spec": {"clusterQueue": CLUSTER_QUEUE}})
+    # A workload submitted before Kueue has taken the queue in is set aside and retried later,
+    # with a back-off longer than these tests wait: wait until the queue says it is active.
+    wait_until(lambda: any(c["type"] == "Active" and c["status"] == "True" for c in
+                           (custom.get_namespaced_custom_object("kueue.x-k8s.io", "v1beta2", ns, "localqueues", name)
+                            .get("status") or {}).get("conditions") or []),
+               what=f"LocalQueue {name} active")
     return name
 
 

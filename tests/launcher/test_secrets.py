@@ -98,6 +98,8 @@ def test_kubernetes_pods_keep_paddles_environment_dumps_private(tmp_path, shared
         ((kind, ref),) = e["valueFrom"].items()
         return resolved[(kind, *ref.values())]
     env = {**os.environ, **{e["name"]: value(e) for e in trainer["env"]}}
+    # The image's python (with paddle) is first on its PATH; here, the one running the tests.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     launched = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert launched.returncode == 0, launched.stdout[-2000:]
     assert_private(shared_dir, claim / "kjob" / "launch-logs" / "rank-0")
@@ -192,7 +194,7 @@ def test_the_role_grants_exactly_the_api_calls_the_client_makes():
 def test_a_secret_file_gone_when_the_run_starts_fails_the_run_with_one_line(tmp_path):
     """The local supervisor reads --env-secret files when it starts the launcher: a file that has
     gone since submit ends the run with exit code 2 and a line naming it, and starts nothing."""
-    from simsiam_job.backends.local import supervise
+    from simsiam_job.backends.local.supervisor import supervise
 
     run_dir = tmp_path / "run"
     (run_dir / "logs").mkdir(parents=True)

@@ -18,8 +18,7 @@ from simsiam_job.backends.kubernetes import scheduling
 from simsiam_job.errors import UsageError
 from simsiam_job.spec import JobSpec
 from trainer import contract
-from trainer.rendezvous import ROUNDS_DIR
-from trainer.rendezvous import command as rendezvous_command
+from trainer.contract import ROUNDS_DIR, rendezvous_command
 
 TEMPLATE = "k8s/job.yaml.j2"
 JOBSET_TEMPLATE = "k8s/jobset.yaml.j2"
@@ -76,8 +75,8 @@ def render(spec: JobSpec, options, namespace: str, attempt: int = 1) -> Rendered
     return Rendered(text=text, files={f"{spec.name}.yaml": text}, payload=docs)
 
 
-def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, Any]:
-    jobset = opts.workload == "jobset"
+def _checked_volumes(spec: JobSpec, opts) -> tuple[Volume | None, Volume]:
+    """The data claim (if any) and the output volume (an emptyDir without a claim)."""
     data = parse_claim(spec.data or opts.data_pvc, "--data") if (spec.data or opts.data_pvc) else None
     output = output_volume(spec, opts)
     if output is None and spec.nodes > 1 and spec.phase.value in RESUMING_PHASES:
@@ -85,11 +84,11 @@ def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, 
             f"a job on {spec.nodes} nodes needs an output claim (--output CLAIM or --set output_pvc=CLAIM): "
             "without one each pod keeps its checkpoints in its own emptyDir, and after a restart the "
             "ranks could never resume from the same checkpoint")
-    output = output or Volume("")
-    if jobset:
-        check_jobset_name(spec.name, spec.nodes)
-    site = scheduling.parse(opts)
-    job_dir = f"{OUTPUT_MOUNT}/{spec.name}"
+    return data, output or Volume("")
+
+
+def _resources(spec: JobSpec, opts, site: scheduling.Scheduling) -> tuple[dict[str, str], dict[str, str]]:
+    """Requests and limits per pod."""
     requests = {
         "cpu": opts.cpu or str(8 * spec.gpus if spec.gpus else 2),
         "memory": opts.memory or (f"{32 * spec.gpus}Gi" if spec.gpus else "8Gi"),
@@ -99,6 +98,11 @@ def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, 
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(spec.gpus)
     requests.update(site.resources)
     limits.update(site.resources)
+    return requests, limits
+
+
+def _trainer_env(spec: JobSpec, opts, site: scheduling.Scheduling, namespace: str, attempt: int) -> list[dict]:
+    """The environment of every trainer container."""
     # The kubelet expands $(NAME) in env values and reads $$ as $: each $ doubled, the container
     # gets the value as typed, as on the other backends.
     env = [{"name": k, "value": v.replace("$", "$$")} for k, v in spec.env]
@@ -112,13 +116,20 @@ def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, 
     env += [{"name": contract.JOB_ENV, "value": spec.name},
             {"name": contract.JOB_ID_ENV, "value": f"kubernetes://{namespace}/{spec.name}"},
             {"name": contract.ATTEMPT_ENV, "value": str(attempt)}]
-    if not jobset:
+    if opts.workload != "jobset":
         # Rank 0 counts the group's starts of this attempt in the output volume: past the bound it
         # exits 2 with "gave up after N group restarts: ...", which fails the job (FailJob). A
         # JobSet counts its restarts itself (failurePolicy.maxRestarts).
         env.append({"name": contract.GROUP_RESTARTS_ENV, "value": str(opts.group_restarts)})
-    labels = {**spec.labels, **site.labels}
-    pod_annotations = {**site.annotations, **site.pod_annotations}
+    return env
+
+
+def _roles(spec: JobSpec, opts, env: list[dict], pod_annotations: dict, data: Volume | None,
+           output: Volume) -> tuple[str, dict[str, dict]]:
+    """The headless Service's name and the pod templates by role (an Indexed Job's one; a JobSet's
+    leader and workers): each node's supervisor and launcher command, env and output volume."""
+    job_dir = f"{OUTPUT_MOUNT}/{spec.name}"
+    jobset = opts.workload == "jobset"
     trainer = command.trainer_args(spec, config_path=f"{CONFIG_DIR}/config.yaml",
                                    data_dir=DATA_MOUNT if data else None, output_dir=job_dir)
 
@@ -157,6 +168,19 @@ def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, 
         if spec.nodes > 1:
             roles[WORKER] = role("$(JOB_COMPLETION_INDEX)", rendezvous_command(
                 node_rank="$(JOB_COMPLETION_INDEX)", rank_offset=1, **network), Volume(""), [attempt_env])
+    return service, roles
+
+
+def context(spec: JobSpec, opts, namespace: str, attempt: int = 1) -> dict[str, Any]:
+    jobset = opts.workload == "jobset"
+    data, output = _checked_volumes(spec, opts)
+    if jobset:
+        check_jobset_name(spec.name, spec.nodes)
+    site = scheduling.parse(opts)
+    requests, limits = _resources(spec, opts, site)
+    env = _trainer_env(spec, opts, site, namespace, attempt)
+    labels = {**spec.labels, **site.labels}
+    service, roles = _roles(spec, opts, env, {**site.annotations, **site.pod_annotations}, data, output)
     node_selector = {"nvidia.com/gpu.product": opts.gpu_product} if spec.gpus and opts.gpu_product else {}
     return {
         "name": spec.name,

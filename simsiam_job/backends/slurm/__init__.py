@@ -23,14 +23,38 @@ from typing import ClassVar, Literal
 
 from simsiam_job import command, templates, validate
 from simsiam_job.backends.base import (
-    GROUP_RESTARTS_HELP, BaseBackend, FileLines, JobRef, JobStatus, JobSummary, NodeStatus, Rendered,
-    State, creatable_dir, follow_lines, option,
+    GROUP_RESTARTS_HELP,
+    Backend,
+    FileLines,
+    JobRef,
+    JobStatus,
+    JobSummary,
+    NodeStatus,
+    Rendered,
+    State,
+    creatable_dir,
+    follow_lines,
+    option,
+)
+from simsiam_job.backends.slurm.commands import _config_hint, _one_line, _run
+from simsiam_job.backends.slurm.parse import (
+    LIST_FORMAT,
+    SACCT_FIELDS,
+    SQUEUE_FORMAT,
+    SlurmJob,
+    _common_state,
+    _decisions,
+    _reason,
+    marker,
+    parse_job,
+    parse_list,
+    parse_marker,
 )
 from simsiam_job.errors import BackendError, NotFoundError, UsageError
 from simsiam_job.spec import JobSpec
+from simsiam_job.util import tail_lines, write_json_atomic, write_text_atomic
 from trainer import contract
 
-MARKER = "simsiam-job"
 TEMPLATE = "slurm/job.sbatch.j2"
 SCRIPT, CONFIG, META = "job.sbatch", "config.yaml", "job.json"
 
@@ -131,170 +155,7 @@ def _abs_path(value: str, what: str) -> str:
     return os.path.abspath(os.path.expanduser(value))
 
 
-# ---- running Slurm's commands ------------------------------------------------------------------
-
-def _one_line(text: str) -> str:
-    """Slurm's message, one line: the most specific 'error:' line, without the command's prefix."""
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    if not lines:
-        return ""
-    failed = [ln for ln in lines if "failed:" in ln] or [ln for ln in lines if "error" in ln] or lines
-    line = failed[-1]
-    return re.sub(r"^\w+: (error: )?", "", line)
-
-
-# How Slurm's commands say they found no configuration (they retry for a minute first).
-_NO_CONFIG = ("Unable to process configuration file", "cannot stat file", "ClusterName needs to be specified")
-
-
-def _config_hint(stderr: str) -> str:
-    if any(sign in stderr for sign in _NO_CONFIG):
-        return ("; no Slurm configuration: set SLURM_CONF to the cluster's slurm.conf, or run this "
-                "on a login node of the cluster")
-    return ""
-
-
-def _run(args: list[str], *, timeout: float, cwd: str | None = None, check: bool = True,
-         input: str | None = None) -> subprocess.CompletedProcess:
-    """One Slurm command, bounded by ``timeout``; its failure becomes one line with a hint."""
-    conf = os.environ.get("SLURM_CONF")
-    if conf and not os.path.isfile(conf):
-        # Slurm would retry for a minute before saying so.
-        raise BackendError(f"SLURM_CONF={conf} does not exist: point it at the cluster's slurm.conf")
-    try:
-        proc = subprocess.run(args, cwd=cwd, input=input, capture_output=True, text=True, timeout=timeout)
-    except FileNotFoundError:
-        raise BackendError(f"{args[0]} not found: is Slurm's client installed and on PATH?") from None
-    except subprocess.TimeoutExpired as err:
-        said = err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else (err.stderr or "")
-        raise BackendError(f"{args[0]} did not answer in {timeout:g} s: is slurmctld reachable?"
-                           f"{_config_hint(said)} (--set command_timeout=SECONDS to wait longer)") from None
-    if check and proc.returncode != 0:
-        msg = _one_line(proc.stderr) or _one_line(proc.stdout) or f"exit code {proc.returncode}"
-        raise BackendError(f"{args[0]}: {msg}{_config_hint(proc.stderr)}")
-    return proc
-
-
-# ---- Slurm states -> the common ones -----------------------------------------------------------
-
-_STATE_MAP = {
-    **dict.fromkeys(["PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
-                     "RESV_DEL_HOLD", "SPECIAL_EXIT", "SUSPENDED", "STOPPED"], State.PENDING),
-    **dict.fromkeys(["RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING"], State.RUNNING),
-    "COMPLETED": State.SUCCEEDED,
-    "CANCELLED": State.CANCELLED,
-    **dict.fromkeys(["FAILED", "NODE_FAIL", "TIMEOUT", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
-                     "PREEMPTED"], State.FAILED),
-}
-
-
-def _common_state(slurm_state: str) -> State:
-    # sacct writes "CANCELLED by 1000"; squeue may add "+" flags.
-    return _STATE_MAP.get(slurm_state.split()[0].rstrip("+") if slurm_state else "", State.UNKNOWN)
-
-
-def _reason(slurm_state: str, reason: str, restarts: int, exit_code: str) -> str | None:
-    state = slurm_state.split()[0] if slurm_state else ""
-    parts = []
-    common = _common_state(slurm_state)
-    if common is State.PENDING and reason and reason not in ("None", "(null)"):
-        parts.append(reason)
-    if state in _STATE_MAP and state not in ("PENDING", "RUNNING", "COMPLETED", "CANCELLED", "FAILED"):
-        parts.append(state)  # the Slurm state says more than the common one: TIMEOUT, NODE_FAIL, ...
-    if common is State.FAILED and exit_code and exit_code != "0:0":
-        parts.append(f"exit code {exit_code.split(':')[0]}"
-                     + (f", signal {exit_code.split(':')[1]}" if exit_code.split(":")[-1] != "0" else ""))
-    if restarts:
-        parts.append(f"requeued {restarts} time{'s' if restarts != 1 else ''}")
-    return ", ".join(parts) or None
-
-
-def _scontrol_fields(text: str) -> dict[str, str]:
-    """``scontrol show job -o`` output as a dict (values here never contain ' Key=' sequences)."""
-    fields = {}
-    for item in re.split(r" (?=[A-Za-z/:]+=)", text.strip()):
-        key, sep, value = item.partition("=")
-        if sep:
-            fields[key] = value
-    return fields
-
-
-@dataclasses.dataclass(frozen=True)
-class SlurmJob:
-    id: str
-    state: str
-    reason: str
-    nodelist: str
-    workdir: str
-    name: str
-    comment: str
-    restarts: int = 0
-    exit_code: str = ""
-
-
-SQUEUE_FORMAT = "%i|%T|%N|%Z|%j|%k|%r"
-SACCT_FIELDS = "JobID,State,NodeList,WorkDir,JobName,Comment,Reason,ExitCode"
-LIST_FORMAT = "%i|%T|%V|%j|%k"
-
-
-def parse_job(job_id: str, squeue: str, scontrol: str, sacct: str | None = None) -> SlurmJob | None:
-    """One job from what Slurm's commands printed: ``squeue -o SQUEUE_FORMAT`` (pending and running
-    jobs), ``scontrol show job -o`` (also finished jobs, for MinJobAge; the requeue count), ``sacct
-    -X -n -P -o SACCT_FIELDS`` (finished jobs where accounting is on). None: Slurm knows no such job."""
-    details = _scontrol_fields(scontrol) if scontrol.startswith("JobId=") else {}
-    restarts = int(details.get("Restarts", "0") or 0)
-    rows = [ln for ln in squeue.splitlines() if ln.startswith(f"{job_id}|")]
-    if rows:
-        _, state, nodelist, workdir, name, comment, reason = rows[0].split("|", 6)
-        return SlurmJob(job_id, state, reason, "" if nodelist == "(null)" else nodelist, workdir,
-                        name, comment, restarts, details.get("ExitCode", ""))
-    if details:
-        nodelist = details.get("NodeList", "")
-        return SlurmJob(job_id, details.get("JobState", ""), details.get("Reason", ""),
-                        "" if nodelist == "(null)" else nodelist, details.get("WorkDir", ""),
-                        details.get("JobName", ""), details.get("Comment", ""), restarts,
-                        details.get("ExitCode", ""))
-    for line in (sacct or "").splitlines():
-        fields = line.split("|")
-        if len(fields) == 8 and fields[0] == job_id:
-            jid, state, nodelist, workdir, name, comment, reason, exit_code = fields
-            return SlurmJob(jid, state, reason, nodelist, workdir, name, comment, 0, exit_code)
-    return None
-
-
-def marker(phase: str, attempt: int = 1) -> str:
-    """The job's --comment: ``simsiam-job:PHASE``, plus ``:attempt-N`` from the second attempt on
-    (resume passes it on sbatch's command line, which overrides the script's)."""
-    return f"{MARKER}:{phase}" + (f":attempt-{attempt}" if attempt > 1 else "")
-
-
-def parse_marker(comment: str) -> tuple[str, int] | None:
-    """(phase, attempt) of a comment written by ``marker``; None for other jobs."""
-    ours = re.match(rf"{MARKER}:([a-z-]+)", comment)
-    if ours is None:
-        return None
-    attempt = re.search(r"attempt-(\d+)", comment)
-    return ours.group(1), int(attempt.group(1)) if attempt else 1
-
-
-def parse_list(squeue: str, now: dt.datetime) -> list[JobSummary]:
-    """``squeue --states=all -o LIST_FORMAT``: the jobs carrying our marker."""
-    rows = []
-    for line in squeue.splitlines():
-        job_id, state, submitted, name, comment = line.split("|", 4)
-        ours = parse_marker(comment)
-        if ours is None:
-            continue
-        try:
-            age = (now - dt.datetime.fromisoformat(submitted)).total_seconds()
-        except ValueError:
-            age = None
-        rows.append(JobSummary(ref=JobRef("slurm", job_id), name=name, phase=ours[0],
-                               state=_common_state(state), age_seconds=age, attempt=ours[1]))
-    return rows
-
-
-class SlurmBackend(BaseBackend):
+class SlurmBackend(Backend[Options]):
     name: ClassVar[str] = "slurm"
     options_class: ClassVar[type] = Options
 
@@ -396,9 +257,7 @@ class SlurmBackend(BaseBackend):
             raise UsageError(f"cannot create the job directory {job_dir}: {err.strerror}") from None
         try:
             for fname, text in rendered.files.items():
-                tmp = job_dir / f".{fname}.tmp"
-                tmp.write_text(text)
-                tmp.replace(job_dir / fname)
+                write_text_atomic(job_dir / fname, text)
             proc = self._run(["sbatch", "--parsable", SCRIPT], cwd=str(job_dir))
         except BaseException:
             shutil.rmtree(job_dir, ignore_errors=True)  # nothing was queued: let the name be reused
@@ -414,9 +273,7 @@ class SlurmBackend(BaseBackend):
         """job.json lists the job ids of every attempt, oldest first."""
         meta = json.loads((job_dir / META).read_text())
         meta["attempts"] = [*meta.get("attempts", []), job_id]
-        tmp = job_dir / f".{META}.tmp"
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        tmp.replace(job_dir / META)
+        write_json_atomic(job_dir / META, meta)
 
     # ---- resume: the same script, config and output directory, as a new job --------------------
 
@@ -491,7 +348,7 @@ class SlurmBackend(BaseBackend):
         if record is None and job.workdir:
             logs = self._log_files(job.workdir, 0)
             if logs:
-                record = contract.last_progress(_tail_lines(logs[-1]))
+                record = contract.last_progress(tail_lines(logs[-1]))
         return record
 
     def _log_files(self, job_dir: str, rank: int) -> list[Path]:
@@ -558,30 +415,3 @@ class SlurmBackend(BaseBackend):
         if not isinstance(output_dir, str):
             raise NotFoundError(f"{ref}: {job.workdir} is not a simsiam-job directory")
         return output_dir
-
-
-def _decisions(job: SlurmJob) -> list[dict]:
-    """The batch script's decisions after each start of the group (trainer.contract.decide's, one
-    JSON line each), for this job's latest run (a requeue starts them afresh)."""
-    if not job.workdir:
-        return []
-    runs: dict[int, list[dict]] = {}
-    for line in _tail_lines(Path(job.workdir, f"decisions-{job.id}.jsonl")):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        start = record.get("start") if isinstance(record, dict) else None   # JOBID-REQUEUE-START
-        if isinstance(start, str) and start.count("-") == 2 and start.split("-")[1].isdigit() \
-                and isinstance(record.get("restarts"), int):
-            runs.setdefault(int(start.split("-")[1]), []).append(record)
-    return runs[max(runs)] if runs else []
-
-
-def _tail_lines(path: Path, size: int = 65536) -> list[str]:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - size))
-            return f.read().decode(errors="replace").splitlines()
-    except OSError:
-        return []
