@@ -85,7 +85,8 @@ def run_ours(root: Path) -> tuple[int, float, float]:
 def run_torchvision(root: Path) -> tuple[int, float, float]:
     import torch
     from PIL import ImageFilter
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
     torch.set_num_threads(1)
 

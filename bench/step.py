@@ -20,6 +20,7 @@ import time
 
 def paddle_step_time(args) -> float:
     import paddle
+
     from trainer.engine.pretrain import Amp, make_train_step
     from trainer.engine.process import set_cpu_threads
     from trainer.models import build_model

@@ -3,9 +3,21 @@ group starts again and resumes from the newest checkpoint; a bounded number of t
 never restart. Driven through the `simsiam-job` CLI; nothing is mocked."""
 
 import pytest
-
-from localruns import (assert_continuous, kill, output_dir, resumed_steps, run_dir, steps, submit,
-                       trainer_pid, alive, poll, user, wait_finished, wait_for_step)
+from localruns import (
+    alive,
+    assert_continuous,
+    kill,
+    output_dir,
+    poll,
+    resumed_steps,
+    run_dir,
+    steps,
+    submit,
+    trainer_pid,
+    user,
+    wait_finished,
+    wait_for_step,
+)
 from testlib import fmnist, job_status  # noqa: F401  (fmnist is a fixture)
 
 pytestmark = pytest.mark.slow

@@ -14,11 +14,11 @@ import subprocess
 import sys
 
 import pytest
-
 from k8s_util import CLUSTER_SCRIPT, E2E_NAMESPACE, REAL_NODE_LABEL, make_spec
+from testlib import unavailable
+
 from simsiam_job.backends.kubernetes import KubernetesBackend
 from simsiam_job.spec import JobSpec
-from testlib import unavailable
 
 
 @pytest.fixture

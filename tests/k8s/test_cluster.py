@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from k8s_util import docs_by_kind, make_spec, wait_until
 
 pytestmark = pytest.mark.k8s

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from k8s_util import E2E_NAMESPACE, REAL_NODE_LABEL
 from testlib import BIN, CPU_CONFIG, REPO, run_cli, wait_for
 

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from k8s_util import E2E_NAMESPACE
 from localruns import assert_continuous, resumed_steps
 from test_nodes import ON_REAL_NODES, TINY, kubectl, name, nodes  # noqa: F401  (fixtures)

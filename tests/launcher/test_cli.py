@@ -9,7 +9,6 @@ import zipfile
 
 import pytest
 import yaml
-
 from testlib import BIN, CPU_CONFIG, REPO, assert_one_line_error, run_cli
 
 CFG = ["-c", CPU_CONFIG]

@@ -6,9 +6,21 @@ import signal
 from pathlib import Path
 
 import pytest
-
-from localruns import (alive, kill, launcher_pid, output_dir, poll, run_dir, run_processes, submit,
-                       supervisor_pid, trainer_pid, user, wait_finished, wait_for_step)
+from localruns import (
+    alive,
+    kill,
+    launcher_pid,
+    output_dir,
+    poll,
+    run_dir,
+    run_processes,
+    submit,
+    supervisor_pid,
+    trainer_pid,
+    user,
+    wait_finished,
+    wait_for_step,
+)
 from testlib import fmnist, job_status, run_cli  # noqa: F401  (fmnist is a fixture)
 
 pytestmark = pytest.mark.slow

@@ -7,13 +7,12 @@ import sys
 import numpy as np
 import paddle
 import pytest
+from testlib import unavailable
 
 from trainer import checkpoint as ckpt
 from trainer.config import shipped_config
 from trainer.data import fashion_mnist
 from trainer.models import build_model
-
-from testlib import unavailable
 
 PRETRAIN = {"name": "simsiam_cifar_resnet18_pretrain", "width": 8, "dim": 32, "pred_dim": 8}
 CONFIG = shipped_config("simsiam_cifar_resnet18_fmnist_lp_cpu.yaml")
