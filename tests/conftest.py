@@ -14,3 +14,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if any(item.get_closest_marker(name) for name in CLUSTER_MARKERS):
             item.add_marker(pytest.mark.cluster)
+
+
+# Fixtures shared across directories: defined once here, so test files need not import them.
+from testlib import fmnist, shared_dir  # noqa: E402, F401, I001

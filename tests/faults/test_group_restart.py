@@ -18,7 +18,6 @@ from localruns import (
     wait_finished,
     wait_for_step,
 )
-from testlib import fmnist, job_status  # noqa: F401  (fmnist is a fixture)
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,6 @@
 """The CLI's contract with a person: bad input is one line and exit 2, render is exact and pure,
 start-up stays light. Every command runs in a fresh `simsiam-job` process, as a user runs it."""
 
-import json
 import shlex
 import subprocess
 import sys

@@ -4,8 +4,6 @@ tiny Fashion-MNIST folder, driven only through the `simsiam-job` CLI. Nothing is
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,6 @@ from testlib import (
     CPU_CONFIG,
     REPO,
     assert_one_line_error,
-    fmnist,  # noqa: F401  (a fixture)
     run_cli,
     wait_for,
 )

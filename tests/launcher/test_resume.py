@@ -10,10 +10,9 @@ from localruns import (
     steps,
     submit,
     user,
-    wait_finished,
     wait_for_step,
 )
-from testlib import assert_one_line_error, fmnist, job_status, run_cli  # noqa: F401  (fmnist is a fixture)
+from testlib import assert_one_line_error, job_status, run_cli
 
 pytestmark = pytest.mark.slow
 

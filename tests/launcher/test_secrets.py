@@ -24,7 +24,6 @@ from testlib import (
     assert_one_line_error,
     files_holding,
     run_cli,
-    shared_dir,
     wait_for,
 )
 

@@ -2,8 +2,6 @@
 unseen; status follows the trainers, not one pid; cancel is SIGTERM first, then SIGKILL, and says
 which. Real `simsiam-train` runs (paddle, CPU) through the `simsiam-job` CLI; nothing is mocked."""
 
-import signal
-from pathlib import Path
 
 import pytest
 from localruns import (
@@ -12,7 +10,6 @@ from localruns import (
     launcher_pid,
     output_dir,
     poll,
-    run_dir,
     run_processes,
     submit,
     supervisor_pid,
@@ -21,7 +18,7 @@ from localruns import (
     wait_finished,
     wait_for_step,
 )
-from testlib import fmnist, job_status, run_cli  # noqa: F401  (fmnist is a fixture)
+from testlib import job_status, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -121,7 +121,6 @@ def test_sigterm_checkpoint_and_resume_match_an_uninterrupted_probe(data, pretra
     """Preemption mid-run (Kubernetes/Slurm send SIGTERM): exit 143 with a checkpoint; resuming ends
     with exactly the probe an uninterrupted run trains."""
     import signal
-    import time
 
     path, _ = pretrain_checkpoint
     common = ("Global.epochs=3", "Global.print_batch_step=1", f"Global.pretrained_model={path}")

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from slurm_util import TINY
 from testlib import assert_one_line_error, run_cli, wait_for
-from testlib import job_status as status
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
