@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 
 import pytest
 from k8s_util import CLUSTER_SCRIPT, E2E_NAMESPACE, REAL_NODE_LABEL, make_spec
@@ -76,3 +77,16 @@ def real_cluster(cluster) -> dict:
             capture_output=True, text=True, check=True).stdout)
         paths[claim] = pv["spec"]["hostPath"]["path"]
     return {"env": env, **paths}
+
+
+# The real-node tests' fixtures (test_nodes*.py, test_jobset_nodes.py, test_kueue_nodes.py);
+# test_controllers.py defines its own.
+@pytest.fixture(scope="module")
+def nodes(real_cluster):
+    return real_cluster
+
+
+@pytest.fixture
+def name(request):
+    """A job name of this test, unique per run (the output claim outlives a job)."""
+    return f"{request.node.name[5:20].replace('_', '-').strip('-')}-{uuid.uuid4().hex[:4]}"

@@ -14,7 +14,6 @@ import json
 import shutil
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +32,6 @@ TINY = ["-c", CPU_CONFIG, "-o", "Model.width=4", "-o", "Model.dim=16", "-o", "Mo
 ON_REAL_NODES = ["--backend", "kubernetes", "--set", f"namespace={E2E_NAMESPACE}", "--gpus", "0",
                  "--image", IMAGE, "--data", "pvc:data", "--output", "pvc:output",
                  "--set", "cpu=500m", "--set", "memory=3Gi"]
-
-
-@pytest.fixture(scope="module")
-def nodes(real_cluster):
-    return real_cluster
-
-
-@pytest.fixture
-def name(request):
-    """A job name of this test, unique per run (the output claim outlives a job)."""
-    return f"{request.node.name[5:20].replace('_', '-').strip('-')}-{uuid.uuid4().hex[:4]}"
 
 
 def kubectl(nodes, *args, check=True, input=None):
