@@ -14,11 +14,9 @@ import subprocess
 import pytest
 import yaml
 from k8s_util import CLUSTER_QUEUE
-from test_cluster import (  # noqa: F401  (fixtures)
+from test_cluster import (
     OUTPUT_CLAIM,
     end_pod,
-    kube,
-    ns,
     run_cli,
     status,
     submit,
