@@ -87,7 +87,8 @@ def ours_loader(root: Path, workers: int = 0):
 def torchvision_loader(root: Path, workers: int = 0):
     import torch
     from PIL import ImageFilter
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
     torch.set_num_threads(1)
 

@@ -40,9 +40,8 @@ WORLD = 8
 def build_tree(root: Path, classes: int, per_class: int) -> None:
     sys.path.insert(0, str(REPO / "bench"))
     import numpy as np
-    from PIL import Image
-
     from augment import pink_noise_image
+    from PIL import Image
 
     rng = np.random.default_rng(0)
     for c in range(classes):

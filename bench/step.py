@@ -20,6 +20,7 @@ import time
 
 def paddle_step_time(args) -> float:
     import paddle
+
     from trainer.engine.amp import Amp
     from trainer.engine.pretrain import make_train_step
     from trainer.engine.process import set_cpu_threads

@@ -63,7 +63,6 @@ import uuid
 from pathlib import Path
 
 from trainer import contract
-from trainer.contract import ROUNDS_DIR  # noqa: F401  (where the rounds live; the launcher builds the command)
 from trainer.rounds import POLL, Rounds
 
 LAUNCHER = "paddle.distributed.launch"

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 from PIL import Image
-
 from testlib import unavailable
+
 from trainer.data import fashion_mnist
 
 

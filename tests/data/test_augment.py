@@ -170,6 +170,7 @@ def test_jitter_probability_strengths_and_random_order(ops):
 def test_whole_recipe_grayscale_rate_end_to_end(recipe_views):
     """A full view: only RandomGrayscale makes R == G == B (saturation factors are >= 0.6)."""
     import io
+
     from PIL import Image
 
     buffer = io.BytesIO()
@@ -214,6 +215,7 @@ def test_passl_classification_op_names_mean_the_same_ops():
     for a, b in zip(passl.device_affine(), ours.device_affine()):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     import io
+
     from PIL import Image
     buffer = io.BytesIO()
     Image.fromarray(colourful(40, 50)).save(buffer, "PNG")

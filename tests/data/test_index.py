@@ -9,8 +9,8 @@ import time
 import zlib
 
 import pytest
-
 from testlib import REPO, unavailable
+
 from trainer.data import ImageFolder, build_train_loader, index
 
 FLIP_ONLY = [{"RandomHorizontalFlip": None}, {"ToTensor": None}]

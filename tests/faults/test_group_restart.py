@@ -6,10 +6,21 @@ import json
 import time
 
 import pytest
-
-from localruns import (assert_continuous, kill, output_dir, resumed_steps, run_dir, steps, submit,
-                       trainer_pid, alive, poll, user, wait_finished, wait_for_step)
-from testlib import fmnist, job_status  # noqa: F401  (fmnist is a fixture)
+from localruns import (
+    alive,
+    assert_continuous,
+    kill,
+    output_dir,
+    poll,
+    resumed_steps,
+    run_dir,
+    steps,
+    submit,
+    trainer_pid,
+    user,
+    wait_finished,
+    wait_for_step,
+)
 
 pytestmark = pytest.mark.slow
 

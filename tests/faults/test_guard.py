@@ -4,11 +4,11 @@ checkpoint is reported, never counted, never deleted. Real runs of simsiam-train
 import shutil
 
 import pytest
+from trainer_helpers import run_cli, tiny_run_args
 
 from trainer import checkpoint as ckpt
 from trainer import contract
 from trainer.guard import Retention
-from trainer_helpers import run_cli, tiny_run_args
 
 GOOD = "epoch_001_step_00000004.pdckpt"       # 16 images, batch 4: one epoch is 4 steps
 

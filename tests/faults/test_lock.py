@@ -8,12 +8,12 @@ import sys
 import time
 
 import pytest
-
 from faults_helpers import wait_for_step
+from trainer_helpers import REPO, run_cli, tiny_run_args
+
 from trainer import contract
 from trainer.lock import LockError, RunLock
 from trainer.watchdog import machine, write_json
-from trainer_helpers import REPO, run_cli, tiny_run_args
 
 HOLD = ("import sys, time\nfrom trainer.lock import RunLock\nRunLock(sys.argv[1]).acquire()\n"
         "print('held', flush=True)\ntime.sleep(120)\n")

@@ -5,10 +5,10 @@ import signal
 import time
 
 import pytest
-
 from faults_helpers import TwoNodes, wait_for_step
-from trainer import contract
 from trainer_helpers import tiny_run_args
+
+from trainer import contract
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def test_a_killed_rank_stops_the_other_node_with_the_peer_lost_code_naming_it(tm
     assert run.wait(0) == contract.EXIT_PEER_LOST, run.log(0)[-3000:]
     print(f"node 0 exited {time.monotonic() - killed:.1f} s after rank 2 was killed")
     log = (tmp_path / "out" / contract.TRAIN_LOG).read_text()
-    assert f"peer lost: rank 2 (" in log and f"pid {victim})" in log, log[-2000:]
+    assert "peer lost: rank 2 (" in log and f"pid {victim})" in log, log[-2000:]
     assert "[rank 1] ERROR: peer lost" in run.log(0)
     assert "Traceback" not in run.log(0)
 

@@ -55,3 +55,7 @@ def wait_until(fn: Callable, *, timeout: float = 60, what: str = "condition"):
             last = err
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+# The claim every test namespace gets for job output (the ns fixture makes it).
+OUTPUT_CLAIM = "results"

@@ -15,64 +15,22 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import yaml
-
-from k8s_util import docs_by_kind, make_spec, wait_until
+from k8s_util import OUTPUT_CLAIM, docs_by_kind, make_spec, wait_until
 
 pytestmark = pytest.mark.k8s
 
 CLI = str(Path(sys.executable).parent / "simsiam-job")
 A100_NODES = {"a100-0", "a100-1", "a100-2"}
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
-OUTPUT_CLAIM = "results"
 # The CLI runs the code under test, wherever pytest found it.
 PYTHONPATH = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def kube(cluster):
-    from kubernetes import client, config
-
-    api = config.new_client_from_config(config_file=cluster["KUBECONFIG"])
-    return client.CoreV1Api(api), client.BatchV1Api(api), api
-
-
-@pytest.fixture
-def ns(kube, request):
-    """A fresh namespace per test, deleted afterwards (its jobs and pods with it)."""
-    from kubernetes import client
-
-    core, _, _ = kube
-    name = f"t-{request.node.name[5:30].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    wait_until(lambda: core.read_namespaced_service_account("default", name), what="service account")
-    # The output claim every multi-node job needs (its ranks share checkpoints there): a static
-    # volume bound to a claim named OUTPUT_CLAIM.
-    volume = f"{name}-output"
-    core.create_persistent_volume(client.V1PersistentVolume(
-        metadata=client.V1ObjectMeta(name=volume),
-        spec=client.V1PersistentVolumeSpec(capacity={"storage": "1Gi"}, access_modes=["ReadWriteMany"],
-                                           storage_class_name="", host_path={"path": f"/srv/simsiam-test/{volume}"})))
-    core.create_namespaced_persistent_volume_claim(name, client.V1PersistentVolumeClaim(
-        metadata=client.V1ObjectMeta(name=OUTPUT_CLAIM),
-        spec=client.V1PersistentVolumeClaimSpec(access_modes=["ReadWriteMany"], storage_class_name="",
-                                                volume_name=volume,
-                                                resources={"requests": {"storage": "1Gi"}})))
-    wait_until(lambda: core.read_namespaced_persistent_volume_claim(OUTPUT_CLAIM, name).status.phase
-               == "Bound", what="output claim bound")
-    yield name
-    _, batch, _ = kube
-    for job in batch.list_namespaced_job(name).items:
-        batch.delete_namespaced_job(job.metadata.name, name, propagation_policy="Background")
-    core.delete_namespace(name)
-    core.delete_persistent_volume(volume)
-
 
 def run_cli(cluster, *args, input: str | None = None, check: bool = True, extra_env=None):
     env = {**cluster, "SIMSIAM_JOB_CONFIG": "/dev/null", **PYTHONPATH, **(extra_env or {})}

@@ -18,7 +18,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from k8s_util import E2E_NAMESPACE, wait_until
 from testlib import unavailable
 

@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from k8s_util import E2E_NAMESPACE, RWO_CLAIM
 from localruns import resumed_steps
-from test_nodes import ON_REAL_NODES, TINY, kubectl, name, nodes  # noqa: F401  (fixtures)
+from test_nodes import ON_REAL_NODES, TINY, kubectl
 from testlib import REPO, run_cli, wait_for
 
 pytestmark = [pytest.mark.k8s_nodes, pytest.mark.slow]

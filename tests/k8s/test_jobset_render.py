@@ -9,11 +9,11 @@ import os
 
 import kubernetes_validate
 import pytest
-
 from k8s_util import docs_by_kind, make_spec
+from testlib import assert_one_line_error, run_cli
+
 from simsiam_job.backends.kubernetes.render import jobset_failure_rules
 from simsiam_job.errors import UsageError
-from testlib import assert_one_line_error, run_cli
 from trainer import contract
 
 

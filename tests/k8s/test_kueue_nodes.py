@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from k8s_util import E2E_NAMESPACE, E2E_QUEUE
+from k8s_util import E2E_QUEUE
 from localruns import resumed_steps
-from test_nodes import ON_REAL_NODES, TINY, kubectl, name, nodes  # noqa: F401  (fixtures)
+from test_nodes import ON_REAL_NODES, TINY, kubectl
 from test_nodes_restart import lose_rank_1, running_pod, step_records, wait_for_steps
 from testlib import run_cli, wait_for
 

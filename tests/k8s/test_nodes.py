@@ -14,13 +14,11 @@ import json
 import shutil
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-
 from k8s_util import E2E_NAMESPACE, REAL_NODE_LABEL
 from testlib import BIN, CPU_CONFIG, REPO, run_cli, wait_for
 
@@ -34,30 +32,6 @@ TINY = ["-c", CPU_CONFIG, "-o", "Model.width=4", "-o", "Model.dim=16", "-o", "Mo
 ON_REAL_NODES = ["--backend", "kubernetes", "--set", f"namespace={E2E_NAMESPACE}", "--gpus", "0",
                  "--image", IMAGE, "--data", "pvc:data", "--output", "pvc:output",
                  "--set", "cpu=500m", "--set", "memory=3Gi"]
-
-
-@pytest.fixture(scope="module")
-def nodes(real_cluster):
-    return real_cluster
-
-
-@pytest.fixture
-def name(request, nodes):
-    """A job name of this test, unique per run (the output claim outlives a job). Afterwards every
-    Job and JobSet whose name starts with it is deleted and its pods waited for: a failed test
-    must not leave pods holding the real nodes' CPU for the next one."""
-    job = f"{request.node.name[5:20].replace('_', '-').strip('-')}-{uuid.uuid4().hex[:4]}"
-    yield job
-    for kind in ("jobsets.jobset.x-k8s.io", "jobs"):
-        found = kubectl(nodes, "-n", E2E_NAMESPACE, "get", kind, "-o", "name", check=False).stdout.split()
-        mine = [n for n in found if n.split("/", 1)[1].startswith(job)]
-        if mine:
-            kubectl(nodes, "-n", E2E_NAMESPACE, "delete", *mine, "--wait=false", check=False)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and any(
-            p.split("/", 1)[1].startswith(job)
-            for p in kubectl(nodes, "-n", E2E_NAMESPACE, "get", "pods", "-o", "name", check=False).stdout.split()):
-        time.sleep(1)
 
 
 def kubectl(nodes, *args, check=True, input=None):

@@ -14,8 +14,8 @@ import sys
 import time
 
 import pytest
-
 from testlib import REPO
+
 from trainer import contract, relay
 from trainer.watchdog import Heartbeat, PeerView, generation_dir
 

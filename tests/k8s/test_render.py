@@ -11,13 +11,12 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
+from k8s_util import docs_by_kind, make_spec
+from testlib import assert_one_line_error, run_cli
 
 from simsiam_job.backends.kubernetes import KubernetesBackend, Options
 from simsiam_job.backends.kubernetes.render import parse_claim
 from simsiam_job.errors import UsageError
-
-from k8s_util import docs_by_kind, make_spec
-from testlib import assert_one_line_error, run_cli
 
 K8S_VERSIONS = [f"1.{minor}.0" for minor in range(28, 38)]
 SHAPES = [(1, 1), (2, 8), (16, 8)]

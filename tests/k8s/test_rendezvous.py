@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from testlib import REPO
 
 # Prints its arguments: "-m paddle.distributed.launch ..." as the launcher would receive them.

@@ -13,10 +13,14 @@ import subprocess
 
 import pytest
 import yaml
-
 from k8s_util import CLUSTER_QUEUE
-from test_cluster import (  # noqa: F401  (fixtures)
-    OUTPUT_CLAIM, end_pod, kube, ns, run_cli, status, submit, wait_until,
+from test_cluster import (
+    OUTPUT_CLAIM,
+    end_pod,
+    run_cli,
+    status,
+    submit,
+    wait_until,
 )
 
 pytestmark = pytest.mark.k8s

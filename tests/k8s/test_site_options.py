@@ -7,7 +7,6 @@ import os
 
 import kubernetes_validate
 import pytest
-
 from k8s_util import docs_by_kind, make_spec
 from testlib import assert_one_line_error, run_cli
 

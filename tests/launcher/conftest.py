@@ -12,6 +12,7 @@ import os
 
 import pytest
 
+
 @pytest.fixture
 def user_env(tmp_path):
     """Environment of a user whose home is empty: no config file, no runs."""

@@ -1,7 +1,6 @@
 """The CLI's contract with a person: bad input is one line and exit 2, render is exact and pure,
 start-up stays light. Every command runs in a fresh `simsiam-job` process, as a user runs it."""
 
-import json
 import shlex
 import subprocess
 import sys
@@ -9,7 +8,6 @@ import zipfile
 
 import pytest
 import yaml
-
 from testlib import BIN, CPU_CONFIG, REPO, assert_one_line_error, run_cli
 
 CFG = ["-c", CPU_CONFIG]

@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import yaml
+from testlib import CPU_CONFIG
 
 from simsiam_job.command import launch_args, trainer_args
 from simsiam_job.spec import JobSpec, Phase
-from testlib import CPU_CONFIG
 
 # Stands in for simsiam-train: records which GPU paddle's launcher gave each process.
 WORKER = """import os, sys

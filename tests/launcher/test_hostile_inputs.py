@@ -24,8 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from testlib import NOBODY, CPU_CONFIG, REPO, assert_one_line_error, job_status, run_cli, unavailable
+from testlib import CPU_CONFIG, NOBODY, REPO, assert_one_line_error, job_status, run_cli, unavailable
 
 TIMEOUT = 30   # seconds; a hang fails the test instead of stalling the suite
 CFG = ["-c", CPU_CONFIG]

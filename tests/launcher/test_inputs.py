@@ -12,7 +12,6 @@ import time
 
 import pytest
 import yaml
-
 from testlib import BIN, CPU_CONFIG, REPO, assert_one_line_error, job_status, run_cli
 
 pytestmark = pytest.mark.slow

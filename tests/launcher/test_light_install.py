@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from testlib import REPO, assert_one_line_error, unavailable
 
 pytestmark = pytest.mark.slow

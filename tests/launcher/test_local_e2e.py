@@ -4,14 +4,17 @@ tiny Fashion-MNIST folder, driven only through the `simsiam-job` CLI. Nothing is
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-from testlib import CPU_CONFIG, REPO, assert_one_line_error, job_status as status, run_cli, wait_for
-from testlib import fmnist  # noqa: F401  (a fixture)
+from testlib import (
+    CPU_CONFIG,
+    REPO,
+    assert_one_line_error,
+    run_cli,
+    wait_for,
+)
+from testlib import job_status as status
 
 pytestmark = pytest.mark.slow
 

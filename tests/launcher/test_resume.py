@@ -3,10 +3,16 @@ continues from the checkpoint to SUCCEEDED; status and list show the attempt; a 
 succeeded job is refused with one line."""
 
 import pytest
-
-from localruns import (assert_continuous, output_dir, resumed_steps, steps, submit, user, wait_finished,
-                       wait_for_step)
-from testlib import assert_one_line_error, fmnist, job_status, run_cli  # noqa: F401  (fmnist is a fixture)
+from localruns import (
+    assert_continuous,
+    output_dir,
+    resumed_steps,
+    steps,
+    submit,
+    user,
+    wait_for_step,
+)
+from testlib import assert_one_line_error, job_status, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -17,9 +17,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from testlib import (
-    CPU_CONFIG, REPO, another_user_can_read, assert_one_line_error, files_holding, run_cli, shared_dir,  # noqa: F401
+    CPU_CONFIG,  # noqa: F401
+    REPO,
+    another_user_can_read,
+    assert_one_line_error,
+    files_holding,
+    run_cli,
     wait_for,
 )
 

@@ -2,14 +2,23 @@
 unseen; status follows the trainers, not one pid; cancel is SIGTERM first, then SIGKILL, and says
 which. Real `simsiam-train` runs (paddle, CPU) through the `simsiam-job` CLI; nothing is mocked."""
 
-import signal
-from pathlib import Path
 
 import pytest
-
-from localruns import (alive, kill, launcher_pid, output_dir, poll, run_dir, run_processes, submit,
-                       supervisor_pid, trainer_pid, user, wait_finished, wait_for_step)
-from testlib import fmnist, job_status, run_cli  # noqa: F401  (fmnist is a fixture)
+from localruns import (
+    alive,
+    kill,
+    launcher_pid,
+    output_dir,
+    poll,
+    run_processes,
+    submit,
+    supervisor_pid,
+    trainer_pid,
+    user,
+    wait_finished,
+    wait_for_step,
+)
+from testlib import job_status, run_cli
 
 pytestmark = pytest.mark.slow
 

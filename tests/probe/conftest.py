@@ -2,7 +2,6 @@
 import os
 
 import pytest
-
 from testlib import unavailable
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
+from testlib import unavailable
 
 from trainer.data import fashion_mnist
 from trainer.models import build_model
-from testlib import unavailable
 
 HERE = Path(__file__).parent
 N_VAL = 23  # 2 ranks x batch 4: shards of 11 and 12, each ending in a partial batch

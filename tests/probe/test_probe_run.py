@@ -7,13 +7,12 @@ import sys
 import numpy as np
 import paddle
 import pytest
+from testlib import unavailable
 
 from trainer import checkpoint as ckpt
 from trainer.config import shipped_config
 from trainer.data import fashion_mnist
 from trainer.models import build_model
-
-from testlib import unavailable
 
 PRETRAIN = {"name": "simsiam_cifar_resnet18_pretrain", "width": 8, "dim": 32, "pred_dim": 8}
 CONFIG = shipped_config("simsiam_cifar_resnet18_fmnist_lp_cpu.yaml")
@@ -122,7 +121,6 @@ def test_sigterm_checkpoint_and_resume_match_an_uninterrupted_probe(data, pretra
     """Preemption mid-run (Kubernetes/Slurm send SIGTERM): exit 143 with a checkpoint; resuming ends
     with exactly the probe an uninterrupted run trains."""
     import signal
-    import time
 
     path, _ = pretrain_checkpoint
     common = ("Global.epochs=3", "Global.print_batch_step=1", f"Global.pretrained_model={path}")

@@ -12,7 +12,6 @@ import os
 import sys
 
 import pytest
-
 from testlib import fmnist, slurm_test_cluster  # noqa: F401  (fmnist: a fixture)
 
 

@@ -18,15 +18,16 @@ def test_list_and_status_read_the_attempt_from_the_comment():
     rows = parse_list(squeue, now)
     assert [(r.ref.id, r.phase, r.attempt) for r in rows] == [("41", "pretrain", 1), ("42", "pretrain", 2)]
     # scontrol's one-line form, where a comment may carry spaces
-    job = parse_job("42", "", f"JobId=42 JobName=pt Comment=simsiam-job:pretrain :attempt-2 JobState=COMPLETED "
+    job = parse_job("42", "", "JobId=42 JobName=pt Comment=simsiam-job:pretrain :attempt-2 JobState=COMPLETED "
                               "Restarts=0 WorkDir=/jobs/pt")
     assert job.comment == "simsiam-job:pretrain :attempt-2" and job.state == "COMPLETED"
 
 
 def test_the_batch_script_restarts_the_group_up_to_the_bound(tmp_path):
+    import os
+
     from slurm_util import TINY  # noqa: F401  (the area's helpers on the path)
     from testlib import run_cli
-    import os
 
     env = {**os.environ, "HOME": str(tmp_path), "SIMSIAM_JOB_CONFIG": "/dev/null"}
     script = run_cli(["render", "pretrain", "-b", "slurm", "--nodes", "2", "--name", "pt",

@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 import yaml
-
 from slurm_util import TINY, scontrol
-from testlib import BIN, REPO, assert_one_line_error, job_status as status, run_cli, wait_for
+from testlib import BIN, REPO, assert_one_line_error, run_cli, wait_for
+from testlib import job_status as status
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

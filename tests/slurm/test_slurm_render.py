@@ -10,9 +10,9 @@ import sys
 import textwrap
 
 import pytest
-
 from slurm_util import TINY
 from testlib import assert_one_line_error, run_cli, unavailable
+
 from simsiam_job.backends import get_backend
 from simsiam_job.build import Request, build_spec
 

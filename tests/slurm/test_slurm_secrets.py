@@ -7,9 +7,8 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from slurm_util import TINY
-from testlib import another_user_can_read, files_holding, run_cli, shared_dir, wait_for  # noqa: F401
+from testlib import another_user_can_read, files_holding, run_cli, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

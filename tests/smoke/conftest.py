@@ -8,7 +8,6 @@ import os
 import sys
 
 import pytest
-
 from testlib import slurm_test_cluster
 
 

@@ -2,7 +2,6 @@
 import os
 
 import pytest
-
 from trainer_helpers import write_pngs
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")

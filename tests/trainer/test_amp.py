@@ -2,14 +2,13 @@
 import numpy as np
 import paddle
 import pytest
+from trainer_helpers import run_cli
 
 from trainer import checkpoint as ckpt
 from trainer import weights
 from trainer.config import shipped_config
 from trainer.models import build_model
 from trainer.models.simsiam import negative_cosine
-
-from trainer_helpers import run_cli
 
 
 def test_loss_is_float32_on_float16_inputs_whose_sums_overflow_float16():

@@ -13,10 +13,10 @@ import time
 import numpy as np
 import paddle
 import pytest
+from trainer_helpers import REPO, TINY_MODEL
 
 from trainer import checkpoint as ckpt
 from trainer.config import load_config
-from trainer_helpers import REPO, TINY_MODEL
 
 
 def small_model():

@@ -2,12 +2,11 @@
 device; values come back to the host only on logged steps."""
 import numpy as np
 import paddle
+from trainer_helpers import HostReads
 
 from trainer.config import load_config, shipped_config
 from trainer.engine import linear_probe
 from trainer.optim.lars import MomentumLARC
-
-from trainer_helpers import HostReads
 
 
 def test_lars_step_reads_nothing_back_to_the_host(monkeypatch):

@@ -3,11 +3,10 @@ import json
 
 import numpy as np
 import pytest
+from trainer_helpers import run_cli, tiny_run_args
 
 from trainer import contract
 from trainer.engine.knn import knn_top1
-
-from trainer_helpers import run_cli, tiny_run_args
 
 
 def test_knn_top1_separates_clustered_from_random_labels():

@@ -4,7 +4,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-from trainer.plot import PANEL_HEIGHT, MARGIN_BOTTOM, MARGIN_TOP, curves_svg, read_metrics
+from trainer.plot import MARGIN_BOTTOM, MARGIN_TOP, PANEL_HEIGHT, curves_svg, read_metrics
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -1,18 +1,18 @@
 """End-to-end pretraining runs on CPU with real paddle: the output contract, resume, preemption."""
 import json
-from xml.etree import ElementTree
 import signal
 import subprocess
 import sys
 import time
+from xml.etree import ElementTree
 
 import numpy as np
 import paddle
 import pytest
 import yaml
 from paddle.vision.models import resnet18
-
 from trainer_helpers import REPO, run_cli, tiny_run_args, write_pngs
+
 from trainer import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
