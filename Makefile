@@ -43,10 +43,10 @@ clusters: system-packages $(VENV)/.installed-test
 	bash tests/cluster/k8s.sh build; rc=$$?; \
 	if [ -n "$$image" ]; then wait $$image || rc=1; fi; exit $$rc
 
-# ruff on the trees that are clean so far (TODO: widen to simsiam_job/ and trainer/ once their
-# findings are fixed), mypy strict on the typed contract, config and job spec.
-LINT_PATHS ?= tests bench
-# TODO: drop once tests/ and bench/ have their long lines wrapped and the B rules fixed by hand.
+# ruff on every tree, mypy strict on the typed contract, config and job spec.
+LINT_PATHS ?= simsiam_job trainer tests bench
+# Not yet enforced: 337 lines over 110 characters (E501) and 37 bugbear/naming findings that need a
+# hand each (zip without strict=, closures over loop variables); every other rule is clean.
 RUFF_ARGS ?= --extend-ignore E501,B905,B023,E741,B007
 
 lint: $(VENV)/.installed-test

@@ -218,8 +218,14 @@ def _pretrained_override(req: Request, phase: Phase, backend: str, options: Any,
 def _checked_config(req: Request, phase: Phase, gpus: int, overrides: list[str]) -> tuple[str, dict[str, Any]]:
     """The config file (given or shipped) with the overrides, checked: it loads, its batches fit the
     largest machine, and its task is the phase's. Returns its path and the resolved config."""
-    from trainer.config import (LARGEST_DEVICE_MEMORY, LARGEST_HOST_MEMORY, ConfigError, check_memory, load_config,
-                                shipped_config)
+    from trainer.config import (
+        LARGEST_DEVICE_MEMORY,
+        LARGEST_HOST_MEMORY,
+        ConfigError,
+        check_memory,
+        load_config,
+        shipped_config,
+    )
 
     try:
         default = (gpus == 0 and CPU_DEFAULT_CONFIGS.get(phase)) or DEFAULT_CONFIGS[phase]

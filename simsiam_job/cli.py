@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from enum import Enum
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -59,7 +59,7 @@ def _root(
 def submit(
     phase: Annotated[PhaseArg, typer.Argument(help="pretrain, linear-probe or smoke (a short check of the cluster).")],
     flags: dict,    # the job flags shared with render (cli_flags.JOB_FLAGS)
-    dry_run: Annotated[Optional[DryRun], typer.Option(
+    dry_run: Annotated[DryRun | None, typer.Option(
         "--dry-run", help="client: validate and print the job reference only; server: also let "
                           "the backend validate (Kubernetes server-side dry run).")] = None,
     wait: Annotated[bool, typer.Option("--wait", "-w", help="Follow the job to its end with a progress "
@@ -94,7 +94,7 @@ def submit(
 def render(
     phase: Annotated[PhaseArg, typer.Argument(help="pretrain, linear-probe or smoke (a short check of the cluster).")],
     flags: dict,    # the job flags shared with render (cli_flags.JOB_FLAGS)
-    out: Annotated[Optional[str], typer.Option(
+    out: Annotated[str | None, typer.Option(
         "--out", help="Write the files into this directory instead of printing.")] = None,
 ) -> None:
     """Print exactly what submit would send, without contacting any cluster.
@@ -182,9 +182,9 @@ def status(
 def logs(
     jobref: JobRefArg,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
-    rank: Annotated[Optional[int], typer.Option("--rank", "-r", help="Which rank (default 0).")] = None,
+    rank: Annotated[int | None, typer.Option("--rank", "-r", help="Which rank (default 0).")] = None,
     all_: Annotated[bool, typer.Option("--all", "-a", help="All ranks, lines prefixed [rank N].")] = False,
-    tail: Annotated[Optional[int], typer.Option("--tail", help="Start with the last N lines.")] = None,
+    tail: Annotated[int | None, typer.Option("--tail", help="Start with the last N lines.")] = None,
 ) -> None:
     """Print a job's logs (rank 0 unless --rank or --all).
 
@@ -239,7 +239,7 @@ def resume(
 
 @app.command("list")
 def list_(
-    backend: Annotated[Optional[BackendArg], typer.Option("--backend", "-b", help="Only this backend "
+    backend: Annotated[BackendArg | None, typer.Option("--backend", "-b", help="Only this backend "
                                                           "(default: local and the configured default).")] = None,
     all_: Annotated[bool, typer.Option("--all", "-a", help="Older finished runs too (local); all "
                                                            "namespaces (kubernetes); all users (slurm).")] = False,

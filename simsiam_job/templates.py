@@ -34,7 +34,7 @@ def to_yaml(value: Any) -> str:
     """One-line YAML (flow style) that ``yaml.safe_load`` turns back into exactly ``value``."""
     if value is None or isinstance(value, (bool, int, str)):
         text = json.dumps(value, ensure_ascii=False)
-        return _YAML_UNSAFE.sub(lambda m: "\\u%04x" % ord(m.group()), text)
+        return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     if isinstance(value, float):
         if math.isnan(value):
             return ".nan"

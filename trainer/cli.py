@@ -18,8 +18,15 @@ import sys
 
 from trainer import lock, outcome, watchdog
 from trainer.config import LARGEST_DEVICE_MEMORY, ConfigError, check_memory, load_config, machine_memory
-from trainer.contract import (End, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_DONE, EXIT_ERROR, EXIT_PREEMPTED,
-                              PHASE_TASKS)
+from trainer.contract import (
+    EXIT_BAD_INPUT,
+    EXIT_DIVERGED,
+    EXIT_DONE,
+    EXIT_ERROR,
+    EXIT_PREEMPTED,
+    PHASE_TASKS,
+    End,
+)
 from trainer.sections import Global
 
 # name -> "module:function"; the function takes the remaining argv and returns an exit code.
@@ -130,7 +137,7 @@ def run_task(cfg: dict, target: str | None = None) -> int:
     # paddle's import-time and BatchNorm notices say nothing actionable to a user of this tool
     warnings.filterwarnings("ignore", message="No ccache found")
     warnings.filterwarnings("ignore", message="When training, we now always track")
-    from trainer.data import DataError       # imports paddle lazily; keep `--help` and errors fast
+    from trainer.data import DataError  # imports paddle lazily; keep `--help` and errors fast
     try:
         task = _resolve(target or TASKS[Global.of(cfg).task_type])
     except (ImportError, AttributeError):

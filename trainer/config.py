@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from trainer.config_schema import (LARGEST_DEVICE_MEMORY, LARGEST_HOST_MEMORY, MODEL_NAMES,  # noqa: F401
-                                   _did_you_mean, validate)
-from trainer.config_yaml import (MAX_YAML_BYTES, ConfigError, NotYAMLError, dump, read_yaml,  # noqa: F401
-                                 safe_load)
+from trainer.config_schema import (  # noqa: F401
+    LARGEST_DEVICE_MEMORY,
+    LARGEST_HOST_MEMORY,
+    MODEL_NAMES,
+    _did_you_mean,
+    validate,
+)
+from trainer.config_yaml import MAX_YAML_BYTES, ConfigError, NotYAMLError, dump, read_yaml, safe_load  # noqa: F401
 
 SHIPPED_CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 

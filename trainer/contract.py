@@ -207,7 +207,7 @@ class Outcome:
         return json.dumps({**dataclasses.asdict(self), "end": self.end.value}, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "Outcome | None":
+    def from_json(cls, text: str | bytes) -> Outcome | None:
         """The record, or None for anything else (another program's text, a torn write)."""
         try:
             data = json.loads(text)

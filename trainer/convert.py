@@ -156,8 +156,9 @@ def import_torch_lincls(checkpoint: str | os.PathLike, out: str | os.PathLike) -
         raise ConvertError(f"{checkpoint} is not a ResNet classifier checkpoint "
                            "(expected module.conv1.weight ... module.fc.weight keys)")
     probe = torch_to_paddle(state)
-    from trainer.models import build_backbone
     import paddle
+
+    from trainer.models import build_backbone
 
     arch = _arch(loaded, probe, "")
     backbone = build_backbone(arch)

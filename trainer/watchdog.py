@@ -193,7 +193,7 @@ class Watchdog:
         self._firing = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="simsiam-watchdog", daemon=True)
 
-    def start(self) -> "Watchdog":
+    def start(self) -> Watchdog:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.heartbeat.write()
         self._thread.start()

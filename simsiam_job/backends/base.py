@@ -52,7 +52,7 @@ class JobRef:
         return f"{self.backend}://{self.id}"
 
     @classmethod
-    def parse(cls, text: str) -> "JobRef":
+    def parse(cls, text: str) -> JobRef:
         backend, sep, rest = text.partition("://")
         if not sep or not rest or backend not in BACKEND_NAMES:
             raise UsageError(
@@ -225,10 +225,10 @@ class Backend(abc.ABC, Generic[OptionsT]):
         self.options: OptionsT = options if options is not None else self.options_class()
 
     @abc.abstractmethod
-    def render(self, spec: "JobSpec") -> Rendered:
+    def render(self, spec: JobSpec) -> Rendered:
         """What submit would send; pure (no cluster access)."""
 
-    def submit(self, spec: "JobSpec", dry_run: str | None = None) -> JobRef:
+    def submit(self, spec: JobSpec, dry_run: str | None = None) -> JobRef:
         """render + send: what is sent is exactly what ``render`` prints. dry_run: "client"
         (render and the backend's own local checks only), "server" (the cluster judges it)."""
         if dry_run not in (None, "client", "server"):
@@ -236,7 +236,7 @@ class Backend(abc.ABC, Generic[OptionsT]):
         return self.send(spec, self.render(spec), dry_run)
 
     @abc.abstractmethod
-    def send(self, spec: "JobSpec", rendered: Rendered, dry_run: str | None) -> JobRef:
+    def send(self, spec: JobSpec, rendered: Rendered, dry_run: str | None) -> JobRef:
         """Start what ``render`` returned (or, with dry_run, only check it)."""
 
     @abc.abstractmethod

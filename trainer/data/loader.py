@@ -7,7 +7,6 @@ number of workers.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import math
 import mmap
@@ -21,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from trainer.data import index
+from trainer.data import index as file_index
 from trainer.data.errors import DataError
 from trainer.data.images import CorruptImage, Source
 from trainer.data.index import IMAGE_EXTENSIONS
@@ -45,7 +44,7 @@ class ImageFolder:
         if not isinstance(max_bad_fraction, (int, float)) or not 0 <= max_bad_fraction <= 1:
             raise DataError(f"dataset.max_bad_fraction must be in [0, 1], got {max_bad_fraction!r}")
         self.max_bad_fraction = float(max_bad_fraction)
-        listing = index.load(self.root, index_dir, write_index)
+        listing = file_index.load(self.root, index_dir, write_index)
         self.classes = listing.classes
         if not self.classes:
             raise DataError(f"dataset root {self.root} has no class subfolders (expected ROOT/<class>/<image files>)")
@@ -222,7 +221,7 @@ class _Workers:
                 for i, p in enumerate(self.procs):
                     if not p.is_alive():
                         raise RuntimeError(f"data loader worker {i} exited unexpectedly (exit code "
-                                           f"{p.exitcode}); out of memory? try fewer loader.num_workers")
+                                           f"{p.exitcode}); out of memory? try fewer loader.num_workers") from None
         self.outstanding -= 1
         if generation == self.generation:
             self.done[(generation, k)] = (labels, bad, error)

@@ -15,6 +15,7 @@ import paddle
 
 from trainer.config import ConfigError
 
+
 class Amp:
     def __init__(self, fp16_cfg: dict | None, device: str = "gpu"):
         fp16_cfg = fp16_cfg or {}

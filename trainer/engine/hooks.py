@@ -54,13 +54,13 @@ class Step:
 
 
 class Hook:
-    def before_fit(self, engine: "Engine", task: "Task") -> None:
+    def before_fit(self, engine: Engine, task: Task) -> None:
         pass
 
-    def after_step(self, engine: "Engine", task: "Task", step: Step) -> None:
+    def after_step(self, engine: Engine, task: Task, step: Step) -> None:
         pass
 
-    def after_epoch(self, engine: "Engine", task: "Task", epoch: int, finished: bool, last: bool) -> None:
+    def after_epoch(self, engine: Engine, task: Task, epoch: int, finished: bool, last: bool) -> None:
         """`epoch` counts from 1; `finished`: every step of it ran; `last`: the run ends after it."""
 
     def close(self) -> None:

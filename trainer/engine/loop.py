@@ -12,13 +12,21 @@ from __future__ import annotations
 import logging
 import time
 
-from trainer import contract, dist, guard, lock
 from trainer import checkpoint as ckpt
+from trainer import contract, dist, guard, lock
 from trainer.config import ConfigError
 from trainer.data import build_train_loader
 from trainer.engine.amp import Amp
-from trainer.engine.hooks import (Checkpointing, DivergenceGuard, Hook, Preempted, Progress, Step, StopAgreement,
-                                  format_eta)
+from trainer.engine.hooks import (
+    Checkpointing,
+    DivergenceGuard,
+    Hook,
+    Preempted,
+    Progress,
+    Step,
+    StopAgreement,
+    format_eta,
+)
 from trainer.engine.output import OutputDir
 from trainer.engine.process import seed_everything, set_cpu_threads
 from trainer.engine.resume import resume_state
@@ -53,7 +61,7 @@ class Task:
         """The task's part of the human progress line."""
         return ""
 
-    def after_epoch(self, engine: "Engine", epoch: int, finished: bool, last: bool) -> None:
+    def after_epoch(self, engine: Engine, epoch: int, finished: bool, last: bool) -> None:
         """After each epoch (1-based `epoch`), before its checkpoint: e.g. an evaluation."""
 
     def extra_state(self) -> dict:

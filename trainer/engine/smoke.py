@@ -44,8 +44,8 @@ from trainer.config import ConfigError
 from trainer.engine.loop import Engine, Task
 from trainer.engine.pretrain import make_train_step
 from trainer.models import build_model
-from trainer.outcome import Failed
 from trainer.optim import build_optimizer
+from trainer.outcome import Failed
 
 log = logging.getLogger("trainer")
 

@@ -5,7 +5,7 @@ Pretraining names: simsiam_<backbone>_pretrain for every backbone in BACKBONES.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from paddle import nn
 

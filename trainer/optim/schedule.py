@@ -26,7 +26,7 @@ class LRSchedule:
 
     @classmethod
     def from_config(cls, section: dict, *, epochs: int, steps_per_epoch: int,
-                    decay_unit: str | None = None) -> "LRSchedule":
+                    decay_unit: str | None = None) -> LRSchedule:
         keys = ("eta_min", "warmup_epoch", "warmup_start_lr", "warmup_prefix", "gamma")
         return cls(name=section["name"], learning_rate=section["learning_rate"], epochs=epochs,
                    steps_per_epoch=steps_per_epoch,

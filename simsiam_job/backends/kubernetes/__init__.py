@@ -27,8 +27,18 @@ from simsiam_job.backends.kubernetes.logs import PodLogs
 from simsiam_job.backends.kubernetes.options import Options
 from simsiam_job.backends.kubernetes.render import OUTPUT_MOUNT
 from simsiam_job.backends.kubernetes.status import (
-    Queued, attempt_of, attempt_of_meta, job_state, job_status, jobset_nodes, jobset_state, jobset_status,
-    kueue_evictions, kueue_reason, newest_pods, progress_of,
+    Queued,
+    attempt_of,
+    attempt_of_meta,
+    job_state,
+    job_status,
+    jobset_nodes,
+    jobset_state,
+    jobset_status,
+    kueue_evictions,
+    kueue_reason,
+    newest_pods,
+    progress_of,
 )
 from simsiam_job.errors import BackendError, NotFoundError, UsageError
 from simsiam_job.spec import JobSpec

@@ -10,7 +10,11 @@ from typing import Any
 
 from simsiam_job.backends.base import JobRef, JobStatus, NodeStatus, State
 from simsiam_job.backends.kubernetes.render import (
-    ATTEMPT_ANNOTATION, LEADER, OUTPUT_MOUNT, RESTART_ATTEMPT_LABEL, WORKER,
+    ATTEMPT_ANNOTATION,
+    LEADER,
+    OUTPUT_MOUNT,
+    RESTART_ATTEMPT_LABEL,
+    WORKER,
 )
 from simsiam_job.backends.kubernetes.scheduling import QUEUE_LABEL
 from trainer import contract

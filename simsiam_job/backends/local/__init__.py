@@ -41,16 +41,32 @@ from typing import Any
 
 from simsiam_job import validate
 from simsiam_job.backends.base import (
-    GROUP_RESTARTS_HELP, Backend, FileLines, JobRef, JobStatus, JobSummary, NodeStatus, Rendered,
-    State, creatable_dir, follow_lines, option, poll,
+    GROUP_RESTARTS_HELP,
+    Backend,
+    FileLines,
+    JobRef,
+    JobStatus,
+    JobSummary,
+    NodeStatus,
+    Rendered,
+    State,
+    creatable_dir,
+    follow_lines,
+    option,
+    poll,
 )
-from simsiam_job.command import launch_args, trainer_args
 from simsiam_job.backends.local import index
 from simsiam_job.backends.local.processes import run_processes, signal_run, supervisor_alive
 from simsiam_job.backends.local.records import (
-    RUN_ENV, group_restarts, number, read_command, read_pid, record_cancel,
+    RUN_ENV,
+    group_restarts,
+    number,
+    read_command,
+    read_pid,
+    record_cancel,
 )
 from simsiam_job.backends.local.supervisor import start_supervisor
+from simsiam_job.command import launch_args, trainer_args
 from simsiam_job.errors import NotFoundError, UsageError
 from simsiam_job.spec import JobSpec, Phase
 from simsiam_job.util import read_json_object, write_text_atomic
