@@ -214,14 +214,21 @@ def test_slurm_refusing_a_job_is_one_line_and_leaves_no_job_directory(tmp_path, 
 
 
 def test_hostile_values_reach_the_nodes_unchanged(tmp_path, user_env):
-    """The job's `python` is a stand-in that records its argv and environment on each node, so what
-    srun delivered can be compared with what was asked for (paddle itself is not started)."""
+    """The job's `python` is a stand-in for paddle's launcher that records its argv and environment
+    on each node, so what srun delivered can be compared with what was asked for (paddle itself is
+    not started), and records the rank as done, as the trainer would; any other use of `python`
+    (the batch script's decision) is the real one."""
     record = tmp_path / "argv"
     record.mkdir()
     venv = overlay_venv(tmp_path, "argv-venv", {"python": (
         f"#!{sys.executable}\nimport json, os, socket, sys\n"
+        f"if sys.argv[1:3] != ['-m', 'paddle.distributed.launch']:\n"
+        f"    os.execv({sys.executable!r}, [{sys.executable!r}, *sys.argv[1:]])\n"
         f"json.dump({{'argv': sys.argv[1:], 'weird': os.environ.get('WEIRD'), 'host': socket.gethostname()}},"
-        f" open(os.path.join({str(record)!r}, 'rank' + os.environ['SLURM_NODEID'] + '.json'), 'w'))\n")})
+        f" open(os.path.join({str(record)!r}, 'rank' + os.environ['SLURM_NODEID'] + '.json'), 'w'))\n"
+        f"from trainer import contract\n"
+        f"contract.write_outcome(os.environ[contract.OUTCOME_DIR_ENV], "
+        f"contract.Outcome(contract.End.DONE, int(os.environ['SLURM_NODEID']), 0))\n")})
     env = {**user_env, "SIMSIAM_JOB_SLURM_VENV": str(venv)}
     data = f"/data/{HOSTILE}\\ *"
     weird = f"{HOSTILE}\nsecond line 'q' \"dq\" \\ $HOME"
