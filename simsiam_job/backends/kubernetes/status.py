@@ -254,8 +254,8 @@ def job_status(ref: JobRef, job, pods, *, progress: dict | None = None, queued: 
         reason = _join(reason, history)
     elif state is State.QUEUED:
         reason = _join(_queued_text(queued), history)
-    elif state is not State.SUCCEEDED:
-        reason = _join(_waiting_reason(states), history)
+    else:           # a success still says how often it was restarted or preempted on the way
+        reason = _join(None if state is State.SUCCEEDED else _waiting_reason(states), history)
     detail = {"namespace": job.metadata.namespace, "active": job.status.active or 0,
               "succeeded": job.status.succeeded or 0, "failed": job.status.failed or 0,
               "group_restarts": restarts, "preempted": preempted + (queued.evictions if queued else 0),
@@ -325,8 +325,8 @@ def jobset_status(ref: JobRef, js: dict, pods, *, progress: dict | None = None, 
                        + never_scheduled(states, events, names), history)
     elif state is State.QUEUED:
         reason = _join(_queued_text(queued), history)
-    elif state is not State.SUCCEEDED:
-        reason = _join(_waiting_reason(states), history)
+    else:           # a success still says how often it was restarted or preempted on the way
+        reason = _join(None if state is State.SUCCEEDED else _waiting_reason(states), history)
     detail = {"namespace": js["metadata"].get("namespace"), "kind": "JobSet", "group_restarts": restarts,
               "counted_restarts": counted, "preempted": preempted,
               "pods": {n.rank: newest[n.rank].metadata.name for n in states if n.rank in newest}}
