@@ -42,6 +42,7 @@ from simsiam_job.backends.kubernetes.status import (
 )
 from simsiam_job.errors import BackendError, NotFoundError, UsageError
 from simsiam_job.spec import JobSpec
+from trainer import contract
 
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 MANAGED_SELECTOR = "app.kubernetes.io/managed-by=simsiam-job"
@@ -287,7 +288,11 @@ class KubernetesBackend(Backend[Options]):
         state = workload.state(pods)
         queued = self._queued(workload) if workload.labels.get(scheduling.QUEUE_LABEL) else None
         newest = newest_pods(pods)
-        unscheduled = len(newest) < workload.nodes or any(p.spec.node_name is None for p in newest.values())
+        # A start timeout frees rank 0's node, where a pending rank may then be placed before the
+        # Job controller deletes it: its scheduling history still explains the failure.
+        unscheduled = len(newest) < workload.nodes or any(p.spec.node_name is None for p in newest.values()) \
+            or any(c.state.terminated is not None and c.state.terminated.exit_code == contract.EXIT_START_TIMEOUT
+                   for p in newest.values() for c in p.status.container_statuses or [])
         events = self._scheduling_events(ns) if state is State.FAILED and unscheduled else None
         progress = self._progress(ns, newest.get(0))
         read = jobset_status if workload.jobset else job_status

@@ -191,13 +191,12 @@ def never_scheduled(states: list[NodeStatus], events, pod_names: dict[int, str])
     failed job's pending pods are deleted with it, so the reason comes from their events)."""
     said = []
     for node in states:
-        if node.host:
-            continue
         pattern = re.compile(rf"^{re.escape(pod_names[node.rank])}-[a-z0-9]+$")
         why = [e for e in events or [] if pattern.match(e.involved_object.name or "")]
         if why:
             last = max(why, key=lambda e: str(e.last_timestamp or e.event_time or ""))
-            said.append(f"rank {node.rank} was never scheduled: {last.reason}: {' '.join((last.message or '').split())}")
+            when = "only after the job had failed" if node.host else "never"
+            said.append(f"rank {node.rank} was {when} scheduled: {last.reason}: {' '.join((last.message or '').split())}")
     return "".join(f"; {s}" for s in said)
 
 
