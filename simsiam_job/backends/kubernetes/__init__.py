@@ -27,67 +27,31 @@ from simsiam_job.backends.kubernetes.logs import PodLogs
 from simsiam_job.backends.kubernetes.options import Options
 from simsiam_job.backends.kubernetes.render import OUTPUT_MOUNT
 from simsiam_job.backends.kubernetes.status import (
+    JOBSET_NAME_LABEL,
     Queued,
+    Workload,
     attempt_of,
     attempt_of_meta,
-    job_state,
     job_status,
-    jobset_nodes,
-    jobset_state,
     jobset_status,
     kueue_evictions,
     kueue_reason,
     newest_pods,
     progress_of,
+    waited_for_scheduling,
 )
 from simsiam_job.errors import BackendError, NotFoundError, UsageError
 from simsiam_job.spec import JobSpec
-from trainer import contract
 
-JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 MANAGED_SELECTOR = "app.kubernetes.io/managed-by=simsiam-job"
 PROGRESS_TAIL_LINES = 200  # of rank 0's log, read by status for the newest progress line
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")   # a key of a Secret
 
 
 JOBSET_GROUP, JOBSET_VERSION = "jobset.x-k8s.io", "v1alpha2"
-JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
 KUEUE_GROUP = "kueue.x-k8s.io"
 KUEUE_VERSIONS = ("v1beta2", "v1beta1")          # Kueue's Workload API, newest first
 KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"  # on a Workload: the uid of the job it admits
-
-
-@dataclasses.dataclass
-class Workload:
-    """A job as the cluster has it: an Indexed Job (the client's model) or a JobSet (a dict)."""
-
-    kind: str                       # "Job" | "JobSet"
-    name: str
-    namespace: str
-    obj: Any
-
-    @property
-    def jobset(self) -> bool:
-        return self.kind == "JobSet"
-
-    @property
-    def uid(self) -> str:
-        return self.obj["metadata"]["uid"] if self.jobset else self.obj.metadata.uid
-
-    @property
-    def labels(self) -> dict:
-        return (self.obj["metadata"].get("labels") if self.jobset else self.obj.metadata.labels) or {}
-
-    @property
-    def pod_selector(self) -> str:
-        return f"{JOBSET_NAME_LABEL if self.jobset else JOB_NAME_LABEL}={self.name}"
-
-    @property
-    def nodes(self) -> int:
-        return jobset_nodes(self.obj) if self.jobset else self.obj.spec.completions or 1
-
-    def state(self, pods) -> State:
-        return jobset_state(self.obj, pods) if self.jobset else job_state(self.obj, pods)
 
 
 class KubernetesBackend(Backend[Options]):
@@ -288,12 +252,8 @@ class KubernetesBackend(Backend[Options]):
         state = workload.state(pods)
         queued = self._queued(workload) if workload.labels.get(scheduling.QUEUE_LABEL) else None
         newest = newest_pods(pods)
-        # A start timeout frees rank 0's node, where a pending rank may then be placed before the
-        # Job controller deletes it: its scheduling history still explains the failure.
-        unscheduled = len(newest) < workload.nodes or any(p.spec.node_name is None for p in newest.values()) \
-            or any(c.state.terminated is not None and c.state.terminated.exit_code == contract.EXIT_START_TIMEOUT
-                   for p in newest.values() for c in p.status.container_statuses or [])
-        events = self._scheduling_events(ns) if state is State.FAILED and unscheduled else None
+        events = self._scheduling_events(ns) if state is State.FAILED and waited_for_scheduling(
+            newest, workload.nodes) else None
         progress = self._progress(ns, newest.get(0))
         read = jobset_status if workload.jobset else job_status
         return read(ref, workload.obj, pods, progress=progress, queued=queued, events=events)

@@ -23,6 +23,43 @@ INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"
 
 
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
+
+
+@dataclasses.dataclass
+class Workload:
+    """A job as the cluster has it: an Indexed Job (the client's model) or a JobSet (a dict)."""
+
+    kind: str                       # "Job" | "JobSet"
+    name: str
+    namespace: str
+    obj: Any
+
+    @property
+    def jobset(self) -> bool:
+        return self.kind == "JobSet"
+
+    @property
+    def uid(self) -> str:
+        return self.obj["metadata"]["uid"] if self.jobset else self.obj.metadata.uid
+
+    @property
+    def labels(self) -> dict:
+        return (self.obj["metadata"].get("labels") if self.jobset else self.obj.metadata.labels) or {}
+
+    @property
+    def pod_selector(self) -> str:
+        return f"{JOBSET_NAME_LABEL if self.jobset else JOB_NAME_LABEL}={self.name}"
+
+    @property
+    def nodes(self) -> int:
+        return jobset_nodes(self.obj) if self.jobset else self.obj.spec.completions or 1
+
+    def state(self, pods) -> State:
+        return jobset_state(self.obj, pods) if self.jobset else job_state(self.obj, pods)
+
+
 def pod_index(pod) -> int | None:
     """The pod's node rank: an Indexed Job's completion index; in a JobSet 0 for the leader, 1 + the
     index for a worker."""
@@ -184,6 +221,15 @@ def _failed_rank(states: list[NodeStatus], pods) -> str:
 def _waiting_reason(states: list[NodeStatus]) -> str | None:
     waiting = next((n for n in states if n.state is State.PENDING and n.reason), None)
     return f"rank {waiting.rank}: {waiting.reason}" if waiting is not None else None
+
+
+def waited_for_scheduling(newest: dict[int, Any], nodes: int) -> bool:
+    """Whether a failed job's scheduling history may explain it: a rank has no pod or an unplaced
+    one, or the start timeout ended it (which frees rank 0's node, where a pending rank may then be
+    placed before the Job controller deletes it)."""
+    return len(newest) < nodes or any(p.spec.node_name is None for p in newest.values()) \
+        or any(c.state.terminated is not None and c.state.terminated.exit_code == contract.EXIT_START_TIMEOUT
+               for p in newest.values() for c in p.status.container_statuses or [])
 
 
 def never_scheduled(states: list[NodeStatus], events, pod_names: dict[int, str]) -> str:
