@@ -42,6 +42,8 @@ PHASE_TASKS = {
 #   step, steps_per_epoch    1-based step within the epoch
 #   global_step, total_steps steps done over the whole run (resumes included) and planned
 #   loss, lr, images_per_sec, eta_seconds, time (unix seconds)
+# and, where the trainer bounds the group's restarts (Kubernetes: trainer.lock.count_start),
+#   group_restarts, counted_restarts   starts of the group before this one, and those counted
 PROGRESS_FIELDS = ("epoch", "epochs", "step", "steps_per_epoch", "global_step", "total_steps",
                    "loss", "lr", "images_per_sec", "eta_seconds", "time")
 # Rank 0 also prints each step record on stdout as one line, so a follower that can read only the

@@ -165,22 +165,23 @@ class RunLock:
 _held: RunLock | None = None
 
 
-def claim(settings: Global, env) -> str | None:
+def claim(settings: Global, env) -> tuple[str | None, dict[str, int]]:
     """As the group forms: rank 0 takes OUTPUT_DIR's lock and chooses this start's heartbeat
     generation; every rank learns the outcome from one broadcast (a refused lock stops every rank
     with rank 0's line, none waits) and starts its watchdog. Returns rank 0's takeover warning, to
-    log once logging is set up."""
+    log once logging is set up, and the group's restart history where this start bounds it
+    (count_start; else empty)."""
     global _held
     from trainer import dist, watchdog
     output_dir = Path(settings.output_dir)
-    decision = None
+    decision, history = None, {}
     if env.is_main:
         try:
             lock = RunLock(output_dir)
             note = lock.acquire()
             _held = lock
             generation = watchdog.new_generation()
-            count_start(output_dir, generation, env.world_size)
+            history = count_start(output_dir, generation, env.world_size)
             watchdog.remove_old_generations(output_dir, generation)
             decision = ("ok", generation, note)
         except ConfigError as e:
@@ -189,24 +190,26 @@ def claim(settings: Global, env) -> str | None:
     if kind == "error":
         raise LockError(value)
     watchdog.start(output_dir, value, env.rank, env.world_size, settings.peer_timeout_seconds)
-    return note
+    return note, history
 
 
-def count_start(output_dir: Path, generation: str, ranks: int) -> None:
-    """Where no launcher of ours decides (Kubernetes recreates the pods itself): when this start of
-    the group is a restart, contract.decide judges the start before from the outcomes its pods left
-    in OUTPUT_DIR/outcomes; a start past the bound is refused (ConfigError: exit 2, which fails the
-    job). Every start is recorded in OUTPUT_DIR/starts.jsonl."""
+def count_start(output_dir: Path, generation: str, ranks: int) -> dict[str, int]:
+    """Where no launcher of ours decides (on Kubernetes the pods' supervisors restart the group):
+    when this start of the group is a restart, contract.decide judges the start before from the
+    outcomes its pods left in OUTPUT_DIR/outcomes; a start past the bound is refused (ConfigError:
+    exit 2, which fails the job). Every start is recorded in OUTPUT_DIR/starts.jsonl. Returns the
+    restarts so far (``group_restarts``, ``counted_restarts``: the progress records carry them to
+    `simsiam-job status`), empty where nothing is bounded here."""
     bound = os.environ.get(contract.GROUP_RESTARTS_ENV)
     if not bound:
-        return
+        return {}
     path = output_dir / contract.STARTS
     job, attempt = job_identity(), os.environ.get(contract.ATTEMPT_ENV, "1")
     earlier = [r for r in _records(path) if r.get("job") == job and r.get("attempt") == attempt]
     outcomes_dir = output_dir / contract.OUTCOMES
     decision = None
+    counted = sum(1 for r in earlier if r.get("counted"))
     if earlier:
-        counted = sum(1 for r in earlier if r.get("counted"))
         # A pod of an earlier start may report late: only what ended after the last start counts.
         since = float(earlier[-1].get("time", 0)) - CLOCK_SLACK
         outcomes = [o for o in contract.read_outcomes(outcomes_dir) if o.time >= since]
@@ -218,6 +221,7 @@ def count_start(output_dir: Path, generation: str, ranks: int) -> None:
                             "counted": bool(decision and decision.counted)}) + "\n")
     if decision is not None and decision.action == contract.FAIL:
         raise ConfigError(decision.reason)
+    return {"group_restarts": len(earlier), "counted_restarts": counted + bool(decision and decision.counted)}
 
 
 def _records(path: Path) -> list[dict]:

@@ -17,11 +17,16 @@ group is a numbered *round*, kept in one small file per rank under ROUNDS_DIR:
     waits for rank 0 to announce a round newer than that, records that it joined it, and only then
     starts the launcher with that round's master. A replacement pod therefore never uses the round
     its predecessor was in;
-  - while the launcher runs, this process watches the files: a newer round from rank 0 (rank 0 was
-    replaced), or a replacement pod of another rank waiting after this round (that rank was lost),
-    means this pod's group is over: the launcher and trainer are killed at once and the pod exits
-    75 (contract.EXIT_PEER_LOST), which the Job's podFailurePolicy ignores, so the index is
-    recreated and joins the next round.
+  - while the launcher runs, this process watches the files: a newer round from rank 0, or another
+    rank waiting after this round, means this pod's group is over: the launcher and trainer are
+    killed at once.
+
+Restart in place. When only a process died (a trainer crashed, or a rank stopped because a peer
+was lost), the pod stays: its supervisor records the outcome and joins the next round (rank 0 opens
+it), so a restart costs no rescheduling, no image pull and no Job back-off, only a new launcher.
+New pods come only when a pod is gone (deleted, evicted, its node lost): its replacement joins the
+next round the same way. The restarts are bounded where the group starts (trainer.lock.count_start
+on rank 0), from the outcomes every node copies to ``--outcomes-dir``.
 
 The Job replaces a pod only once it has ended (podFailurePolicy implies podReplacementPolicy
 Failed), so there is never more than one live pod per index, and only rank 0's pod writes rounds.
@@ -39,8 +44,8 @@ job), naming on rank 0 the nodes that never joined, so no node holds its GPUs fo
 cannot be scheduled.
 
 Exit status: the launcher's; 143 when the pod was asked to stop (SIGTERM: deleted, evicted,
-drained, cancelled; paddle's launcher itself exits 15 there), 75 when the group was superseded,
-69 at the start timeout.
+drained, cancelled; paddle's launcher itself exits 15 there), 75 when the group was superseded
+(without rounds: with rounds the pod stays), 69 at the start timeout.
 
 Paddle-free: the launcher builds this command (``command``), the image runs it::
 
@@ -53,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -140,6 +146,7 @@ class Group:
 
     def __init__(self, rounds: Rounds | None = None, leader=None, member=None, nodes: int = 1):
         self.rounds, self.leader, self.member, self.nodes = rounds, leader, member, nodes
+        self.asked_to_stop = False          # this pod got SIGTERM/SIGINT: it is going away
 
     def over(self) -> str | None:
         if self.rounds is not None:
@@ -156,6 +163,7 @@ class Group:
         return []
 
     def stopping(self) -> None:
+        self.asked_to_stop = True
         if self.leader is not None:
             self.leader.stop_admitting()
 
@@ -205,8 +213,7 @@ def supervise(launch: list[str], group: Group, say=print, *, outcomes_dir: Path 
             # The group cannot go on (a member is gone): nothing to save, no collective to wait for.
             where = f"round {group.rounds.round}" if group.rounds is not None else "the group"
             node = group.rounds.rank if group.rounds is not None else "this"
-            say(f"rendezvous: {where} is over: {why}; node {node} stops "
-                f"(exit {contract.EXIT_PEER_LOST}) to join the next round", flush=True)
+            say(f"rendezvous: {where} is over: {why}; node {node} ends its launcher", flush=True)
             _kill(proc)
             return contract.EXIT_PEER_LOST
     if stopping and code in (signal.SIGTERM, KILLED_BY_SIGTERM, -signal.SIGTERM):
@@ -254,14 +261,20 @@ def report(outcome: contract.Outcome, shared_dir: str) -> int:
     from trainer.outcome import write_termination_message
     if outcome.end is not contract.End.DONE:
         write_termination_message(outcome.to_json())
-    if shared_dir:
-        try:
-            for record in contract.read_outcomes(os.environ[contract.OUTCOME_DIR_ENV]):
-                contract.write_outcome(shared_dir, record)
-        except OSError as err:
-            print(f"rendezvous: cannot record the outcome in {shared_dir}: {err.strerror or err}", flush=True)
+    copy_outcomes(shared_dir)
     code = outcome.exit_code
     return contract.EXIT_ERROR if code is None else code if code >= 0 else 128 - code
+
+
+def copy_outcomes(shared_dir: str) -> None:
+    """This node's ranks' outcomes into the shared directory (for the next start's decision)."""
+    if not shared_dir:
+        return
+    try:
+        for record in contract.read_outcomes(os.environ[contract.OUTCOME_DIR_ENV]):
+            contract.write_outcome(shared_dir, record)
+    except OSError as err:
+        print(f"rendezvous: cannot record the outcome in {shared_dir}: {err.strerror or err}", flush=True)
 
 
 class _Stopped(Exception):
@@ -335,20 +348,32 @@ def _meet(args: argparse.Namespace, rank: int, nodes: int, started_at: float) ->
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     launch = args.launch[1:] if args.launch[:1] == ["--"] else args.launch
-    started_at = time.monotonic()
-    deadline = started_at + args.start_timeout if args.start_timeout else None
-    group, rank = Group(), args.node_rank
-    # Asked to stop before the launcher runs (as PID 1 a SIGTERM would otherwise be ignored).
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _stop_waiting)
     try:
         if not args.node_rank.isdigit():
             raise ValueError(f"--node-rank must be a number, got {args.node_rank!r}")
         rank = int(args.node_rank) + args.rank_offset
-        nodes = launcher_nodes(launch)
         with_master(launch, "")         # a malformed command fails before any waiting
         if args.rank_offset:
             launch = with_rank(launch, rank)
+    except ValueError as err:       # a malformed command: retrying cannot help
+        print(f"error: {err}", file=sys.stderr)
+        return contract.EXIT_BAD_INPUT
+    while True:
+        code = _one_start(args, rank, launch)
+        if code is not None:
+            return code
+
+
+def _one_start(args: argparse.Namespace, rank: int, launch: list[str]) -> int | None:
+    """One start of the group on this node: meet, run the launcher, say how it ended. Returns the
+    pod's exit status, or None when the pod stays and joins the group's next round."""
+    started_at = time.monotonic()
+    deadline = started_at + args.start_timeout if args.start_timeout else None
+    nodes = launcher_nodes(launch)
+    # Asked to stop before the launcher runs (as PID 1 a SIGTERM would otherwise be ignored).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_waiting)
+    try:
         master, group, where = _meet(args, rank, nodes, started_at)
         if master:
             launch = with_master(launch, master, group.rounds.round if group.rounds else 0)
@@ -363,11 +388,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: node {rank}: {outcome.message}", file=sys.stderr, flush=True)
         return report(outcome, "")
     except OSError as err:          # the shared directory cannot be written, the port is taken
-        where = f"in {args.rounds_dir}" if args.rounds_dir else f"on port {args.port + 1}"
-        print(f"error: rendezvous {where}: {err.strerror or err}", file=sys.stderr)
+        place = f"in {args.rounds_dir}" if args.rounds_dir else f"on port {args.port + 1}"
+        print(f"error: rendezvous {place}: {err.strerror or err}", file=sys.stderr)
         return 1
     except _Stopped:
-        print(f"rendezvous: node {args.node_rank} stopped by a signal while waiting for rank 0", flush=True)
+        print(f"rendezvous: node {rank} stopped by a signal while waiting for rank 0", flush=True)
         return contract.EXIT_PREEMPTED
     if master:
         print(f"rendezvous: node {rank}, master {master} ({args.rank0_host}){where}", flush=True)
@@ -380,10 +405,30 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(code, contract.Outcome):
         print(f"error: node {rank}: {code.message}", file=sys.stderr, flush=True)
         return report(code, "")
-    if code == contract.EXIT_PEER_LOST and not contract.read_outcomes(local):
-        return code                     # superseded round: the new round's ranks say the rest
-    return report(node_outcome(local, code), args.outcomes_dir)
+    return _after(args, rank, group, code, local)
 
+
+def _after(args: argparse.Namespace, rank: int, group: Group, code: int, local: Path) -> int | None:
+    """How this node's start ended, told (see report); None to restart in place. With rounds a
+    process that crashed, or a group that lost a member, costs no new pod: this pod stays, with
+    its image and node, and joins the next round (rank 0 opens it at once, and the trainer's
+    start bounds the restarts: trainer.lock.count_start); so does a pod whose ranks stopped with
+    a checkpoint because another pod was preempted. A pod asked to stop itself always ends."""
+    in_place = group.rounds is not None and not group.asked_to_stop
+    if code == contract.EXIT_PEER_LOST and not contract.read_outcomes(local):
+        if not in_place:    # superseded round: the new round's ranks say the rest
+            return code
+        print(f"rendezvous: node {rank} joins the next round in place", flush=True)
+        shutil.rmtree(local, ignore_errors=True)
+        return None
+    outcome = node_outcome(local, code)
+    if in_place and outcome.end in (contract.End.CRASHED, contract.End.PEER_LOST, contract.End.PREEMPTED):
+        copy_outcomes(args.outcomes_dir)      # before the round is left: rank 0's next start reads them
+        print(f"rendezvous: node {rank} ended: {outcome.cause()}; it joins the next round in place",
+              flush=True)
+        shutil.rmtree(local, ignore_errors=True)
+        return None
+    return report(outcome, args.outcomes_dir)
 
 if __name__ == "__main__":
     sys.exit(main())

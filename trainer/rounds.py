@@ -17,7 +17,7 @@ class Rounds:
 
     def __init__(self, directory, rank: int):
         self.directory, self.rank = Path(directory), rank
-        self.pod = uuid.uuid4().hex      # this pod's run (a pod runs this program once)
+        self.pod = uuid.uuid4().hex      # this start of this pod (a pod may take part in several rounds)
         self.round = 0                   # the round this pod joined
 
     def path(self, rank: int) -> Path:
@@ -84,9 +84,9 @@ class Rounds:
             if rank == self.rank:
                 continue
             if rank == 0 and self.last_round(record) > self.round:
-                return f"rank 0 opened round {record['round']} (a new pod)"
+                return f"rank 0 opened round {record['round']}"
             if record.get("round") is None and record.get("after") == self.round:
-                return f"rank {rank} was replaced by a new pod"
+                return f"rank {rank} left it (its trainer ended or its pod was replaced)"
         return None
 
 

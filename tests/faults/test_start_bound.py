@@ -23,9 +23,10 @@ def test_restarts_past_the_bound_are_refused_naming_the_lost_rank(tmp_path, monk
     monkeypatch.setenv(contract.JOB_ENV, "pt")
     monkeypatch.setenv(contract.GROUP_RESTARTS_ENV, "1")
     monkeypatch.setenv(contract.ATTEMPT_ENV, "1")
-    lock.count_start(tmp_path, "g1", 2)              # the first start
+    assert lock.count_start(tmp_path, "g1", 2) == {"group_restarts": 0, "counted_restarts": 0}   # the first start
     _lost_peer(tmp_path)
-    lock.count_start(tmp_path, "g2", 2)              # restart 1 of at most 1
+    # restart 1 of at most 1 (the progress records carry the count to `status`)
+    assert lock.count_start(tmp_path, "g2", 2) == {"group_restarts": 1, "counted_restarts": 1}
     _lost_peer(tmp_path)
     with pytest.raises(ConfigError) as refused:      # restart 2: too many
         lock.count_start(tmp_path, "g3", 2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,15 +63,17 @@ def test_rank_0_without_its_ip_is_refused():
 
 class Pod:
     """One pod's first process: trainer.rendezvous with a stand-in launcher that writes its pid to
-    ``<name>.pid``, prints its arguments and then sleeps (``sleeps``) or exits."""
+    ``<name>.pid``, prints its arguments and then sleeps (``sleeps``) or exits; ``then``: a shell
+    line of its own instead (the launcher's arguments in ``$*``)."""
 
-    def __init__(self, tmp: Path, name: str, rank: int, ip: str = "", sleeps: bool = True):
+    def __init__(self, tmp: Path, name: str, rank: int, ip: str = "", sleeps: bool = True, then: str = ""):
         self.pidfile = tmp / f"{name}.pid"
-        body = 'echo $$ > "$0.pid"; echo "$@"; ' + ("exec sleep 120" if sleeps else "exit 0")
+        body = 'echo $$ > "$0.pid"; echo "$@"; ' + (then or ("exec sleep 120" if sleeps else "exit 0"))
         launcher = ["sh", "-c", body, str(tmp / name), "-m", "paddle.distributed.launch", "--job_id", "pt"]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "trainer.rendezvous", "--rank0-host", "pt-0.pt", "--port", "6768",
-             "--node-rank", str(rank), "--pod-ip", ip, "--rounds-dir", str(tmp / "rendezvous"), "--", *launcher],
+             "--node-rank", str(rank), "--pod-ip", ip, "--rounds-dir", str(tmp / "rendezvous"),
+             "--outcomes-dir", str(tmp / "outcomes"), "--", *launcher],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def launched(self, timeout: float = 60) -> int:
@@ -86,11 +89,21 @@ class Pod:
         out, err = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, out + err
 
-    def lose(self) -> None:
-        """The pod is gone: its first process and the launcher under it, SIGKILLed."""
+    def relaunched(self, old: int, timeout: float = 60) -> int:
+        """The pid of the launcher this pod started after the one with pid ``old``."""
+        deadline = time.monotonic() + timeout
+        while self.launched() == old:
+            assert time.monotonic() < deadline, "no new launcher"
+            time.sleep(0.1)
+        return self.launched()
+
+    def lose(self) -> str:
+        """The pod is gone: its first process and the launcher under it, SIGKILLed. Returns what
+        it printed."""
         os.kill(self.launched(), signal.SIGKILL)
         self.proc.kill()
-        self.proc.communicate()
+        out, err = self.proc.communicate()
+        return out + err
 
 
 def gone(pid: int) -> bool:
@@ -144,33 +157,51 @@ def test_the_first_group_meets_in_round_1_at_rank_0s_address(tmp_path, pods):
 def test_a_replacement_waits_for_a_new_round_and_never_joins_its_predecessors(tmp_path, pods):
     rank0 = pods(tmp_path, "r0", 0, ip="10.1.2.3")
     first = pods(tmp_path, "r1", 1)
-    first.launched(), rank0.launched()
+    first.launched()
+    old = rank0.launched()
     first.lose()                                               # rank 1's pod is lost
     replacement = pods(tmp_path, "r1b", 1, sleeps=False)
     # The old rank 0 still runs round 1: the new pod does not join it; rank 0's pod sees its group
-    # is over and leaves with 75 (the failure policy recreates it).
-    code, out = rank0.finish()
-    assert code == 75, out
-    assert "round 1 is over: rank 1 was replaced by a new pod; node 0 stops (exit 75)" in out, out
-    assert gone(rank0.launched())                              # its launcher went with it
-    assert replacement.proc.poll() is None and record(tmp_path, 1)["after"] == 1
-    new_rank0 = pods(tmp_path, "r0b", 0, ip="10.1.2.4", sleeps=False)
+    # is over, ends its launcher and, staying, opens round 2 at its own address.
     code, out = replacement.finish()
     assert code == 0, out
-    assert "--master 10.1.2.4:6768 --job_id pt-round-2" in out and "10.1.2.3" not in out, out
-    assert new_rank0.finish()[0] == 0
+    assert "--master 10.1.2.3:6768 --job_id pt-round-2" in out and "pt-round-1" not in out, out
+    assert gone(old)                                           # round 1's launcher went
+    rank0.relaunched(old)
+    out = rank0.lose()
+    assert "round 1 is over: rank 1 left it (its trainer ended or its pod was replaced); node 0 ends its " \
+           "launcher" in out and "node 0 joins the next round in place" in out, out
+    assert "master 10.1.2.3:6768 (pt-0.pt), round 2" in out, out
 
 
-def test_a_member_leaves_with_75_when_rank_0_opens_a_newer_round(tmp_path, pods):
+def test_a_member_joins_the_newer_round_rank_0_opens_without_leaving(tmp_path, pods):
     rank0 = pods(tmp_path, "r0", 0, ip="10.1.2.3")
     member = pods(tmp_path, "r1", 1)
     launcher = member.launched()
     rank0.lose()                                               # rank 0's pod is lost, replaced
     pods(tmp_path, "r0b", 0, ip="10.1.2.4")
-    code, out = member.finish()
-    assert code == 75, out
-    assert "round 1 is over: rank 0 opened round 2 (a new pod)" in out, out
+    member.relaunched(launcher)
     assert gone(launcher)
+    out = member.lose()
+    assert "round 1 is over: rank 0 opened round 2" in out, out
+    assert "--master 10.1.2.4:6768 --job_id pt-round-2" in out, out
+
+
+def test_a_crashed_launcher_restarts_the_group_in_place_with_the_same_pods(tmp_path, pods):
+    """Only a process died: both pods stay, the next round starts at once, and the crash is
+    recorded for the next start's restart decision."""
+    crash_in_round_1 = 'case "$*" in *pt-round-1*) exit 1;; esac; exec sleep 120'
+    rank0 = pods(tmp_path, "r0", 0, ip="10.1.2.3")
+    member = pods(tmp_path, "r1", 1, then=crash_in_round_1)
+    old0 = rank0.launched()
+    wait_until(lambda: record(tmp_path, 0).get("round") == 2, "round 2")
+    wait_until(lambda: record(tmp_path, 1).get("round") == 2, "rank 1 in round 2")
+    rank0.relaunched(old0)
+    assert rank0.proc.poll() is None and member.proc.poll() is None     # no pod ended
+    out = member.lose()
+    assert re.search(r"node 1 ended: paddle's launcher exited with exit code 1.*; it joins the next round in place", out), out
+    assert "--master 10.1.2.3:6768 --job_id pt-round-2" in out, out
+    assert "node 0 joins the next round in place" in rank0.lose()
 
 
 def test_sigterm_reaches_the_launcher_and_the_pod_exits_143(tmp_path):

@@ -174,6 +174,18 @@ def test_an_indexed_jobs_restarts_are_counted_apart_from_its_preemptions():
     assert result.reason == "group restarted 2 times (1 counted); preempted 1 time"
 
 
+
+def test_restarts_in_place_come_from_rank_0s_progress_record():
+    """A restart in place replaces no pod: rank 0's trainer counts the group's starts and says so in
+    its progress lines (one preemption replaced rank 0's pod; two crashes restarted in place)."""
+    evicted = pod(0, "Failed", created="2026-01-01T00:01:00Z", container={"terminated": {"exitCode": 143}},
+                  conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}])
+    now = pod(0, "Running", created="2026-01-01T00:03:00Z", container={"running": {}})
+    progress = progress_of('simsiam-progress {"global_step": 7, "group_restarts": 3, "counted_restarts": 2}')
+    result = job_status(REF, job(completions=1), [evicted, now], progress=progress)
+    assert result.reason == "group restarted 3 times (2 counted); preempted 1 time"
+    assert result.detail["group_restarts"] == 3
+
 def jobset_obj(conditions=(), restarts=0, counted=0, suspend=False, nodes=2, labels=None):
     return {"metadata": {"name": "pt", "namespace": "ns", "labels": labels or {}, "uid": "u"},
             "spec": {"suspend": suspend, "failurePolicy": {"maxRestarts": 3},

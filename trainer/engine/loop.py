@@ -94,7 +94,8 @@ class Engine:
                               "DataLoader.Train.sampler.batch_size or the number of devices instead")
         self.cfg, self.settings = cfg, settings
         self.env = dist.init(settings.device)
-        takeover = lock.claim(settings, self.env)        # before any write to the output directory
+        # before any write to the output directory
+        takeover, self.restart_history = lock.claim(settings, self.env)
         self.threads = set_cpu_threads(settings.num_threads) if self.env.device == "cpu" else None
         self.amp = Amp(cfg.get("FP16"), self.env.device if refuse_amp_on_cpu else "gpu")
         self.output = OutputDir(cfg, self.env.rank)
@@ -229,7 +230,7 @@ class Engine:
     def progress_record(self, record: dict) -> None:
         """A step record (trainer.contract's progress fields) in metrics.jsonl and, from rank 0,
         as a progress line on stdout (what a follower reads where only the log is reachable)."""
-        record = {**record, "time": round(time.time(), 3)}
+        record = {**record, **self.restart_history, "time": round(time.time(), 3)}
         self.metric(**record)
         if self.env.is_main:
             print(contract.progress_line(record), flush=True)

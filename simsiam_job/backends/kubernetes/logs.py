@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import heapq
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +43,12 @@ class PodLogs:
 
     def lines(self, pods: dict, ranks: list[int], *, all_ranks: bool, follow: bool,
               tail: int | None) -> Iterator[str]:
+        if not follow:
+            for r in ranks:
+                if pods.get(r) is None:
+                    # The Job deletes its running pods when it fails; their logs go with them.
+                    print(f"rank {r} has no pod (not created yet, or removed when the job ended): no log to show; "
+                          "`simsiam-job status` says how the job ended", file=sys.stderr, flush=True)
         if not all_ranks:
             yield from self.rank_lines(ranks[0], pods, follow=follow, tail=tail)
         elif follow:

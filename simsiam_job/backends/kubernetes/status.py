@@ -282,14 +282,29 @@ def _index0_history(pods) -> tuple[int, int]:
     return max(len(ended) - 1, 0), preempted
 
 
+def _indexed_history(pods, progress: dict | None, queued: Queued | None) -> tuple[int, int, int]:
+    """(group restarts, counted, preemptions) of an Indexed Job. Rank 0's trainer counts every
+    start, also the restarts in place that replaced no pod, in its progress records; the uncounted
+    ones were preemptions. Without them (not started yet): rank 0's pods and Kueue's evictions."""
+    restarts, preempted = _index0_history(pods)
+    preempted += queued.evictions if queued else 0
+    counted = restarts - min(preempted, restarts)
+    if progress and isinstance(progress.get("group_restarts"), int) \
+            and isinstance(progress.get("counted_restarts"), int):
+        restarts = max(restarts, progress["group_restarts"])
+        counted = progress["counted_restarts"]
+        preempted = max(preempted, restarts - counted)
+    return restarts, counted, preempted
+
+
 def job_status(ref: JobRef, job, pods, *, progress: dict | None = None, queued: Queued | None = None,
                events=None) -> JobStatus:
     nodes = job.spec.completions or 1
     newest = newest_pods(pods)
     states = node_states(nodes, pods)
     state = job_state(job, pods)
-    restarts, preempted = _index0_history(pods)
-    history = group_history(restarts, restarts - preempted, None, preempted + (queued.evictions if queued else 0))
+    restarts, counted, preempted = _indexed_history(pods, progress, queued)
+    history = group_history(restarts, counted, None, preempted)
     reason = None
     if state is State.FAILED:
         cond = _condition(job, "Failed") or _condition(job, "FailureTarget")
@@ -303,7 +318,7 @@ def job_status(ref: JobRef, job, pods, *, progress: dict | None = None, queued: 
         reason = _join(None if state is State.SUCCEEDED else _waiting_reason(states), history)
     detail = {"namespace": job.metadata.namespace, "active": job.status.active or 0,
               "succeeded": job.status.succeeded or 0, "failed": job.status.failed or 0,
-              "group_restarts": restarts, "preempted": preempted + (queued.evictions if queued else 0),
+              "group_restarts": restarts, "preempted": preempted,
               "pods": {n.rank: newest[n.rank].metadata.name for n in states if n.rank in newest}}
     if queued is not None:
         detail["queue"] = dataclasses.asdict(queued)
