@@ -422,13 +422,14 @@ def _after(args: argparse.Namespace, rank: int, group: Group, code: int, local: 
         shutil.rmtree(local, ignore_errors=True)
         return None
     outcome = node_outcome(local, code)
-    if in_place and outcome.end in (contract.End.CRASHED, contract.End.PEER_LOST, contract.End.PREEMPTED):
+    if in_place and outcome.end is not contract.End.DONE and not outcome.end.final:
         copy_outcomes(args.outcomes_dir)      # before the round is left: rank 0's next start reads them
         print(f"rendezvous: node {rank} ended: {outcome.cause()}; it joins the next round in place",
               flush=True)
         shutil.rmtree(local, ignore_errors=True)
         return None
     return report(outcome, args.outcomes_dir)
+
 
 if __name__ == "__main__":
     sys.exit(main())
