@@ -36,12 +36,14 @@ def build(batch: int, size: int):
     from trainer.engine.pretrain import make_train_step
     from trainer.models import build_model
     from trainer.optim import build_optimizer
+    from trainer.sections import Config
 
     paddle.set_device("cpu")
     paddle.seed(0)
     cfg = load_config(shipped_config(RECIPE), ["Global.device=cpu"])
-    net = build_model(cfg["Model"])
-    optimizer, _ = build_optimizer(net, cfg["Optimizer"], epochs=cfg["Global"]["epochs"], steps_per_epoch=100)
+    config = Config.of(cfg)
+    net = build_model(config.model)
+    optimizer, _ = build_optimizer(net, config.optimizer, epochs=config.global_.epochs, steps_per_epoch=100)
     step = make_train_step(net, optimizer, Amp({}), to_static=False)
     x1, x2 = paddle.randn([batch, 3, size, size]), paddle.randn([batch, 3, size, size])
     return cfg, net, optimizer, lambda: float(step(x1, x2)[0])

@@ -14,6 +14,7 @@ Prints a markdown table with top-1 on the validation images, and wall/CPU second
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import subprocess
@@ -63,16 +64,17 @@ def logistic_regression(data: Path, model_name: str, weights: str | None) -> flo
     from trainer.config import load_config
     from trainer.data import build_eval_loader
     from trainer.engine.linear_probe import build_probe
+    from trainer.sections import Config
 
-    cfg = load_config(PROBE, [f"Model.name={model_name}"])
-    model = build_probe(cfg, weights, with_head=False)
+    config = Config.of(load_config(PROBE, [f"Model.name={model_name}"]))
+    model = build_probe(config.model, weights, with_head=False)
     model.fc = paddle.nn.Identity()
     model.eval()
-    section = cfg["DataLoader"]["Eval"]
+    section = config.eval_data
     features = {}
     for split in ("train", "val"):
-        loader = build_eval_loader({**section, "dataset": {**section["dataset"], "root": str(data / split)}},
-                                   rank=0, world_size=1)
+        dataset = dataclasses.replace(section.dataset, root=str(data / split))
+        loader = build_eval_loader(dataclasses.replace(section, dataset=dataset), rank=0, world_size=1)
         xs, ys = [], []
         with paddle.no_grad():
             for views, labels in loader:

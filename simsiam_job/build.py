@@ -226,6 +226,7 @@ def _checked_config(req: Request, phase: Phase, gpus: int, overrides: list[str])
         load_config,
         shipped_config,
     )
+    from trainer.sections import Global
 
     try:
         default = (gpus == 0 and CPU_DEFAULT_CONFIGS.get(phase)) or DEFAULT_CONFIGS[phase]
@@ -238,7 +239,7 @@ def _checked_config(req: Request, phase: Phase, gpus: int, overrides: list[str])
                      machine="the largest machine a job may run on")
     except ConfigError as err:
         raise UsageError(f"config: {err}") from None
-    task = config["Global"]["task_type"]
+    task = Global.of(config).task_type
     expected = PHASE_TASKS[phase.value]
     if task != expected:
         raise UsageError(f"{config_path} is a {task} config, but the phase {phase.value} needs "

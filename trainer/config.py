@@ -22,6 +22,7 @@ from trainer.config_schema import (  # noqa: F401
     validate,
 )
 from trainer.config_yaml import MAX_YAML_BYTES, ConfigError, NotYAMLError, dump, read_yaml, safe_load  # noqa: F401
+from trainer.sections import Config, Model
 
 SHIPPED_CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -66,13 +67,12 @@ def _sample_pixels(ops: list[Any]) -> int | None:
     return _view_pixels(ops)
 
 
-def _first_layer_bytes(model: Mapping[str, Any]) -> float:
+def _first_layer_bytes(model: Model) -> float:
     """Per input pixel, the first convolution's float32 output alone (what any forward pass holds):
     `width` channels at the stem's stride, 2 in ImageNet ResNets, 1 in the CIFAR one."""
-    name = model["name"]
-    if name.startswith("pixels"):
+    if model.name.startswith("pixels"):
         return 4.0                          # the pixels themselves, as float32
-    return float(model.get("width", 64) * 4 / (1 if "cifar" in name else 4))
+    return float((model.width or 64) * 4 / (1 if "cifar" in model.name else 4))
 
 
 def check_memory(cfg: Mapping[str, Any], *, host_memory: int, device_memory: int | None, processes: int,
@@ -81,19 +81,17 @@ def check_memory(cfg: Mapping[str, Any], *, host_memory: int, device_memory: int
     loaders' batch buffers (num_workers x prefetch_factor + 1 uint8 batches, one without workers)
     in host memory, and its model's first-layer output for the largest batch on the device
     (`device_memory` None: in host memory too, as on CPUs)."""
+    config = Config.of(cfg)
     host: float = 0
     device, largest = 0.0, ""
-    for split, section in cfg["DataLoader"].items():
-        dataset = section["dataset"]
-        pixels = _sample_pixels(dataset.get("transform") or dataset.get("transform_ops") or [])
-        if pixels is None:
+    for split, data in (("Train", config.train_data), ("Eval", config.eval_data)):
+        pixels = None if data is None else _sample_pixels(data.dataset.transform or [])
+        if data is None or pixels is None:
             continue
-        batch = section["sampler"]["batch_size"]
-        loader = section.get("loader") or {}
-        workers = loader.get("num_workers", 0)
-        buffers = workers * loader.get("prefetch_factor", 2) + 1 if workers else 1
+        batch, workers = data.sampler.batch_size, data.loader.num_workers
+        buffers = workers * data.loader.prefetch_factor + 1 if workers else 1
         host += buffers * batch * pixels * 3
-        layer = batch * pixels * _first_layer_bytes(cfg["Model"])
+        layer = batch * pixels * _first_layer_bytes(config.model)
         if layer > device:
             device, largest = layer, f"DataLoader.{split}'s batch of {batch} x {pixels:,} pixels"
     gib = 1 << 30

@@ -8,7 +8,7 @@ import pytest
 
 from trainer.engine.smoke import format_report, loss_fell, summarize
 
-CFG = {"Model": {"name": "simsiam_resnet50_pretrain"}}
+MODEL = "simsiam_resnet50_pretrain"
 
 
 def gpu_rank(rank: int, **changes) -> dict:
@@ -21,7 +21,7 @@ def gpu_rank(rank: int, **changes) -> dict:
 
 
 def verdict(ranks, level="O1"):
-    return summarize(ranks, CFG, steps=50, batch=64, size=224, amp_level=level)
+    return summarize(ranks, MODEL, steps=50, batch=64, size=224, amp_level=level)
 
 
 def test_sixteen_healthy_gpus_pass_with_totals_over_two_nodes():

@@ -15,6 +15,7 @@ import os
 import queue
 import signal
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
@@ -25,6 +26,7 @@ from trainer.data.errors import DataError
 from trainer.data.images import CorruptImage, Source
 from trainer.data.index import IMAGE_EXTENSIONS
 from trainer.data.transforms import Views, build_views
+from trainer.sections import DataSplit
 
 log = logging.getLogger("trainer.data")
 
@@ -344,11 +346,18 @@ class Loader:
 # Building from the PASSL DataLoader section
 
 
-def _get(section: dict, key: str, where: str) -> dict:
-    value = section.get(key) or {}
-    if not isinstance(value, dict):
-        raise DataError(f"{where}.{key} must be a mapping, got {value!r}")
-    return value
+def _view(section: DataSplit | Mapping, where: str) -> DataSplit:
+    """A validated config's split arrives as its view; a section written by hand (tests, benches)
+    is checked for its shape here, and its values below, like the view's."""
+    if isinstance(section, DataSplit):
+        return section
+    if not isinstance(section, Mapping):
+        raise DataError(f"{where} must be a mapping, got {section!r}")
+    for key in ("dataset", "sampler", "loader"):
+        value = section.get(key) or {}
+        if not isinstance(value, Mapping):
+            raise DataError(f"{where}.{key} must be a mapping, got {value!r}")
+    return DataSplit.of(section)
 
 
 def _positive_int(value, name, allow_zero=False):
@@ -357,43 +366,37 @@ def _positive_int(value, name, allow_zero=False):
     return value
 
 
-def _parse(section: dict, where: str, rank: int, world_size: int, index_dir):
-    if not isinstance(section, dict):
-        raise DataError(f"{where} must be a mapping, got {section!r}")
-    dataset_cfg = _get(section, "dataset", where)
-    sampler_cfg = _get(section, "sampler", where)
-    loader_cfg = _get(section, "loader", where)
-    name = dataset_cfg.get("name", "ImageFolder")
-    if name != "ImageFolder":
-        raise DataError(f"{where}.dataset.name: only ImageFolder is supported, got {name!r}")
-    root = dataset_cfg.get("root") or dataset_cfg.get("image_root")  # PASSL uses both spellings
+def _parse(split: DataSplit, where: str, rank: int, world_size: int, index_dir):
+    if split.dataset.name != "ImageFolder":
+        raise DataError(f"{where}.dataset.name: only ImageFolder is supported, got {split.dataset.name!r}")
+    root = split.dataset.root
     if not root:
         raise DataError(f"{where}.dataset.root is not set (the folder with one subfolder per class)")
     try:
         # Rank 0 alone writes the file index (one writer); every rank reads a current one.
-        dataset = ImageFolder(root, dataset_cfg.get("max_bad_fraction", 0.01), index_dir=index_dir,
-                              write_index=rank == 0)
+        dataset = ImageFolder(root, split.dataset.max_bad_fraction, index_dir=index_dir, write_index=rank == 0)
     except OSError as e:    # while scanning: a symlink loop, an unreadable class folder, an I/O error
         raise DataError(f"{where}.dataset.root {root}: cannot read {e.filename or root}: "
                         f"{e.strerror or e}") from None
-    transform = dataset_cfg.get("transform", dataset_cfg.get("transform_ops"))
-    views = build_views(transform, f"{where}.dataset.transform")
-    batch_size = _positive_int(sampler_cfg.get("batch_size", 1), f"{where}.sampler.batch_size")
-    num_workers = _positive_int(loader_cfg.get("num_workers", 0), f"{where}.loader.num_workers", True)
-    prefetch = _positive_int(loader_cfg.get("prefetch_factor", 2), f"{where}.loader.prefetch_factor")
+    views = build_views(split.dataset.transform, f"{where}.dataset.transform")
+    batch_size = _positive_int(split.sampler.batch_size, f"{where}.sampler.batch_size")
+    num_workers = _positive_int(split.loader.num_workers, f"{where}.loader.num_workers", True)
+    prefetch = _positive_int(split.loader.prefetch_factor, f"{where}.loader.prefetch_factor")
     _positive_int(world_size, "world_size")
     if not 0 <= rank < world_size:
         raise DataError(f"rank {rank} is outside world size {world_size}")
-    return dataset, views, sampler_cfg, batch_size, dict(num_workers=num_workers, prefetch_factor=prefetch)
+    return dataset, views, batch_size, dict(num_workers=num_workers, prefetch_factor=prefetch)
 
 
-def build_train_loader(section: dict, *, rank: int, world_size: int, seed: int,
+def build_train_loader(section: DataSplit | Mapping, *, rank: int, world_size: int, seed: int,
                        where: str = "DataLoader.Train", index_dir=None) -> Loader:
-    """index_dir: where the dataset's file index is kept when its root is not writable (the
-    run's output directory)."""
-    dataset, views, sampler_cfg, batch_size, workers = _parse(section, where, rank, world_size, index_dir)
+    """`section`: the config's DataLoader.Train view (or the section as a mapping). index_dir:
+    where the dataset's file index is kept when its root is not writable (the run's output
+    directory)."""
+    split = _view(section, where)
+    dataset, views, batch_size, workers = _parse(split, where, rank, world_size, index_dir)
     seed = int(seed or 0) % 2**63
-    shuffle, drop_last = bool(sampler_cfg.get("shuffle", False)), bool(sampler_cfg.get("drop_last", False))
+    shuffle, drop_last = bool(split.sampler.shuffle), bool(split.sampler.drop_last)
     n = len(dataset)
     if drop_last and n < batch_size * world_size:
         raise DataError(f"{dataset.root} has {n} images, fewer than one global batch "
@@ -407,9 +410,10 @@ def build_train_loader(section: dict, *, rank: int, world_size: int, seed: int,
                   train=True, rank_samples=max(1, sum(len(b) for b in batches(0))))
 
 
-def build_eval_loader(section: dict, *, rank: int, world_size: int, where: str = "DataLoader.Eval",
-                      index_dir=None) -> Loader:
-    dataset, views, sampler_cfg, batch_size, workers = _parse(section, where, rank, world_size, index_dir)
+def build_eval_loader(section: DataSplit | Mapping, *, rank: int, world_size: int,
+                      where: str = "DataLoader.Eval", index_dir=None) -> Loader:
+    """`section`: the config's DataLoader.Eval view (or the section as a mapping)."""
+    dataset, views, batch_size, workers = _parse(_view(section, where), where, rank, world_size, index_dir)
     n = len(dataset)
 
     def batches(epoch):

@@ -10,35 +10,33 @@ other than O0 is refused rather than silently trained in float32.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+from collections.abc import Mapping
 
 import paddle
 
 from trainer.config import ConfigError
+from trainer.sections import Fp16, GradScaler
 
 
 class Amp:
-    def __init__(self, fp16_cfg: dict | None, device: str = "gpu"):
-        fp16_cfg = fp16_cfg or {}
-        self.level = fp16_cfg.get("level", "O0")
-        self.dtype = fp16_cfg.get("dtype", "float16")
-        self.white_list = fp16_cfg.get("fp16_custom_white_list")
-        self.black_list = fp16_cfg.get("fp16_custom_black_list")
+    def __init__(self, fp16: Fp16 | Mapping | None, device: str = "gpu"):
+        """`fp16`: the config's FP16 view, or a section as a mapping (tests and benches write one)."""
+        if not isinstance(fp16, Fp16):
+            fp16 = Fp16.of(fp16)
+        self.level, self.dtype = fp16.level, fp16.dtype
+        # paddle's auto_cast takes lists
+        self.white_list = None if fp16.white_list is None else list(fp16.white_list)
+        self.black_list = None if fp16.black_list is None else list(fp16.black_list)
         self.scaler = None
         if self.level == "O0":
             return
         if not device.startswith("gpu"):
             raise ConfigError(f"FP16.level {self.level} needs Global.device gpu: paddle runs mixed "
                               "precision on GPUs only (use FP16.level O0 on CPU)")
-        scaler_cfg = fp16_cfg.get("GradScaler")
-        if self.dtype == "float16" or scaler_cfg:
-            scaler_cfg = scaler_cfg or {}
-            self.scaler = paddle.amp.GradScaler(
-                init_loss_scaling=scaler_cfg.get("init_loss_scaling", 65536.0),
-                incr_ratio=scaler_cfg.get("incr_ratio", 2.0),
-                decr_ratio=scaler_cfg.get("decr_ratio", 0.5),
-                incr_every_n_steps=scaler_cfg.get("incr_every_n_steps", 2000),
-                decr_every_n_nan_or_inf=scaler_cfg.get("decr_every_n_nan_or_inf", 1),
-                use_dynamic_loss_scaling=scaler_cfg.get("use_dynamic_loss_scaling", True))
+        if self.dtype == "float16" or fp16.grad_scaler:
+            scaler = fp16.grad_scaler or GradScaler()
+            self.scaler = paddle.amp.GradScaler(**dataclasses.asdict(scaler))
 
     def describe(self) -> str:
         return "AMP off" if self.level == "O0" else f"AMP {self.level} {self.dtype}"

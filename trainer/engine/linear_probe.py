@@ -24,7 +24,7 @@ from trainer.engine.loop import Engine, Task
 from trainer.engine.process import set_cpu_threads
 from trainer.models import build_model
 from trainer.optim import build_optimizer
-from trainer.sections import Global
+from trainer.sections import Config, Model, PerSplit
 from trainer.weights import WeightsError, load_into
 
 log = logging.getLogger("trainer")
@@ -34,9 +34,9 @@ PROBE = contract.PROBE
 
 # ---------------------------------------------------------------- config pieces
 
-def loss_weight(cfg: dict, split: str) -> float:
+def loss_weight(loss: PerSplit, split: str) -> float:
     """PASSL's Loss.<split>: [CELoss: {weight: w}] -- the probe's only loss."""
-    items = (cfg.get("Loss") or {}).get(split) or [{"CELoss": {"weight": 1.0}}]
+    items = loss.of_split(split) or [{"CELoss": {"weight": 1.0}}]
     weight = 0.0
     for item in items:
         name, params = next(iter(item.items())) if isinstance(item, dict) and len(item) == 1 else (item, None)
@@ -46,9 +46,9 @@ def loss_weight(cfg: dict, split: str) -> float:
     return weight
 
 
-def topk(cfg: dict, split: str) -> tuple[int, ...]:
+def topk(metric: PerSplit, split: str) -> tuple[int, ...]:
     """PASSL's Metric.<split>: [TopkAcc: {topk: [1, 5]}]."""
-    for item in (cfg.get("Metric") or {}).get(split) or []:
+    for item in metric.of_split(split) or []:
         if isinstance(item, dict) and "TopkAcc" in item:
             ks = (item["TopkAcc"] or {}).get("topk", [1, 5])
             if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
@@ -57,11 +57,11 @@ def topk(cfg: dict, split: str) -> tuple[int, ...]:
     return (1, 5)
 
 
-def build_probe(cfg: dict, weights_spec: str | None, with_head: bool):
+def build_probe(section: Model, weights_spec: str | None, with_head: bool):
     """The probe model with its weights loaded; an error lists any key that does not fit."""
-    model = build_model(cfg["Model"])
+    model = build_model(section)
     if not hasattr(model, "fc") or not hasattr(model, "feature_dim"):
-        raise ConfigError(f"Model.name {cfg['Model']['name']!r} is not a linear-probe model "
+        raise ConfigError(f"Model.name {section.name!r} is not a linear-probe model "
                           "(use e.g. simsiam_resnet50_linearprobe)")
     if weights_spec:
         try:
@@ -79,22 +79,22 @@ class LinearProbe(Task):
     train_mode = False   # frozen backbone, BN on running statistics, no dropout: train() would change nothing
 
     def __init__(self, engine: Engine):
-        cfg, settings, env = engine.cfg, engine.settings, engine.env
-        self.cfg, self.pretrained = cfg, settings.pretrained_model
+        config, settings, env = engine.config, engine.settings, engine.env
+        self.model_name, self.pretrained = config.model.name, settings.pretrained_model
         self.loader = engine.train_loader()
-        eval_cfg = cfg["DataLoader"].get("Eval")
-        if eval_cfg:
-            self.eval_loader = build_eval_loader(eval_cfg, rank=env.rank, world_size=env.world_size)
+        if config.eval_data:
+            self.eval_loader = build_eval_loader(config.eval_data, rank=env.rank, world_size=env.world_size)
         if not settings.pretrained_model:
             log.warning("WARNING: Global.pretrained_model is not set: probing a randomly initialised encoder")
         # Rank 0 alone reads the weights: the data-parallel wrapper broadcasts its parameters and
         # buffers to every rank (the others need not see the file: on Kubernetes only rank 0
         # mounts the output claim).
-        self.net = build_probe(cfg, settings.pretrained_model if env.is_main else None, with_head=False)
-        self.optimizer, self.group_lr = build_optimizer(self.net, cfg["Optimizer"], epochs=settings.epochs,
+        self.net = build_probe(config.model, settings.pretrained_model if env.is_main else None, with_head=False)
+        self.optimizer, self.group_lr = build_optimizer(self.net, config.optimizer, epochs=settings.epochs,
                                                         steps_per_epoch=len(self.loader),
-                                                        lr_cfg=cfg.get("LRScheduler"))
-        self.weight, self.train_ks, self.eval_ks = loss_weight(cfg, "Train"), topk(cfg, "Train"), topk(cfg, "Eval")
+                                                        lr_section=config.lr_scheduler)
+        self.weight = loss_weight(config.loss, "Train")
+        self.train_ks, self.eval_ks = topk(config.metric, "Train"), topk(config.metric, "Eval")
         self.world_size, self.history = env.world_size, {}
 
     def make_step(self, model, optimizer, amp):
@@ -131,7 +131,7 @@ class LinearProbe(Task):
                  ks[0], self.history["best"][f"top{ks[0]}"], self.history["best"]["epoch"])
         if engine.env.is_main:
             ckpt.atomic_write(engine.output.path / contract.EVAL, (json.dumps(
-                {**self.history, "pretrained_model": self.pretrained, "model": self.cfg["Model"]["name"]},
+                {**self.history, "pretrained_model": self.pretrained, "model": self.model_name},
                 indent=2) + "\n").encode())
 
     def extra_state(self):
@@ -159,22 +159,23 @@ def train(cfg: dict):
 def evaluate_only(cfg: dict) -> dict:
     """`simsiam-train eval`: top-k of a trained probe (Global.pretrained_model, with its fc) on
     DataLoader.Eval over all ranks; prints one JSON object on rank 0."""
-    settings = Global.of(cfg)
+    config = Config.of(cfg)
+    settings = config.global_
     spec = settings.pretrained_model or settings.checkpoint
     if not spec:
         raise ConfigError("simsiam-train eval needs the trained probe: -o Global.pretrained_model=PATH "
                           "(probe.pdparams, a checkpoint, or a URL)")
-    if "Eval" not in cfg["DataLoader"]:
+    if config.eval_data is None:
         raise ConfigError("missing required section 'DataLoader.Eval'")
     env = dist.init(settings.device)
     if env.device == "cpu":
         set_cpu_threads(settings.num_threads)
-    loader = build_eval_loader(cfg["DataLoader"]["Eval"], rank=env.rank, world_size=env.world_size)
-    net = build_probe(cfg, spec, with_head=True)
+    loader = build_eval_loader(config.eval_data, rank=env.rank, world_size=env.world_size)
+    net = build_probe(config.model, spec, with_head=True)
     try:
-        result = evaluate(net, loader, topk(cfg, "Eval"), env.world_size)
+        result = evaluate(net, loader, topk(config.metric, "Eval"), env.world_size)
     finally:
         loader.close()
     if env.is_main:
-        print(json.dumps({"weights": str(spec), "model": cfg["Model"]["name"], **result}), flush=True)
+        print(json.dumps({"weights": str(spec), "model": config.model.name, **result}), flush=True)
     return result

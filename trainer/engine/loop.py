@@ -30,7 +30,7 @@ from trainer.engine.hooks import (
 from trainer.engine.output import OutputDir
 from trainer.engine.process import seed_everything, set_cpu_threads
 from trainer.engine.resume import resume_state
-from trainer.sections import Global
+from trainer.sections import Config
 
 log = logging.getLogger("trainer")
 
@@ -86,19 +86,22 @@ class Task:
 
 class Engine:
     def __init__(self, cfg: dict, *, resumes: bool = True, refuse_amp_on_cpu: bool = True):
-        """`refuse_amp_on_cpu=False`: the smoke test runs an AMP config on a CPU to report that
-        AMP did not take effect, where training would refuse it."""
-        settings = Global.of(cfg)
+        """`cfg`: a validated config (trainer.config.load_config). Tasks read its typed views,
+        `config` (and `settings`, its Global section); the dict itself is what config.yaml is
+        written from. `refuse_amp_on_cpu=False`: the smoke test runs an AMP config on a CPU to
+        report that AMP did not take effect, where training would refuse it."""
+        config = Config.of(cfg)
+        settings = config.global_
         if settings.accum_steps != 1:
             raise ConfigError("bad value for 'Global.accum_steps': only 1 is supported; raise "
                               "DataLoader.Train.sampler.batch_size or the number of devices instead")
-        self.cfg, self.settings = cfg, settings
+        self.cfg, self.config, self.settings = cfg, config, settings
         self.env = dist.init(settings.device)
         # before any write to the output directory
         takeover, self.restart_history = lock.claim(settings, self.env)
         self.threads = set_cpu_threads(settings.num_threads) if self.env.device == "cpu" else None
-        self.amp = Amp(cfg.get("FP16"), self.env.device if refuse_amp_on_cpu else "gpu")
-        self.output = OutputDir(cfg, self.env.rank)
+        self.amp = Amp(config.fp16, self.env.device if refuse_amp_on_cpu else "gpu")
+        self.output = OutputDir(cfg, settings, self.env.rank)
         if takeover:
             log.warning(takeover)
         seed_everything(settings.seed, self.env.rank)
@@ -108,7 +111,9 @@ class Engine:
         self.epochs = self.steps_per_epoch = self.total_steps = self.global_batch = 0
 
     def train_loader(self):
-        loader = build_train_loader(self.cfg["DataLoader"]["Train"], rank=self.env.rank,
+        if self.config.train_data is None:
+            raise ConfigError("missing required section 'DataLoader.Train'")
+        loader = build_train_loader(self.config.train_data, rank=self.env.rank,
                                     world_size=self.env.world_size, seed=self.settings.seed or 0,
                                     index_dir=self.output.path)
         if len(loader) == 0:
@@ -166,9 +171,9 @@ class Engine:
         self.total_steps = self.epochs * self.steps_per_epoch
         if settings.max_train_step:
             self.total_steps = min(self.total_steps, settings.max_train_step)
-        self.global_batch = self.cfg["DataLoader"]["Train"]["sampler"]["batch_size"] * self.env.world_size
+        self.global_batch = self.config.train_data.sampler.batch_size * self.env.world_size
         log.info("%s: %s, %d process(es) on %s%s, %s, %d images, global batch %d, %d steps/epoch, %d epochs",
-                 task.name, self.cfg["Model"]["name"], self.env.world_size, self.env.device,
+                 task.name, self.config.model.name, self.env.world_size, self.env.device,
                  f" ({self.threads} threads)" if self.threads else "", self.amp.describe(),
                  task.loader.num_samples, self.global_batch, self.steps_per_epoch, self.epochs)
 

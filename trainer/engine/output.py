@@ -12,6 +12,7 @@ from trainer import checkpoint as ckpt
 from trainer import contract
 from trainer.config import ConfigError, dump
 from trainer.plot import curves_svg, read_metrics
+from trainer.sections import Global
 
 log = logging.getLogger("trainer")
 
@@ -23,8 +24,9 @@ POSITION_FIELDS = ("global_step", "time", "epoch", "epochs", "step", "steps_per_
 class OutputDir:
     """OUTPUT_DIR with config.yaml, train.log, metrics.jsonl (written by rank 0 only)."""
 
-    def __init__(self, cfg: dict, rank: int):
-        self.path = Path(cfg["Global"]["output_dir"])
+    def __init__(self, cfg: dict, settings: Global, rank: int):
+        """`cfg`: the validated config, written as config.yaml; `settings`: its Global section."""
+        self.path = Path(settings.output_dir)
         self.checkpoints = self.path / contract.CHECKPOINTS
         self.is_main = rank == 0
         self._metrics = None
@@ -37,7 +39,7 @@ class OutputDir:
             except OSError as e:
                 raise ConfigError(f"cannot write to Global.output_dir {self.path}: {e.strerror}") from None
         setup_logging(self.path / contract.TRAIN_LOG if self.is_main else None, rank)
-        if self.is_main and cfg["Global"].get("use_visualdl"):
+        if self.is_main and settings.use_visualdl:
             try:
                 from visualdl import LogWriter
             except ImportError:

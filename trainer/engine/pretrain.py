@@ -31,21 +31,21 @@ class Pretraining(Task):
     name = "SimSiam pretraining"
 
     def __init__(self, engine: Engine):
-        cfg, settings = engine.cfg, engine.settings
-        self.net = dist.use_sync_batch_norm(engine.env, build_model(cfg["Model"]))  # first: a bad name fails fast
+        config, settings = engine.config, engine.settings
+        self.net = dist.use_sync_batch_norm(engine.env, build_model(config.model))  # first: a bad name fails fast
         self.loader = engine.train_loader()
         if settings.pretrained_model:
             try:
                 load_into(self.net.encoder, settings.pretrained_model)  # the backbone; the projector (fc) stays fresh
             except WeightsError as e:
                 raise ConfigError(f"Global.pretrained_model: {e}") from None
-        self.optimizer, self.group_lr = build_optimizer(self.net, cfg["Optimizer"], epochs=settings.epochs,
+        self.optimizer, self.group_lr = build_optimizer(self.net, config.optimizer, epochs=settings.epochs,
                                                         steps_per_epoch=len(self.loader))
         self.to_static = settings.to_static
         self.collapse = CollapseMonitor(self.net.dim, settings.collapse_warn_fraction, settings.collapse_patience)
-        eval_cfg = cfg["DataLoader"].get("Eval")        # a small labelled folder: the kNN monitor's split
-        if eval_cfg:
-            self.eval_loader = build_eval_loader(eval_cfg, rank=engine.env.rank, world_size=engine.env.world_size)
+        if config.eval_data:        # a small labelled folder: the kNN monitor's split
+            self.eval_loader = build_eval_loader(config.eval_data, rank=engine.env.rank,
+                                                 world_size=engine.env.world_size)
 
     def make_step(self, model, optimizer, amp):
         train_step = make_train_step(model, optimizer, amp, self.to_static)

@@ -46,6 +46,7 @@ from trainer.engine.pretrain import make_train_step
 from trainer.models import build_model
 from trainer.optim import build_optimizer
 from trainer.outcome import Failed
+from trainer.sections import DataSplit
 
 log = logging.getLogger("trainer")
 
@@ -94,27 +95,27 @@ class Smoke(Task):
     epochs = 1
 
     def __init__(self, engine: Engine):
-        cfg, settings, env = engine.cfg, engine.settings, engine.env
-        if "Train" not in cfg["DataLoader"]:
+        config, settings, env = engine.config, engine.settings, engine.env
+        if config.train_data is None:
             raise ConfigError("missing required section 'DataLoader.Train' (the smoke test reads its batch "
                               "size and crop size)")
         self.steps = settings.max_train_step or DEFAULT_STEPS
         if self.steps < 2:
             raise ConfigError(f"bad value for 'Global.max_train_step': {self.steps} (the smoke test needs at "
                               f"least 2 steps to see the loss fall; default {DEFAULT_STEPS})")
-        self.cfg, self.env, self.amp = cfg, env, engine.amp
-        self.batch = cfg["DataLoader"]["Train"]["sampler"]["batch_size"]
-        self.size = image_size(cfg["DataLoader"]["Train"])
+        self.model_name, self.env, self.amp = config.model.name, env, engine.amp
+        self.batch = config.train_data.sampler.batch_size
+        self.size = image_size(config.train_data)
         self.on_gpu = env.device.startswith("gpu")
-        self.net = dist.use_sync_batch_norm(env, build_model(cfg["Model"]))
-        self.optimizer, self.group_lr = build_optimizer(self.net, cfg["Optimizer"], epochs=1,
+        self.net = dist.use_sync_batch_norm(env, build_model(config.model))
+        self.optimizer, self.group_lr = build_optimizer(self.net, config.optimizer, epochs=1,
                                                         steps_per_epoch=self.steps)
         self.loader = FixedBatch(self.batch, self.size, self.steps, (settings.seed or 0) + 1000 * env.rank)
         self.conv_dtype = _watch_first_conv(self.net)
         self.to_static = settings.to_static
         self.losses, self.started, self.done = [], None, 0
         log.info("smoke: %s, %d rank(s), batch %d per rank of %dx%d synthetic images, %d steps, FP16 %s",
-                 cfg["Model"]["name"], env.world_size, self.batch, self.size, self.size, self.steps,
+                 config.model.name, env.world_size, self.batch, self.size, self.size, self.steps,
                  engine.amp.level)
 
     def make_step(self, model, optimizer, amp):
@@ -167,7 +168,7 @@ class Smoke(Task):
             "loss_fell": loss_fell(losses),
             **peak_memory(self.on_gpu),
         }
-        return summarize(_gather(self.env, mine), self.cfg, steps=self.steps, batch=self.batch, size=self.size,
+        return summarize(_gather(self.env, mine), self.model_name, steps=self.steps, batch=self.batch, size=self.size,
                          amp_level=self.amp.level)
 
     def done_text(self, output_dir):
@@ -180,7 +181,7 @@ def smoke_test(cfg: dict) -> None:
     engine.fit(Smoke(engine))
 
 
-def image_size(train_cfg: dict) -> int:
+def image_size(split: DataSplit) -> int:
     """The first crop/resize size of the training transform (the recipe's view size); 224 if none."""
     def ops(items):
         for entry in items or []:
@@ -190,8 +191,7 @@ def image_size(train_cfg: dict) -> int:
             else:
                 yield name, params or {}
 
-    dataset = train_cfg["dataset"]
-    for name, params in ops(dataset.get("transform") or dataset.get("transform_ops")):
+    for name, params in ops(split.dataset.transform):
         if name in _SIZED_OPS and "size" in params:
             size = params["size"]
             return size if isinstance(size, int) else max(size)
@@ -235,7 +235,7 @@ def peak_memory(on_gpu: bool) -> dict:
             "peak_memory_kind": "rss"}
 
 
-def summarize(ranks: list[dict], cfg: dict, *, steps: int, batch: int, size: int, amp_level: str) -> dict:
+def summarize(ranks: list[dict], model: str, *, steps: int, batch: int, size: int, amp_level: str) -> dict:
     """Totals over the ranks and the verdict with its reason (the first problem found)."""
     n = len(ranks)
     buses = [r["bus_bandwidth_mbps"] for r in ranks if r["bus_bandwidth_mbps"] is not None]
@@ -262,7 +262,7 @@ def summarize(ranks: list[dict], cfg: dict, *, steps: int, batch: int, size: int
     return {
         "verdict": verdict, "reason": reason,
         "summary": f"smoke {verdict}: {reason}; {figures}" if reason else f"smoke PASS: {figures}",
-        "model": cfg["Model"]["name"], "steps": steps, "batch_per_rank": batch, "image_size": size,
+        "model": model, "steps": steps, "batch_per_rank": batch, "image_size": size,
         "total": total, "ranks": ranks,
     }
 

@@ -1,17 +1,18 @@
 """Models by name (Model.name in the config), one registry for pretraining and the linear probe.
 
-`build_model(cfg["Model"])` looks the name up; other modules add entries with `@register(name)`.
+`build_model(config.model)` looks the name up; other modules add entries with `@register(name)`.
 Pretraining names: simsiam_<backbone>_pretrain for every backbone in BACKBONES.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from paddle import nn
 
 from trainer.config import ConfigError
 from trainer.models.resnet import BACKBONES, build_backbone
 from trainer.models.simsiam import SimSiam
+from trainer.sections import Model
 
 MODELS: dict[str, Callable[..., nn.Layer]] = {}
 
@@ -23,10 +24,12 @@ def register(name: str):
     return add
 
 
-def build_model(model_cfg: dict) -> nn.Layer:
-    """The model the config's Model section names; its other keys are the factory's arguments."""
-    kwargs = dict(model_cfg)
-    name = kwargs.pop("name")
+def build_model(model: Model | Mapping) -> nn.Layer:
+    """The model the config's Model view names (or a Model section as a mapping, as tests and
+    benches write one); the keys the file gives are the factory's arguments."""
+    if not isinstance(model, Model):
+        model = Model.of(model)
+    name = model.name
     if name not in MODELS:
         _load_optional_registrations()
     if name not in MODELS:
@@ -35,7 +38,7 @@ def build_model(model_cfg: dict) -> nn.Layer:
         hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(sorted(MODELS))})"
         raise ConfigError(f"bad value for 'Model.name': {name!r}{hint}")
     try:
-        return MODELS[name](**kwargs)
+        return MODELS[name](**model.factory_arguments())
     except TypeError as e:        # a key the schema allows but this model does not take
         raise ConfigError(f"bad Model section for {name!r}: {e}") from None
 

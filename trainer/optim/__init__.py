@@ -7,6 +7,7 @@ This stays exact even where the schedule reaches 0 (a ratio to the schedule woul
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import paddle
@@ -15,6 +16,8 @@ from paddle import nn
 from trainer.config import ConfigError
 from trainer.optim.lars import MomentumLARC
 from trainer.optim.schedule import LRSchedule
+from trainer.sections import LRScheduler, Optimizer
+from trainer.sections import ParamGroup as ParamGroupSection
 
 
 @dataclass
@@ -24,16 +27,16 @@ class ParamGroup:
     fixed_lr: float | None      # None: follows the schedule
 
 
-def param_groups(model: nn.Layer, groups_cfg: list | None) -> list[ParamGroup]:
+def param_groups(model: nn.Layer, sections: tuple[ParamGroupSection, ...]) -> list[ParamGroup]:
     """Trainable parameters split by top-level sub-module name (PASSL's param_groups: encoder, predictor).
 
     Frozen parameters (stop_gradient, e.g. the projector's last bias) are left out, so the optimizer
     never touches them (no update, no weight decay).
     """
     trainable = [(n, p) for n, p in model.named_parameters() if not p.stop_gradient]
-    if not groups_cfg:
+    if not sections:
         return [ParamGroup("all", [p for _, p in trainable], None)]
-    groups = [ParamGroup(g["name"], [], g.get("lr")) for g in groups_cfg]
+    groups = [ParamGroup(section.name, [], section.lr) for section in sections]
     by_name = {g.name: g for g in groups}
     for name, param in trainable:
         top = name.split(".", 1)[0]
@@ -66,35 +69,35 @@ class GroupLR:
         return lrs
 
 
-def build_optimizer(model: nn.Layer, opt_cfg: dict, *, epochs: int, steps_per_epoch: int,
-                    lr_cfg: dict | None = None):
-    """(paddle optimizer, GroupLR) for an Optimizer section, the one factory of every task.
+def build_optimizer(model: nn.Layer, section: Optimizer | Mapping, *, epochs: int, steps_per_epoch: int,
+                    lr_section: LRScheduler | None = None):
+    """(paddle optimizer, GroupLR) for the Optimizer view (or an Optimizer section as a mapping,
+    as tests and benches write one), the one factory of every task.
 
-    The schedule is Optimizer.lr, else `lr_cfg` (PASSL's top-level LRScheduler section, which the
-    linear-probe configs use). Names: Momentum and SGD (momentum 0) with L2 weight decay;
+    The schedule is Optimizer.lr, else `lr_section` (PASSL's top-level LRScheduler section, which
+    the linear-probe configs use). Names: Momentum and SGD (momentum 0) with L2 weight decay;
     MomentumLARC or LARS (the linear-probe recipe), which fold weight decay into the trust ratio.
     """
-    lr_section = opt_cfg.get("lr") or lr_cfg
-    if not lr_section:
+    opt = section if isinstance(section, Optimizer) else Optimizer.of(section)
+    schedule_section = opt.lr or lr_section
+    if schedule_section is None:
         raise ConfigError("missing required section 'LRScheduler' (or 'Optimizer.lr')")
-    groups = param_groups(model, opt_cfg.get("param_groups"))
-    schedule = LRSchedule.from_config(lr_section, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                                      decay_unit=opt_cfg.get("lr_decay_unit"))
-    name, decay = opt_cfg["name"], opt_cfg.get("weight_decay", 0.0)
+    groups = param_groups(model, opt.param_groups)
+    schedule = LRSchedule.from_config(schedule_section, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                      decay_unit=opt.lr_decay_unit)
     parameters = [{"params": g.params} for g in groups]
-    if name in ("MomentumLARC", "LARS"):
-        optimizer = MomentumLARC(1.0, parameters, momentum=opt_cfg.get("momentum", 0.9), weight_decay=decay,
-                                 trust_coefficient=opt_cfg.get("trust_coefficient", 0.001),
-                                 clip=opt_cfg.get("clip", False), eps=opt_cfg.get("epsilon", 1e-8))
-    elif name in ("Momentum", "SGD"):
+    if opt.name in ("MomentumLARC", "LARS"):
+        optimizer = MomentumLARC(1.0, parameters, momentum=opt.momentum, weight_decay=opt.weight_decay,
+                                 trust_coefficient=opt.trust_coefficient, clip=opt.clip, eps=opt.epsilon)
+    elif opt.name in ("Momentum", "SGD"):
         optimizer = paddle.optimizer.Momentum(
             learning_rate=1.0,
-            momentum=opt_cfg.get("momentum", 0.9) if name == "Momentum" else 0.0,
+            momentum=opt.momentum if opt.name == "Momentum" else 0.0,
             parameters=parameters,
-            weight_decay=paddle.regularizer.L2Decay(decay) if decay else None,
-            use_nesterov=opt_cfg.get("use_nesterov", False),
-            multi_precision=opt_cfg.get("multi_precision", False),
+            weight_decay=paddle.regularizer.L2Decay(opt.weight_decay) if opt.weight_decay else None,
+            use_nesterov=opt.use_nesterov,
+            multi_precision=opt.multi_precision,
         )
     else:
-        raise ConfigError(f"bad value for 'Optimizer.name': {name!r} (Momentum, SGD, MomentumLARC or LARS)")
+        raise ConfigError(f"bad value for 'Optimizer.name': {opt.name!r} (Momentum, SGD, MomentumLARC or LARS)")
     return optimizer, GroupLR(schedule, groups)

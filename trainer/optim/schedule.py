@@ -8,6 +8,8 @@ import bisect
 import math
 from dataclasses import dataclass, field
 
+from trainer.sections import LRScheduler
+
 
 @dataclass(frozen=True)
 class LRSchedule:
@@ -25,14 +27,15 @@ class LRSchedule:
     gamma: float = 0.1
 
     @classmethod
-    def from_config(cls, section: dict, *, epochs: int, steps_per_epoch: int,
+    def from_config(cls, section: LRScheduler, *, epochs: int, steps_per_epoch: int,
                     decay_unit: str | None = None) -> LRSchedule:
-        keys = ("eta_min", "warmup_epoch", "warmup_start_lr", "warmup_prefix", "gamma")
-        return cls(name=section["name"], learning_rate=section["learning_rate"], epochs=epochs,
-                   steps_per_epoch=steps_per_epoch,
-                   decay_unit=section.get("decay_unit") or decay_unit or "epoch",
-                   milestones=tuple(section.get("milestones", ())),
-                   **{k: section[k] for k in keys if k in section})
+        """The schedule an LRScheduler view describes; `decay_unit` (Optimizer.lr_decay_unit)
+        applies where the section gives none."""
+        return cls(name=section.name, learning_rate=section.learning_rate, epochs=epochs,
+                   steps_per_epoch=steps_per_epoch, decay_unit=section.decay_unit or decay_unit or "epoch",
+                   eta_min=section.eta_min, warmup_epoch=section.warmup_epoch,
+                   warmup_start_lr=section.warmup_start_lr, warmup_prefix=section.warmup_prefix,
+                   milestones=section.milestones, gamma=section.gamma)
 
     def __call__(self, epoch: int, step: int = 0) -> float:
         """The lr for step `step` (0-based) of epoch `epoch` (0-based)."""
