@@ -122,13 +122,12 @@ class CenterCrop:
 
 
 GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 luma, as PIL's "L"
-_TO_GRAY = np.tile(GRAY_WEIGHTS, (3, 1))
 
-
-def _colour_matrix(array: np.ndarray, matrix: np.ndarray, offset: float = 0.0) -> np.ndarray:
-    """Apply out = matrix @ rgb + offset to every pixel, rounded and clipped to uint8 (one pass:
-    OpenCV's transform is several times faster than lookup tables or blending here)."""
-    return cv2.transform(array, np.hstack([matrix, np.full((3, 1), offset)]).astype(np.float32))
+# Colour changes as 3x4 matrices [M | offset] for cv2.transform: out = M @ rgb + offset per pixel,
+# rounded and clipped to uint8, in one pass (several times faster than lookup tables or blending).
+# Built from these constants with a multiply or two (numpy's hstack/eye cost more than the pass).
+_IDENTITY = np.hstack([np.eye(3), np.zeros((3, 1))]).astype(np.float32)
+_TO_GRAY = np.hstack([np.tile(GRAY_WEIGHTS, (3, 1)), np.zeros((3, 1), np.float32)])
 
 
 class ColorJitter:
@@ -161,17 +160,18 @@ class ColorJitter:
 
     @staticmethod
     def brightness(array, factor):
-        return _colour_matrix(array, factor * np.eye(3))
+        return cv2.transform(array, factor * _IDENTITY)
 
     @staticmethod
     def contrast(array, factor):
         r, g, b, _ = cv2.mean(array)
-        mean = 0.299 * r + 0.587 * g + 0.114 * b  # blend towards the mean grey level
-        return _colour_matrix(array, factor * np.eye(3), mean * (1 - factor))
+        matrix = factor * _IDENTITY
+        matrix[:, 3] = (0.299 * r + 0.587 * g + 0.114 * b) * (1 - factor)  # towards the mean grey
+        return cv2.transform(array, matrix)
 
     @staticmethod
     def saturation(array, factor):
-        return _colour_matrix(array, factor * np.eye(3) + (1 - factor) * _TO_GRAY)
+        return cv2.transform(array, factor * _IDENTITY + (1 - factor) * _TO_GRAY)
 
 
 def adjust_hue(array: np.ndarray, shift: float) -> np.ndarray:
@@ -189,7 +189,7 @@ class RandomGrayscale:
     def __call__(self, image, rng):
         if rng.random() >= self.p:
             return image
-        return _colour_matrix(as_array(image), _TO_GRAY)
+        return cv2.transform(as_array(image), _TO_GRAY)
 
 
 class SimCLRGaussianBlur:
