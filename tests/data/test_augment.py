@@ -226,3 +226,23 @@ def test_passl_classification_op_names_mean_the_same_ops():
     flips = T.build_views([{"RandFlipImage": {"flip_code": 1}}]).pipelines[0].ops[0]
     image = colourful()
     assert within_binomial(applied_fraction(flips, image, lambda out: np.array_equal(out, image[:, ::-1])), N, 0.5)
+
+
+def _jpeg(array, quality=90):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def test_ops_without_a_region_get_the_full_size_image():
+    """Only a crop or resize may decode a JPEG at reduced scale; a flip or CenterCrop first sees
+    every pixel (a reduced decode there once gave 1/4-size views)."""
+    data = _jpeg(np.repeat(np.repeat(colourful(12, 16), 4, 0), 4, 1))  # 64x48
+    rng = np.random.default_rng(0)
+    assert T.build_views([{"RandomHorizontalFlip": None}])(T.Source(data), rng)[0].shape == (48, 64, 3)
+    center = T.build_views([{"CenterCrop": {"size": 32}}])(T.Source(data), rng)[0]
+    assert center.shape == (32, 32, 3) and center.min(axis=(0, 1)).max() > 0  # not black padding

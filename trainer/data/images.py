@@ -93,7 +93,7 @@ class Source:
 
 
 def as_array(image) -> np.ndarray:
-    return image.decoded() if isinstance(image, Source) else image
+    return image.decoded(*image.size) if isinstance(image, Source) else image  # full size
 
 
 def resize(array: np.ndarray, out_w: int, out_h: int, interpolation: int) -> np.ndarray:
