@@ -268,7 +268,7 @@ def test_reduced_scale_decoding_keeps_the_views_statistics():
     full_size = T.Source(data)
     full_size.decoded(1200, 900)
     half = T.Source(data)
-    half.decoded(300, 225)  # a first decode keeps a 2x margin for the other view: 1/2 scale
+    half.decoded(600, 450)
     rng = np.random.default_rng(5)
     boxes = [crop.box(1200, 900, rng) for _ in range(40)]
     reduced = np.stack([half.region(box, 224, 224, crop.interpolation) for box in boxes]).astype(float)
@@ -281,3 +281,19 @@ def test_reduced_scale_decoding_keeps_the_views_statistics():
     assert abs(reduced.mean() - full.mean()) < 0.5
     assert abs(reduced.std() / full.std() - 1) < 0.02
     assert abs(sharpness(reduced) / sharpness(full) - 1) < 0.1, (sharpness(reduced), sharpness(full))
+
+
+def test_views_share_one_decode_at_the_smallest_scale_their_crops_allow():
+    """The views' crop boxes are drawn before decoding: one decode serves both, at 1/2 scale when
+    both crops keep >= 224 px per side there, at full size when either needs it."""
+    data = _jpeg(pink_noise(900, 1200))
+    crop = [{"RandomResizedCrop": {"size": 224, "scale": [0.5, 1.0], "interpolation": "bicubic"}}]
+    halves = T.build_views([{"TwoViewsTransform": {"base_transform1": crop, "base_transform2": crop}}])
+    source = T.Source(data)
+    assert [v.shape for v in halves(source, np.random.default_rng(0))] == [(224, 224, 3)] * 2
+    assert [a.shape for a in source._decoded] == [(450, 600, 3)]
+    small = [{"RandomResizedCrop": {"size": 224, "scale": [0.05, 0.1]}}]  # < 448 px per side
+    mixed = T.build_views([{"TwoViewsTransform": {"base_transform1": crop, "base_transform2": small}}])
+    source = T.Source(data)
+    mixed(source, np.random.default_rng(0))
+    assert [a.shape for a in source._decoded] == [(900, 1200, 3)]

@@ -31,11 +31,13 @@ class CorruptImage(Exception):
 class Source:
     """An undecoded image file. Geometry ops ask it for a region at an output size, so a JPEG can
     be decoded at 1/2, 1/4, ... scale when the region still has at least the output's pixels.
-    Decodes are cached, so the two views of a sample share them."""
+    Regions announced in advance (reserve) are served by the same decode; decodes are cached, so
+    the views of a sample share them."""
 
     def __init__(self, data: bytes):
         self.data = data
         self._decoded: list[np.ndarray] = []
+        self._reserved = (0, 0)
         try:
             h, w, _, _ = simplejpeg.decode_jpeg_header(data)
             self.is_jpeg = True
@@ -47,21 +49,33 @@ class Source:
                 raise CorruptImage(str(e) or type(e).__name__) from None
         self.size = (w, h)
 
-    def decoded(self, min_w: int = 0, min_h: int = 0) -> np.ndarray:
-        """The image (HWC uint8 RGB) at the smallest cached/decodable scale >= (min_w, min_h)."""
+    def reserve(self, box, out_w: int, out_h: int) -> None:
+        """Announce that region(box, out_w, out_h) will be asked for."""
+        w, h = self._needed(box, out_w, out_h)
+        self._reserved = (max(self._reserved[0], w), max(self._reserved[1], h))
+
+    def _needed(self, box, out_w: int, out_h: int) -> tuple[int, int]:
+        """The decoded size at which box=(x, y, w, h), in original pixels, keeps >= the output's
+        pixels in both directions."""
+        W, H = self.size
+        _, _, w, h = box
+        return min(W, math.ceil(W * out_w / w)), min(H, math.ceil(H * out_h / h))
+
+    def decoded(self, min_w: int, min_h: int) -> np.ndarray:
+        """The image (HWC uint8 RGB) at the smallest cached or decodable scale that is at least
+        (min_w, min_h) and every reserved size."""
         fits = [a for a in self._decoded if a.shape[1] >= min_w and a.shape[0] >= min_h]
         if fits:
             return min(fits, key=lambda a: a.shape[0])
+        min_w, min_h = max(min_w, self._reserved[0]), max(min_h, self._reserved[1])
         array = None
         if self.is_jpeg:
-            # Only power-of-two reductions (libjpeg's cheap IDCT scalings); n/8 scales in between
-            # save little, and a second view would often need yet another one.
+            # Only power-of-two reductions: libjpeg's n/8 scales in between are slower to decode
+            # than the full size.
             W, H = self.size
             k = 1
             while k < 8 and W >= 2 * k * min_w and H >= 2 * k * min_h:
                 k *= 2
-            if not self._decoded:
-                k = max(1, k // 2)  # margin, so that the other view's crop most likely fits too
             try:
                 array = simplejpeg.decode_jpeg(self.data, "RGB", min_height=math.ceil(H / k) if k > 1 else 0,
                                                min_width=math.ceil(W / k) if k > 1 else 0)
@@ -83,8 +97,7 @@ class Source:
         """Crop box=(x, y, w, h) in original pixels, resized to (out_w, out_h)."""
         W, H = self.size
         x, y, w, h = box
-        # Decode just large enough that the crop keeps >= the output's pixels in both directions.
-        array = self.decoded(min(W, math.ceil(W * out_w / w)), min(H, math.ceil(H * out_h / h)))
+        array = self.decoded(*self._needed(box, out_w, out_h))
         sx, sy = array.shape[1] / W, array.shape[0] / H
         x0, y0 = int(round(x * sx)), int(round(y * sy))
         x1 = max(x0 + 1, min(array.shape[1], int(round((x + w) * sx))))

@@ -54,7 +54,23 @@ def _interp(name, op):
     return INTERPOLATIONS[name]
 
 
-class RandomResizedCrop:
+class _RegionOp:
+    """A geometry op that takes one region of its input, resized. As a pipeline's first op it
+    works on the undecoded Source, which Views tells the regions of all views before decoding."""
+
+    def region_of(self, width: int, height: int, rng):
+        """(box, out_w, out_h) for a width x height input, drawing this op's randomness."""
+        raise NotImplementedError
+
+    def take(self, image, chosen):
+        box, out_w, out_h = chosen
+        return region(image, box, out_w, out_h, self.interpolation)
+
+    def __call__(self, image, rng):
+        return self.take(image, self.region_of(*image_size(image), rng))
+
+
+class RandomResizedCrop(_RegionOp):
     """A crop covering a uniform fraction `scale` of the area with a log-uniform aspect `ratio`,
     resized to `size` (Szegedy et al.'s crop, as in the SimSiam recipe)."""
 
@@ -81,12 +97,11 @@ class RandomResizedCrop:
         w, h = min(w, width), min(h, height)
         return (width - w) // 2, (height - h) // 2, w, h
 
-    def __call__(self, image, rng):
-        box = self.box(*image_size(image), rng)
-        return region(image, box, self.out_w, self.out_h, self.interpolation)
+    def region_of(self, width, height, rng):
+        return self.box(width, height, rng), self.out_w, self.out_h
 
 
-class Resize:
+class Resize(_RegionOp):
     """An int size resizes the short side (keeping the aspect ratio); [h, w] resizes exactly."""
 
     def __init__(self, size, interpolation="bilinear"):
@@ -95,13 +110,12 @@ class Resize:
         self.interpolation = _interp(interpolation, "Resize")
         self.output_size = None if self.short_side else (self.out_h, self.out_w)
 
-    def __call__(self, image, rng):
-        w, h = image_size(image)
+    def region_of(self, w, h, rng):
         out_w, out_h = self.out_w, self.out_h
         if self.short_side:
             s = self.short_side
             out_w, out_h = (s, max(1, int(s * h / w))) if w <= h else (max(1, int(s * w / h)), s)
-        return region(image, (0, 0, w, h), out_w, out_h, self.interpolation)
+        return (0, 0, w, h), out_w, out_h
 
 
 class CenterCrop:
@@ -366,8 +380,18 @@ class Pipeline:
         last_geometry = [op for op in self.ops if isinstance(op, (RandomResizedCrop, Resize, CenterCrop))]
         self.output_size = last_geometry[-1].output_size if last_geometry else None
 
-    def __call__(self, image, rng) -> np.ndarray:
-        for op in self.ops:
+    def first_region(self, source: Source, rng):
+        """The first op's region of `source` (drawing its randomness now), or None when the first
+        op takes no region."""
+        if self.ops and isinstance(self.ops[0], _RegionOp):
+            return self.ops[0].region_of(*source.size, rng)
+        return None
+
+    def __call__(self, image, rng, first_region=None) -> np.ndarray:
+        ops = self.ops
+        if first_region is not None:  # drawn in advance by Views
+            image, ops = ops[0].take(image, first_region), ops[1:]
+        for op in ops:
             image = op(image, rng)
         return as_array(image)
 
@@ -391,7 +415,13 @@ class Views:
         self.output_size = sizes.pop() if len(sizes) == 1 else None
 
     def __call__(self, source: Source, rng) -> list[np.ndarray]:
-        return [pipeline(source, rng) for pipeline in self.pipelines]
+        # Draw every view's region before decoding: then one decode serves all views, at the
+        # smallest JPEG scale that still leaves each region at least its output's pixels.
+        regions = [pipeline.first_region(source, rng) for pipeline in self.pipelines]
+        for r in regions:
+            if r is not None:
+                source.reserve(*r)
+        return [pipeline(source, rng, r) for pipeline, r in zip(self.pipelines, regions)]
 
     def device_affine(self):
         return self.pipelines[0].device_affine()
