@@ -157,20 +157,19 @@ class ColorJitter:
                 raise DataError(f"ColorJitter.{name} must be a number in [0, {top or 'inf'}], got {value!r}")
         self.strengths = {"brightness": brightness, "contrast": contrast,
                           "saturation": saturation, "hue": hue}
-        self.active = [name for name, s in self.strengths.items() if s > 0]
+        # (name, low, high): the range each active change's factor (hue: shift) is drawn from
+        self.active = [(name, -s, s) if name == "hue" else (name, max(0.0, 1 - s), 1 + s)
+                       for name, s in self.strengths.items() if s > 0]
         self.output_size = None
 
     def __call__(self, image, rng):
         if rng.random() >= self.p:
             return image
         array = as_array(image)
-        for i in rng.permutation(len(self.active)):
-            name = self.active[i]
-            s = self.strengths[name]
-            if name == "hue":
-                array = adjust_hue(array, rng.uniform(-s, s))
-            else:
-                array = getattr(self, name)(array, rng.uniform(max(0.0, 1 - s), 1 + s))
+        for i in rng.permutation(len(self.active)).tolist():
+            name, low, high = self.active[i]
+            factor = rng.uniform(low, high)
+            array = adjust_hue(array, factor) if name == "hue" else getattr(self, name)(array, factor)
         return array
 
     @staticmethod
