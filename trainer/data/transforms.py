@@ -12,12 +12,13 @@ per (seed, epoch, sample index), so augmentations do not depend on worker count 
 from __future__ import annotations
 
 import difflib
-import functools
 import math
 
 import cv2
 import numpy as np
 
+from trainer.data import colour
+from trainer.data.colour import adjust_hue
 from trainer.data.errors import DataError
 from trainer.data.images import INTERPOLATIONS, Source, as_array, image_size, region
 
@@ -136,15 +137,6 @@ class CenterCrop:
         return array[y:y + self.out_h, x:x + self.out_w]
 
 
-GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 luma, as PIL's "L"
-
-# Colour changes as 3x4 matrices [M | offset] for cv2.transform: out = M @ rgb + offset per pixel,
-# rounded and clipped to uint8, in one pass (several times faster than lookup tables or blending).
-# Built from these constants with a multiply or two (numpy's hstack/eye cost more than the pass).
-_IDENTITY = np.hstack([np.eye(3), np.zeros((3, 1))]).astype(np.float32)
-_TO_GRAY = np.hstack([np.tile(GRAY_WEIGHTS, (3, 1)), np.zeros((3, 1), np.float32)])
-
-
 class ColorJitter:
     """With probability p: brightness, contrast, saturation and hue changes in a random order,
     factors uniform in [1 - s, 1 + s] (hue: shift uniform in [-s, s] of a turn)."""
@@ -172,37 +164,10 @@ class ColorJitter:
             array = adjust_hue(array, factor) if name == "hue" else getattr(self, name)(array, factor)
         return array
 
-    @staticmethod
-    def brightness(array, factor):
-        return cv2.transform(array, factor * _IDENTITY)
-
-    @staticmethod
-    def contrast(array, factor):
-        r, g, b, _ = cv2.mean(array)
-        matrix = factor * _IDENTITY
-        matrix[:, 3] = (0.299 * r + 0.587 * g + 0.114 * b) * (1 - factor)  # towards the mean grey
-        return cv2.transform(array, matrix)
-
-    @staticmethod
-    def saturation(array, factor):
-        return cv2.transform(array, factor * _IDENTITY + (1 - factor) * _TO_GRAY)
-
-
-def adjust_hue(array: np.ndarray, shift: float) -> np.ndarray:
-    """Rotate hue by `shift` turns in HSV with 256 hue steps (uint8 addition wraps around)."""
-    hsv = cv2.cvtColor(array, cv2.COLOR_RGB2HSV_FULL)
-    # Adding (step, 0, 0) to every pixel is one contiguous vectorized pass, 6x faster than adding
-    # to the strided hue channel (OpenCV's addition saturates instead of wrapping).
-    hsv += _hue_channel(hsv.shape) * np.uint8(int(round(shift * 256)) % 256)
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
-
-
-@functools.lru_cache(maxsize=4)
-def _hue_channel(shape) -> np.ndarray:
-    """1 in the hue channel, 0 in the others."""
-    ones = np.zeros(shape, np.uint8)
-    ones[..., 0] = 1
-    return ones
+    # The changes themselves (static, so that tests can call them on their own)
+    brightness = staticmethod(colour.brightness)
+    contrast = staticmethod(colour.contrast)
+    saturation = staticmethod(colour.saturation)
 
 
 class RandomGrayscale:
@@ -213,7 +178,7 @@ class RandomGrayscale:
     def __call__(self, image, rng):
         if rng.random() >= self.p:
             return image
-        return cv2.transform(as_array(image), _TO_GRAY)
+        return colour.grayscale(as_array(image))
 
 
 class SimCLRGaussianBlur:
