@@ -226,3 +226,74 @@ def test_passl_classification_op_names_mean_the_same_ops():
     flips = T.build_views([{"RandFlipImage": {"flip_code": 1}}]).pipelines[0].ops[0]
     image = colourful()
     assert within_binomial(applied_fraction(flips, image, lambda out: np.array_equal(out, image[:, ::-1])), N, 0.5)
+
+
+def _jpeg(array, quality=90):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def test_ops_without_a_region_get_the_full_size_image():
+    """Only a crop or resize may decode a JPEG at reduced scale; a flip or CenterCrop first sees
+    every pixel (a reduced decode there once gave 1/4-size views)."""
+    data = _jpeg(np.repeat(np.repeat(colourful(12, 16), 4, 0), 4, 1))  # 64x48
+    rng = np.random.default_rng(0)
+    assert T.build_views([{"RandomHorizontalFlip": None}])(T.Source(data), rng)[0].shape == (48, 64, 3)
+    center = T.build_views([{"CenterCrop": {"size": 32}}])(T.Source(data), rng)[0]
+    assert center.shape == (32, 32, 3) and center.min(axis=(0, 1)).max() > 0  # not black padding
+
+
+def pink_noise(h, w, seed=0):
+    """Colour 1/f noise: the spectrum of natural photos, rich in the fine detail that decoding
+    at reduced scale could change."""
+    rng = np.random.default_rng(seed)
+    spectrum = np.fft.rfft2(rng.standard_normal((3, h, w)))
+    spectrum /= np.maximum(np.hypot(np.fft.rfftfreq(w)[None, :], np.fft.fftfreq(h)[:, None]), 1 / w)
+    x = np.fft.irfft2(spectrum, s=(h, w))
+    x = (x - x.mean()) / x.std()
+    return np.clip(128 + 50 * x, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def test_reduced_scale_decoding_keeps_the_views_statistics():
+    """Crops that keep >= 224 px per side at 1/2 scale are cut from a 1/2-scale JPEG decode; their
+    views must match those from the full-size decode in brightness, contrast and sharpness (mean
+    gradient). For scale: our full-size views are 15 % less sharp than PIL's (the reference's)."""
+    data = _jpeg(pink_noise(900, 1200))
+    crop = T.RandomResizedCrop(224, scale=(0.5, 1.0), interpolation="bicubic")  # all fit at 1/2
+    full_size = T.Source(data)
+    full_size.decoded(1200, 900)
+    half = T.Source(data)
+    half.decoded(600, 450)
+    rng = np.random.default_rng(5)
+    boxes = [crop.box(1200, 900, rng) for _ in range(40)]
+    reduced = np.stack([half.region(box, 224, 224, crop.interpolation) for box in boxes]).astype(float)
+    full = np.stack([full_size.region(box, 224, 224, crop.interpolation) for box in boxes]).astype(float)
+    assert [a.shape for a in half._decoded] == [(450, 600, 3)]  # every crop was cut from the 1/2 decode
+
+    def sharpness(views):
+        return np.abs(np.diff(views, axis=2)).mean()
+
+    assert abs(reduced.mean() - full.mean()) < 0.5
+    assert abs(reduced.std() / full.std() - 1) < 0.02
+    assert abs(sharpness(reduced) / sharpness(full) - 1) < 0.1, (sharpness(reduced), sharpness(full))
+
+
+def test_views_share_one_decode_at_the_smallest_scale_their_crops_allow():
+    """The views' crop boxes are drawn before decoding: one decode serves both, at 1/2 scale when
+    both crops keep >= 224 px per side there, at full size when either needs it."""
+    data = _jpeg(pink_noise(900, 1200))
+    crop = [{"RandomResizedCrop": {"size": 224, "scale": [0.5, 1.0], "interpolation": "bicubic"}}]
+    halves = T.build_views([{"TwoViewsTransform": {"base_transform1": crop, "base_transform2": crop}}])
+    source = T.Source(data)
+    assert [v.shape for v in halves(source, np.random.default_rng(0))] == [(224, 224, 3)] * 2
+    assert [a.shape for a in source._decoded] == [(450, 600, 3)]
+    small = [{"RandomResizedCrop": {"size": 224, "scale": [0.05, 0.1]}}]  # < 448 px per side
+    mixed = T.build_views([{"TwoViewsTransform": {"base_transform1": crop, "base_transform2": small}}])
+    source = T.Source(data)
+    mixed(source, np.random.default_rng(0))
+    assert [a.shape for a in source._decoded] == [(900, 1200, 3)]

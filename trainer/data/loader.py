@@ -292,7 +292,7 @@ class Loader:
         batches = self._batches_for_epoch(self.epoch)[self.start_step:]
         if self._num_workers == 0:
             for indices in batches:  # in this process: fill a fresh buffer, nothing to copy
-                out = self._job.out_arrays(bytearray(self._job.view_bytes * self._job.num_views))
+                out = self._job.out_arrays(np.empty(self._job.view_bytes * self._job.num_views, np.uint8))
                 labels, bad = self._job.make(indices, self.epoch, out)
                 self._count_bad(bad)
                 yield [o[: len(labels)] for o in out], labels

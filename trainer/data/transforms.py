@@ -17,6 +17,8 @@ import math
 import cv2
 import numpy as np
 
+from trainer.data import colour
+from trainer.data.colour import adjust_hue
 from trainer.data.errors import DataError
 from trainer.data.images import INTERPOLATIONS, Source, as_array, image_size, region
 
@@ -54,7 +56,23 @@ def _interp(name, op):
     return INTERPOLATIONS[name]
 
 
-class RandomResizedCrop:
+class _RegionOp:
+    """A geometry op that takes one region of its input, resized. As a pipeline's first op it
+    works on the undecoded Source, which Views tells the regions of all views before decoding."""
+
+    def region_of(self, width: int, height: int, rng):
+        """(box, out_w, out_h) for a width x height input, drawing this op's randomness."""
+        raise NotImplementedError
+
+    def take(self, image, chosen):
+        box, out_w, out_h = chosen
+        return region(image, box, out_w, out_h, self.interpolation)
+
+    def __call__(self, image, rng):
+        return self.take(image, self.region_of(*image_size(image), rng))
+
+
+class RandomResizedCrop(_RegionOp):
     """A crop covering a uniform fraction `scale` of the area with a log-uniform aspect `ratio`,
     resized to `size` (Szegedy et al.'s crop, as in the SimSiam recipe)."""
 
@@ -81,12 +99,11 @@ class RandomResizedCrop:
         w, h = min(w, width), min(h, height)
         return (width - w) // 2, (height - h) // 2, w, h
 
-    def __call__(self, image, rng):
-        box = self.box(*image_size(image), rng)
-        return region(image, box, self.out_w, self.out_h, self.interpolation)
+    def region_of(self, width, height, rng):
+        return self.box(width, height, rng), self.out_w, self.out_h
 
 
-class Resize:
+class Resize(_RegionOp):
     """An int size resizes the short side (keeping the aspect ratio); [h, w] resizes exactly."""
 
     def __init__(self, size, interpolation="bilinear"):
@@ -95,13 +112,12 @@ class Resize:
         self.interpolation = _interp(interpolation, "Resize")
         self.output_size = None if self.short_side else (self.out_h, self.out_w)
 
-    def __call__(self, image, rng):
-        w, h = image_size(image)
+    def region_of(self, w, h, rng):
         out_w, out_h = self.out_w, self.out_h
         if self.short_side:
             s = self.short_side
             out_w, out_h = (s, max(1, int(s * h / w))) if w <= h else (max(1, int(s * w / h)), s)
-        return region(image, (0, 0, w, h), out_w, out_h, self.interpolation)
+        return (0, 0, w, h), out_w, out_h
 
 
 class CenterCrop:
@@ -121,16 +137,6 @@ class CenterCrop:
         return array[y:y + self.out_h, x:x + self.out_w]
 
 
-GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 luma, as PIL's "L"
-_TO_GRAY = np.tile(GRAY_WEIGHTS, (3, 1))
-
-
-def _colour_matrix(array: np.ndarray, matrix: np.ndarray, offset: float = 0.0) -> np.ndarray:
-    """Apply out = matrix @ rgb + offset to every pixel, rounded and clipped to uint8 (one pass:
-    OpenCV's transform is several times faster than lookup tables or blending here)."""
-    return cv2.transform(array, np.hstack([matrix, np.full((3, 1), offset)]).astype(np.float32))
-
-
 class ColorJitter:
     """With probability p: brightness, contrast, saturation and hue changes in a random order,
     factors uniform in [1 - s, 1 + s] (hue: shift uniform in [-s, s] of a turn)."""
@@ -143,42 +149,25 @@ class ColorJitter:
                 raise DataError(f"ColorJitter.{name} must be a number in [0, {top or 'inf'}], got {value!r}")
         self.strengths = {"brightness": brightness, "contrast": contrast,
                           "saturation": saturation, "hue": hue}
-        self.active = [name for name, s in self.strengths.items() if s > 0]
+        # (name, low, high): the range each active change's factor (hue: shift) is drawn from
+        self.active = [(name, -s, s) if name == "hue" else (name, max(0.0, 1 - s), 1 + s)
+                       for name, s in self.strengths.items() if s > 0]
         self.output_size = None
 
     def __call__(self, image, rng):
         if rng.random() >= self.p:
             return image
         array = as_array(image)
-        for i in rng.permutation(len(self.active)):
-            name = self.active[i]
-            s = self.strengths[name]
-            if name == "hue":
-                array = adjust_hue(array, rng.uniform(-s, s))
-            else:
-                array = getattr(self, name)(array, rng.uniform(max(0.0, 1 - s), 1 + s))
+        for i in rng.permutation(len(self.active)).tolist():
+            name, low, high = self.active[i]
+            factor = rng.uniform(low, high)
+            array = adjust_hue(array, factor) if name == "hue" else getattr(self, name)(array, factor)
         return array
 
-    @staticmethod
-    def brightness(array, factor):
-        return _colour_matrix(array, factor * np.eye(3))
-
-    @staticmethod
-    def contrast(array, factor):
-        r, g, b, _ = cv2.mean(array)
-        mean = 0.299 * r + 0.587 * g + 0.114 * b  # blend towards the mean grey level
-        return _colour_matrix(array, factor * np.eye(3), mean * (1 - factor))
-
-    @staticmethod
-    def saturation(array, factor):
-        return _colour_matrix(array, factor * np.eye(3) + (1 - factor) * _TO_GRAY)
-
-
-def adjust_hue(array: np.ndarray, shift: float) -> np.ndarray:
-    """Rotate hue by `shift` turns in HSV with 256 hue steps (uint8 addition wraps around)."""
-    hsv = cv2.cvtColor(array, cv2.COLOR_RGB2HSV_FULL)
-    hsv[..., 0] += np.uint8(int(round(shift * 256)) % 256)
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+    # The changes themselves (static, so that tests can call them on their own)
+    brightness = staticmethod(colour.brightness)
+    contrast = staticmethod(colour.contrast)
+    saturation = staticmethod(colour.saturation)
 
 
 class RandomGrayscale:
@@ -189,7 +178,7 @@ class RandomGrayscale:
     def __call__(self, image, rng):
         if rng.random() >= self.p:
             return image
-        return _colour_matrix(as_array(image), _TO_GRAY)
+        return colour.grayscale(as_array(image))
 
 
 class SimCLRGaussianBlur:
@@ -366,8 +355,18 @@ class Pipeline:
         last_geometry = [op for op in self.ops if isinstance(op, (RandomResizedCrop, Resize, CenterCrop))]
         self.output_size = last_geometry[-1].output_size if last_geometry else None
 
-    def __call__(self, image, rng) -> np.ndarray:
-        for op in self.ops:
+    def first_region(self, source: Source, rng):
+        """The first op's region of `source` (drawing its randomness now), or None when the first
+        op takes no region."""
+        if self.ops and isinstance(self.ops[0], _RegionOp):
+            return self.ops[0].region_of(*source.size, rng)
+        return None
+
+    def __call__(self, image, rng, first_region=None) -> np.ndarray:
+        ops = self.ops
+        if first_region is not None:  # drawn in advance by Views
+            image, ops = ops[0].take(image, first_region), ops[1:]
+        for op in ops:
             image = op(image, rng)
         return as_array(image)
 
@@ -391,7 +390,13 @@ class Views:
         self.output_size = sizes.pop() if len(sizes) == 1 else None
 
     def __call__(self, source: Source, rng) -> list[np.ndarray]:
-        return [pipeline(source, rng) for pipeline in self.pipelines]
+        # Draw every view's region before decoding: then one decode serves all views, at the
+        # smallest JPEG scale that still leaves each region at least its output's pixels.
+        regions = [pipeline.first_region(source, rng) for pipeline in self.pipelines]
+        for r in regions:
+            if r is not None:
+                source.reserve(*r)
+        return [pipeline(source, rng, r) for pipeline, r in zip(self.pipelines, regions)]
 
     def device_affine(self):
         return self.pipelines[0].device_affine()
