@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from testlib import REPO
+from helpers.paths import REPO
 
 from trainer import contract, relay
 from trainer.watchdog import Heartbeat, PeerView, generation_dir

@@ -1,6 +1,7 @@
 """simsiam-train's manners with bad input: exit 2, one line on stderr, no traceback."""
 import pytest
-from trainer_helpers import REPO, run_cli
+from helpers.paths import REPO
+from helpers.trainer import run_cli
 
 RECIPE = str(REPO / "trainer/configs/simsiam_resnet50_pt_in1k_1n8c_dp_fp32.yaml")
 
