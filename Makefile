@@ -53,9 +53,11 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check $(RUFF_ARGS) $(LINT_PATHS)
 	$(VENV)/bin/mypy
 
-# The inner loop: every test that needs no cluster and is not slow.
+# The inner loop: every test that needs no cluster and is not slow (no training run, no ResNet-50),
+# on every core (pytest-xdist): most of these tests wait on subprocesses, so workers overlap well.
+TEST_WORKERS ?= auto
 test-fast: lint
-	$(PY) -m pytest -q -m "not cluster and not slow" --durations=30 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not cluster and not slow" --durations=30 tests
 
 test: lint clusters
 	SIMSIAM_REQUIRE_ALL=1 $(PY) -m pytest -ra --timeout=900 tests

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
+from helpers.prereqs import unavailable
 from PIL import Image
-from testlib import unavailable
 
 from trainer.data import fashion_mnist
 

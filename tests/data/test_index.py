@@ -9,7 +9,8 @@ import time
 import zlib
 
 import pytest
-from testlib import REPO, unavailable
+from helpers.paths import REPO
+from helpers.prereqs import unavailable
 
 from trainer.data import ImageFolder, build_train_loader, index
 

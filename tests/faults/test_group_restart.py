@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from localruns import (
+from helpers.localruns import (
     alive,
     assert_continuous,
     kill,

@@ -4,7 +4,7 @@ checkpoint is reported, never counted, never deleted. Real runs of simsiam-train
 import shutil
 
 import pytest
-from trainer_helpers import run_cli, tiny_run_args
+from helpers.trainer import run_cli, tiny_run_args
 
 from trainer import checkpoint as ckpt
 from trainer import contract

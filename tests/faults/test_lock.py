@@ -8,8 +8,9 @@ import sys
 import time
 
 import pytest
-from faults_helpers import wait_for_step
-from trainer_helpers import REPO, run_cli, tiny_run_args
+from helpers.paths import REPO
+from helpers.trainer import run_cli, tiny_run_args
+from helpers.twonodes import wait_for_step
 
 from trainer import contract
 from trainer.lock import LockError, RunLock

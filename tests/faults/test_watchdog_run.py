@@ -5,8 +5,8 @@ import signal
 import time
 
 import pytest
-from faults_helpers import TwoNodes, wait_for_step
-from trainer_helpers import tiny_run_args
+from helpers.trainer import tiny_run_args
+from helpers.twonodes import TwoNodes, wait_for_step
 
 from trainer import contract
 

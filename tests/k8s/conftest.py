@@ -16,8 +16,8 @@ import time
 import uuid
 
 import pytest
-from k8s_util import CLUSTER_SCRIPT, E2E_NAMESPACE, OUTPUT_CLAIM, REAL_NODE_LABEL, make_spec, wait_until
-from testlib import unavailable
+from helpers.k8s import CLUSTER_SCRIPT, E2E_NAMESPACE, OUTPUT_CLAIM, REAL_NODE_LABEL, make_spec, wait_until
+from helpers.prereqs import unavailable
 
 from simsiam_job.backends.kubernetes import KubernetesBackend
 from simsiam_job.spec import JobSpec

@@ -6,7 +6,10 @@ on PYTHONPATH; --env may not set PATH), where only rank 0 sees the output claim:
 - with FAIL_RANK=R, rank R starts with a data root that does not exist: the real trainer's bad-input
   exit (2) with its own line, on that rank only.
 
-Everything else is the real CLI (exit codes, SIGTERM, auto-resume)."""
+Everything else is the real CLI (exit codes, SIGTERM, auto-resume).
+
+A script, not a helper: test_jobset_nodes.py copies this file by path onto the data claim, so it
+stays beside its test (what tests import lives in tests/helpers/)."""
 import hashlib
 import os
 import sys

@@ -10,45 +10,19 @@ calls or play the kubelet's part.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from k8s_util import OUTPUT_CLAIM, docs_by_kind, make_spec, wait_until
+from helpers.k8s import OUTPUT_CLAIM, docs_by_kind, make_spec, wait_until
+from helpers.k8s_control_plane import CLI, PYTHONPATH, end_pod, run_cli, status, submit
 
 pytestmark = pytest.mark.k8s
 
-CLI = str(Path(sys.executable).parent / "simsiam-job")
 A100_NODES = {"a100-0", "a100-1", "a100-2"}
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
-# The CLI runs the code under test, wherever pytest found it.
-PYTHONPATH = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
-
-
-# ---- helpers ----------------------------------------------------------------------------------------
-
-def run_cli(cluster, *args, input: str | None = None, check: bool = True, extra_env=None):
-    env = {**cluster, "SIMSIAM_JOB_CONFIG": "/dev/null", **PYTHONPATH, **(extra_env or {})}
-    out = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, input=input,
-                         timeout=120)
-    if check:
-        assert out.returncode == 0, f"simsiam-job {' '.join(args)}: {out.stderr}"
-    return out
-
-
-def submit(cluster, ns, name, *args, **kw):
-    return run_cli(cluster, "submit", "pretrain", "--backend", "kubernetes", "--name", name,
-                   "--image", "registry.example.com/simsiam:test", "--set", f"namespace={ns}",
-                   "--set", f"output_pvc={OUTPUT_CLAIM}", *args, **kw)
-
-
-def status(cluster, ref) -> dict:
-    return json.loads(run_cli(cluster, "status", ref, "--json").stdout)
 
 
 def pods_of(kube, ns, name):
@@ -59,13 +33,6 @@ def pods_of(kube, ns, name):
 def running_pods(kube, ns, name, count):
     pods = [p for p in pods_of(kube, ns, name) if p.status.phase == "Running"]
     return pods if len(pods) == count else None
-
-
-def end_pod(kube, pod, outcome: str):
-    """Play the kubelet: the pod's container exits with `outcome` (a code) or it is disrupted."""
-    core, _, _ = kube
-    core.patch_namespaced_pod(pod.metadata.name, pod.metadata.namespace,
-                              {"metadata": {"annotations": {"simsiam-test/exit": outcome}}})
 
 
 # ---- lifecycle ---------------------------------------------------------------------------------------

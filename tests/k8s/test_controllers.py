@@ -18,8 +18,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from k8s_util import E2E_NAMESPACE, wait_until
-from testlib import unavailable
+from helpers.k8s import E2E_NAMESPACE, wait_until
+from helpers.prereqs import unavailable
 
 QUEUE = {"kueue.x-k8s.io/queue-name": "simsiam"}
 IMAGE = "localhost/simsiam:test-cpu"

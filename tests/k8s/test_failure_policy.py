@@ -7,7 +7,7 @@ import json
 
 import kubernetes_validate
 import pytest
-from k8s_util import docs_by_kind, make_spec
+from helpers.k8s import docs_by_kind, make_spec
 
 from simsiam_job.backends.kubernetes.render import ATTEMPT_ANNOTATION, next_attempt
 from trainer import contract

@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
-from k8s_util import E2E_NAMESPACE, RWO_CLAIM
-from localruns import resumed_steps
-from test_nodes import ON_REAL_NODES, TINY, kubectl
-from testlib import REPO, run_cli, wait_for
+from helpers.cli import TINY, run_cli, wait_for
+from helpers.k8s import E2E_NAMESPACE, RWO_CLAIM
+from helpers.k8s_nodes import ON_REAL_NODES, kubectl
+from helpers.localruns import resumed_steps
+from helpers.paths import REPO
 
 pytestmark = [pytest.mark.k8s_nodes, pytest.mark.slow]
 

@@ -9,8 +9,8 @@ import os
 
 import kubernetes_validate
 import pytest
-from k8s_util import docs_by_kind, make_spec
-from testlib import assert_one_line_error, run_cli
+from helpers.cli import assert_one_line_error, run_cli
+from helpers.k8s import docs_by_kind, make_spec
 
 from simsiam_job.backends.kubernetes.render import jobset_failure_rules
 from simsiam_job.errors import UsageError

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
-from k8s_util import E2E_QUEUE
-from localruns import resumed_steps
-from test_nodes import ON_REAL_NODES, TINY, kubectl
+from helpers.cli import TINY, run_cli, wait_for
+from helpers.k8s import E2E_QUEUE
+from helpers.k8s_nodes import ON_REAL_NODES, kubectl
+from helpers.localruns import resumed_steps
 from test_nodes_restart import lose_rank_1, running_pod, step_records, wait_for_steps
-from testlib import run_cli, wait_for
 
 pytestmark = [pytest.mark.k8s_nodes, pytest.mark.slow]
 

@@ -19,24 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from k8s_util import E2E_NAMESPACE, REAL_NODE_LABEL
-from testlib import BIN, CPU_CONFIG, REPO, run_cli, wait_for
+from helpers.cli import TINY, run_cli, wait_for
+from helpers.k8s import E2E_NAMESPACE, REAL_NODE_LABEL
+from helpers.k8s_nodes import IMAGE, ON_REAL_NODES, kubectl
+from helpers.paths import BIN, REPO
 
 pytestmark = [pytest.mark.k8s_nodes, pytest.mark.slow]
 
-IMAGE = "localhost/simsiam:test-cpu"
 REAL_NODES = {"worker-1", "worker-2"}
-# A seconds-long model; the real trainer and data pipeline. Small requests: the nodes share two cores.
-TINY = ["-c", CPU_CONFIG, "-o", "Model.width=4", "-o", "Model.dim=16", "-o", "Model.pred_dim=8",
-        "-o", "DataLoader.Train.sampler.batch_size=8", "-o", "Global.print_batch_step=1"]
-ON_REAL_NODES = ["--backend", "kubernetes", "--set", f"namespace={E2E_NAMESPACE}", "--gpus", "0",
-                 "--image", IMAGE, "--data", "pvc:data", "--output", "pvc:output",
-                 "--set", "cpu=500m", "--set", "memory=3Gi"]
-
-
-def kubectl(nodes, *args, check=True, input=None):
-    return subprocess.run(["kubectl", *args], env=nodes["env"], capture_output=True, text=True,
-                          check=check, input=input, timeout=120)
 
 
 def pods(nodes, job) -> list[dict]:

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-from k8s_util import E2E_NAMESPACE
-from localruns import assert_continuous, resumed_steps
-from test_nodes import ON_REAL_NODES, TINY, kubectl
-from testlib import run_cli, wait_for
+from helpers.cli import TINY, run_cli, wait_for
+from helpers.k8s import E2E_NAMESPACE
+from helpers.k8s_nodes import ON_REAL_NODES, kubectl
+from helpers.localruns import assert_continuous, resumed_steps
 
 pytestmark = [pytest.mark.k8s_nodes, pytest.mark.slow]
 

@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from testlib import REPO
+from helpers.paths import REPO
 
 from trainer import contract, relay
 from trainer.watchdog import Heartbeat, PeerView, generation_dir
@@ -77,6 +77,7 @@ def test_rank_0_admits_each_node_once_and_only_while_forming(leaders):
     assert "not a member" in ask(op="beat", node=2, pod="d", records=[])["why"]
 
 
+@pytest.mark.slow  # about 9 s, most of it waiting out the watchdog's timeout
 def test_heartbeats_are_mirrored_and_a_frozen_rank_is_seen_by_rank_0s_watchdog(tmp_path, leaders):
     """Rank 1's heartbeat file exists only in its own pod; rank 0's view of it comes through the
     relay. While rank 1 beats, rank 0 sees it alive; when it freezes (its counter stops), rank 0's

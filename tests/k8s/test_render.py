@@ -11,8 +11,8 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
-from k8s_util import docs_by_kind, make_spec
-from testlib import assert_one_line_error, run_cli
+from helpers.cli import assert_one_line_error, run_cli
+from helpers.k8s import docs_by_kind, make_spec
 
 from simsiam_job.backends.kubernetes import KubernetesBackend, Options
 from simsiam_job.backends.kubernetes.render import parse_claim
@@ -157,12 +157,12 @@ def test_render_needs_no_cluster_and_no_kubernetes_client(tmp_path):
     code = (
         "import sys; import simsiam_job.backends.kubernetes as k;"
         "assert 'kubernetes' not in sys.modules, 'client imported at module import';"
-        "import k8s_util; s = k8s_util.make_spec(namespace='ns');"
+        "from helpers.k8s import make_spec; s = make_spec(namespace='ns');"
         "print(k.KubernetesBackend(s.options).render(s).text)"
     )
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "missing"),
-           "PYTHONPATH": __file__.rsplit("/", 2)[0]}  # conftest imports tests/testlib.py
-    out = subprocess.run([sys.executable, "-c", code], cwd=__file__.rsplit("/", 1)[0], env=env,
+           "PYTHONPATH": __file__.rsplit("/", 2)[0]}  # tests/, for tests/helpers/
+    out = subprocess.run([sys.executable, "-c", code], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "kind: Job" in out.stdout and "namespace: ns" in out.stdout

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from testlib import REPO
+from helpers.paths import REPO
 
 # Prints its arguments: "-m paddle.distributed.launch ..." as the launcher would receive them.
 LAUNCHER = ["sh", "-c", 'echo "$@"', "sh", "-m", "paddle.distributed.launch", "--nnodes", "2", "--rank"]

@@ -13,15 +13,8 @@ import subprocess
 
 import pytest
 import yaml
-from k8s_util import CLUSTER_QUEUE
-from test_cluster import (
-    OUTPUT_CLAIM,
-    end_pod,
-    run_cli,
-    status,
-    submit,
-    wait_until,
-)
+from helpers.k8s import CLUSTER_QUEUE, OUTPUT_CLAIM, wait_until
+from helpers.k8s_control_plane import end_pod, run_cli, status, submit
 
 pytestmark = pytest.mark.k8s
 

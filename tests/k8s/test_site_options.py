@@ -7,8 +7,8 @@ import os
 
 import kubernetes_validate
 import pytest
-from k8s_util import docs_by_kind, make_spec
-from testlib import assert_one_line_error, run_cli
+from helpers.cli import assert_one_line_error, run_cli
+from helpers.k8s import docs_by_kind, make_spec
 
 KNOBS = dict(tolerations=("ib=true:NoSchedule", "spot"), node_selector=("topology.kubernetes.io/zone=eu-1a",),
              node_affinity=("kubernetes.io/arch=amd64|arm64", "example.com/gen!=a100-40g", "!example.com/drain"),

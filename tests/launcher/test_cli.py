@@ -8,7 +8,8 @@ import zipfile
 
 import pytest
 import yaml
-from testlib import BIN, CPU_CONFIG, REPO, assert_one_line_error, run_cli
+from helpers.cli import assert_one_line_error, run_cli
+from helpers.paths import BIN, CPU_CONFIG, REPO
 
 CFG = ["-c", CPU_CONFIG]
 

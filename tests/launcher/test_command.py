@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import yaml
-from testlib import CPU_CONFIG
+from helpers.paths import CPU_CONFIG
 
 from simsiam_job.command import launch_args, trainer_args
 from simsiam_job.spec import JobSpec, Phase

@@ -24,7 +24,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from testlib import CPU_CONFIG, NOBODY, REPO, assert_one_line_error, job_status, run_cli, unavailable
+from helpers.cli import assert_one_line_error, job_status, run_cli
+from helpers.files import NOBODY
+from helpers.paths import CPU_CONFIG, REPO
+from helpers.prereqs import unavailable
 
 TIMEOUT = 30   # seconds; a hang fails the test instead of stalling the suite
 CFG = ["-c", CPU_CONFIG]

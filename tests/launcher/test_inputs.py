@@ -12,7 +12,8 @@ import time
 
 import pytest
 import yaml
-from testlib import BIN, CPU_CONFIG, REPO, assert_one_line_error, job_status, run_cli
+from helpers.cli import assert_one_line_error, job_status, run_cli
+from helpers.paths import BIN, CPU_CONFIG, REPO
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from testlib import REPO, assert_one_line_error, unavailable
+from helpers.cli import assert_one_line_error
+from helpers.paths import REPO
+from helpers.prereqs import unavailable
 
 pytestmark = pytest.mark.slow
 

@@ -7,14 +7,9 @@ import signal
 from pathlib import Path
 
 import pytest
-from testlib import (
-    CPU_CONFIG,
-    REPO,
-    assert_one_line_error,
-    run_cli,
-    wait_for,
-)
-from testlib import job_status as status
+from helpers.cli import assert_one_line_error, run_cli, wait_for
+from helpers.cli import job_status as status
+from helpers.paths import CPU_CONFIG, REPO
 
 pytestmark = pytest.mark.slow
 

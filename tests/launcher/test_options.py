@@ -4,7 +4,7 @@ import dataclasses
 from typing import Literal
 
 import pytest
-from testlib import assert_one_line_error, run_cli
+from helpers.cli import assert_one_line_error, run_cli
 
 from simsiam_job.defaults import load_user_config, resolve_options
 from simsiam_job.errors import UsageError

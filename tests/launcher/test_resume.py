@@ -3,16 +3,8 @@ continues from the checkpoint to SUCCEEDED; status and list show the attempt; a 
 succeeded job is refused with one line."""
 
 import pytest
-from localruns import (
-    assert_continuous,
-    output_dir,
-    resumed_steps,
-    steps,
-    submit,
-    user,
-    wait_for_step,
-)
-from testlib import assert_one_line_error, job_status, run_cli
+from helpers.cli import assert_one_line_error, job_status, run_cli
+from helpers.localruns import assert_continuous, output_dir, resumed_steps, steps, submit, user, wait_for_step
 
 pytestmark = pytest.mark.slow
 

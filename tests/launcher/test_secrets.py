@@ -17,15 +17,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from testlib import (
-    CPU_CONFIG,  # noqa: F401
-    REPO,
-    another_user_can_read,
-    assert_one_line_error,
-    files_holding,
-    run_cli,
-    wait_for,
-)
+from helpers.cli import assert_one_line_error, run_cli, wait_for
+from helpers.files import another_user_can_read, files_holding
+from helpers.paths import CPU_CONFIG, REPO
 
 PLAIN = "plain-env-value-7Qx"      # given with --env
 HIDDEN = "file-secret-value-9Kz"   # given with --env-secret, from a file

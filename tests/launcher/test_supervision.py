@@ -4,7 +4,8 @@ which. Real `simsiam-train` runs (paddle, CPU) through the `simsiam-job` CLI; no
 
 
 import pytest
-from localruns import (
+from helpers.cli import job_status, run_cli
+from helpers.localruns import (
     alive,
     kill,
     launcher_pid,
@@ -18,7 +19,6 @@ from localruns import (
     wait_finished,
     wait_for_step,
 )
-from testlib import job_status, run_cli
 
 pytestmark = pytest.mark.slow
 

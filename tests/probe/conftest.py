@@ -2,7 +2,7 @@
 import os
 
 import pytest
-from testlib import unavailable
+from helpers.prereqs import unavailable
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -53,6 +53,7 @@ def with_module_prefix(state):
     return {f"module.{k}": v for k, v in state.items()}  # DistributedDataParallel's names
 
 
+@pytest.mark.slow  # builds real ResNet-50s (paddle and torch)
 def test_official_pretrain_checkpoint_imports_exactly(torch, tmp_path):
     model = randomize_torch(torch, official_simsiam(torch))
     torch.save({"epoch": 100, "arch": "resnet50", "state_dict": with_module_prefix(model.state_dict()),

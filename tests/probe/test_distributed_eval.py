@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
-from testlib import unavailable
+from helpers.prereqs import unavailable
 
 from trainer.data import fashion_mnist
 from trainer.models import build_model

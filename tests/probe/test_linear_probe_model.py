@@ -45,6 +45,7 @@ def test_bn_uses_running_statistics_in_train_mode():
     np.testing.assert_array_equal(model(x).numpy(), expected)
 
 
+@pytest.mark.slow  # builds a real ResNet-50
 def test_fc_is_initialised_normal_0_01_with_zero_bias():
     paddle.seed(3)
     model = build_model({"name": "resnet50_linearprobe", "class_num": 1000})
@@ -54,6 +55,7 @@ def test_fc_is_initialised_normal_0_01_with_zero_bias():
     assert not model.fc.bias.numpy().any()
 
 
+@pytest.mark.slow  # builds a real ResNet-50
 def test_recipe_name_is_resnet50():
     model = build_model({"name": "simsiam_resnet50_linearprobe", "class_num": 7})
     assert model.fc.weight.shape == [2048, 7]

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import paddle
 import pytest
-from testlib import unavailable
+from helpers.prereqs import unavailable
 
 from trainer import checkpoint as ckpt
 from trainer.config import shipped_config

@@ -12,7 +12,7 @@ import os
 import sys
 
 import pytest
-from testlib import fmnist, slurm_test_cluster  # noqa: F401  (fmnist: a fixture)
+from helpers.slurm import slurm_test_cluster
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,8 @@
 """``simsiam-train`` that also saves this rank's final model state (RANK_STATE_DIR/rank<N>.pdparams)
-so a test can compare ranks; everything else is the real CLI (exit codes, SIGTERM, auto-resume)."""
+so a test can compare ranks; everything else is the real CLI (exit codes, SIGTERM, auto-resume).
+
+A script, not a helper: test_slurm_cluster.py runs it and tests/k8s/test_nodes.py copies it into
+the pods by path, so it stays here (what tests import lives in tests/helpers/)."""
 import os
 import sys
 

@@ -26,8 +26,7 @@ def test_list_and_status_read_the_attempt_from_the_comment():
 def test_the_batch_script_restarts_the_group_up_to_the_bound(tmp_path):
     import os
 
-    from slurm_util import TINY  # noqa: F401  (the area's helpers on the path)
-    from testlib import run_cli
+    from helpers.cli import run_cli
 
     env = {**os.environ, "HOME": str(tmp_path), "SIMSIAM_JOB_CONFIG": "/dev/null"}
     script = run_cli(["render", "pretrain", "-b", "slurm", "--nodes", "2", "--name", "pt",

@@ -10,9 +10,10 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from slurm_util import TINY, scontrol
-from testlib import BIN, REPO, assert_one_line_error, run_cli, wait_for
-from testlib import job_status as status
+from helpers.cli import TINY, assert_one_line_error, run_cli, wait_for
+from helpers.cli import job_status as status
+from helpers.paths import BIN, REPO
+from helpers.slurm import scontrol
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

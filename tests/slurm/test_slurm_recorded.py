@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from testlib import assert_one_line_error, run_cli
+from helpers.cli import assert_one_line_error, run_cli
 
 from simsiam_job.backends.base import State
 from simsiam_job.backends.slurm import _common_state, _reason, _run, parse_job, parse_list

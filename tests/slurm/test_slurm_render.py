@@ -10,8 +10,8 @@ import sys
 import textwrap
 
 import pytest
-from slurm_util import TINY
-from testlib import assert_one_line_error, run_cli, unavailable
+from helpers.cli import TINY, assert_one_line_error, run_cli
+from helpers.prereqs import unavailable
 
 from simsiam_job.backends import get_backend
 from simsiam_job.build import Request, build_spec

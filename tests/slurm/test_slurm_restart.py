@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from slurm_util import TINY
-from testlib import assert_one_line_error, run_cli, wait_for
+from helpers.cli import TINY, assert_one_line_error, run_cli, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from slurm_util import TINY
-from testlib import another_user_can_read, files_holding, run_cli, wait_for
+from helpers.cli import TINY, run_cli, wait_for
+from helpers.files import another_user_can_read, files_holding
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -8,7 +8,7 @@ import os
 import sys
 
 import pytest
-from testlib import slurm_test_cluster
+from helpers.slurm import slurm_test_cluster
 
 
 def _user(root) -> dict:

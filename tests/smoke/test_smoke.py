@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from testlib import run_cli
+from helpers.cli import run_cli
 
 from trainer.config import load_config, shipped_config
 from trainer.contract import SMOKE

@@ -2,7 +2,7 @@
 import os
 
 import pytest
-from trainer_helpers import write_pngs
+from helpers.trainer import write_pngs
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

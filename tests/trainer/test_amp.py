@@ -2,7 +2,7 @@
 import numpy as np
 import paddle
 import pytest
-from trainer_helpers import run_cli
+from helpers.trainer import run_cli
 
 from trainer import checkpoint as ckpt
 from trainer import weights

@@ -13,7 +13,8 @@ import time
 import numpy as np
 import paddle
 import pytest
-from trainer_helpers import REPO, TINY_MODEL
+from helpers.paths import REPO
+from helpers.trainer import TINY_MODEL
 
 from trainer import checkpoint as ckpt
 from trainer.config import load_config

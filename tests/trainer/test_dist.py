@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
-from trainer_helpers import REPO, run_cli, tiny_run_args
+from helpers.paths import REPO
+from helpers.trainer import run_cli, tiny_run_args
 
 from trainer import checkpoint as ckpt
 from trainer.models import build_model

@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import paddle
 import pytest
-from trainer_helpers import REPO, tiny_run_args
+from helpers.paths import REPO
+from helpers.trainer import tiny_run_args
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 device; values come back to the host only on logged steps."""
 import numpy as np
 import paddle
-from trainer_helpers import HostReads
+from helpers.trainer import HostReads
 
 from trainer.config import load_config, shipped_config
 from trainer.engine import linear_probe

@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 import pytest
-from trainer_helpers import run_cli, tiny_run_args
+from helpers.trainer import run_cli, tiny_run_args
 
 from trainer import contract
 from trainer.engine.knn import knn_top1

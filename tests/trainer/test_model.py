@@ -15,6 +15,7 @@ def tiny_simsiam():
     return build_model({"name": "simsiam_cifar_resnet18_pretrain", "width": 4, "dim": 16, "pred_dim": 8})
 
 
+@pytest.mark.slow  # builds a real ResNet-50
 def test_resnet50_names_equal_paddle_vision_plus_projector_and_predictor():
     names = list(build_model({"name": "simsiam_resnet50_pretrain"}).state_dict())
     vision = [k for k in resnet50().state_dict() if not k.startswith("fc.")]
@@ -28,6 +29,7 @@ def test_resnet50_names_equal_paddle_vision_plus_projector_and_predictor():
         "predictor.3.weight", "predictor.3.bias"]
 
 
+@pytest.mark.slow  # builds a real ResNet-50
 def test_resnet50_shapes_follow_the_paper():
     model = build_model({"name": "simsiam_resnet50_pretrain"})
     shapes = {k: v.shape for k, v in model.state_dict().items()}
@@ -107,6 +109,7 @@ def test_sync_batch_norm_keeps_the_parameter_names():
         "encoder.fc.7._mean", "encoder.fc.7._variance"]
 
 
+@pytest.mark.slow  # builds a real ResNet-50
 def test_initialisation_follows_the_official_code():
     model = build_model({"name": "simsiam_resnet50_pretrain"})
     expansion = model.encoder.layer1[0].conv3.weight.numpy()              # 64 -> 256, 1x1

@@ -10,8 +10,9 @@ import numpy as np
 import paddle
 import pytest
 import yaml
+from helpers.paths import REPO
+from helpers.trainer import run_cli, tiny_run_args, write_pngs
 from paddle.vision.models import resnet18
-from trainer_helpers import REPO, run_cli, tiny_run_args, write_pngs
 
 from trainer import checkpoint as ckpt
 

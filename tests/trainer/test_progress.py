@@ -3,7 +3,7 @@ metrics.jsonl and as a progress line on rank 0's stdout, for both tasks."""
 import json
 
 import pytest
-from trainer_helpers import run_cli, tiny_run_args
+from helpers.trainer import run_cli, tiny_run_args
 
 from trainer import contract
 from trainer.config import shipped_config

@@ -3,8 +3,8 @@ with VisualDL's own reader, as the VisualDL web page would read them."""
 import json
 
 import pytest
-from testlib import unavailable
-from trainer_helpers import run_cli, tiny_run_args
+from helpers.prereqs import unavailable
+from helpers.trainer import run_cli, tiny_run_args
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,5 @@
 """Helpers of the local-backend fault tests (group restart, supervision, resume): real runs of the
 real trainer driven through the `simsiam-job` CLI, and what a user can see of their processes.
-
-(A uniquely named module on pytest's pythonpath, next to testlib.)
 """
 
 from __future__ import annotations
@@ -13,8 +11,8 @@ import signal
 import time
 from pathlib import Path
 
-from testlib import CPU_CONFIG, job_status, run_cli
-
+from helpers.cli import job_status, run_cli
+from helpers.paths import CPU_CONFIG
 from trainer import contract
 
 # A tiny 2-process pretrain on the 64-image Fashion-MNIST folder: 4 steps per epoch, a checkpoint

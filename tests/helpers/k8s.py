@@ -1,15 +1,14 @@
-"""Helpers of the Kubernetes tests (a uniquely named module; conftest.py names clash across areas)."""
+"""Job specs and names of the Kubernetes tests, render and cluster alike."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
+from helpers.paths import REPO
 from simsiam_job.backends.kubernetes import Options
 from simsiam_job.spec import JobSpec, Phase
 
-REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = REPO / "tests" / "cluster" / "k8s.sh"
 RECIPE = REPO / "trainer" / "configs" / "simsiam_resnet50_pt_in1k_1n8c_dp_fp32.yaml"
 # Set up by tests/cluster/k8s.sh up on the real nodes: the namespace of the end-to-end jobs, and the

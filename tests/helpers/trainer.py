@@ -1,5 +1,5 @@
-"""Helpers for the trainer tests (a uniquely named module: a whole-suite run imports every area's
-conftest, so tests import helpers from here, never from conftest)."""
+"""``simsiam-train`` run as a user runs it, on tiny models and tiny image folders (the trainer and
+fault tests)."""
 import os
 import subprocess
 import sys
@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers.paths import REPO
+
 TINY_MODEL = ["-o", "Model.name=simsiam_cifar_resnet18_pretrain", "-o", "Model.width=4",
               "-o", "Model.dim=16", "-o", "Model.pred_dim=8"]
 

@@ -1,4 +1,4 @@
-"""Helpers for the fault tests (a uniquely named module, like each area's)."""
+"""A two-"node" paddle run on this machine, and waiting for its steps (the fault tests)."""
 import json
 import os
 import subprocess
@@ -6,9 +6,9 @@ import sys
 import time
 from pathlib import Path
 
+from helpers.paths import REPO
 from trainer import contract
 
-REPO = Path(__file__).resolve().parents[2]
 TRAIN = Path(sys.executable).parent / "simsiam-train"
 
 
