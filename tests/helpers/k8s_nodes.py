@@ -3,8 +3,12 @@ test_kueue_nodes.py): nodes is the ``nodes`` fixture of tests/k8s/conftest.py.""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
+from pathlib import Path
 
+from helpers.cli import run_cli
 from helpers.k8s import E2E_NAMESPACE
 
 IMAGE = "localhost/simsiam:test-cpu"
@@ -17,3 +21,40 @@ ON_REAL_NODES = ["--backend", "kubernetes", "--set", f"namespace={E2E_NAMESPACE}
 def kubectl(nodes, *args, check=True, input=None):
     return subprocess.run(["kubectl", *args], env=nodes["env"], capture_output=True, text=True,
                           check=check, input=input, timeout=120)
+
+
+def pods_labelled(nodes, selector: str) -> list[dict]:
+    out = kubectl(nodes, "-n", E2E_NAMESPACE, "get", "pods", "-l", selector, "-o", "json").stdout
+    return json.loads(out)["items"]
+
+
+def step_records(metrics: Path) -> list[dict]:
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    return [r for r in map(json.loads, lines) if r.get("type") == "step"]
+
+
+def wait_for_steps(metrics: Path, count: int, ref, env, timeout: float = 600) -> None:
+    """Until rank 0 has written `count` step records; on timeout the job's last log lines fail the test."""
+    deadline = time.monotonic() + timeout
+    while len(step_records(metrics)) < count:
+        assert time.monotonic() < deadline, run_cli(["logs", "--all", "--tail", "40", ref], env).stdout
+        time.sleep(0.5)
+
+
+def lose_pod(nodes, pod_name: str, how: str) -> None:
+    """`how`: "evicted" through the Eviction API (as a node drain does), or "deleted"."""
+    if how == "evicted":
+        eviction = {"apiVersion": "policy/v1", "kind": "Eviction",
+                    "metadata": {"name": pod_name, "namespace": E2E_NAMESPACE}}
+        kubectl(nodes, "create", "--raw", f"/api/v1/namespaces/{E2E_NAMESPACE}/pods/{pod_name}/eviction",
+                "-f", "-", input=json.dumps(eviction))
+    else:
+        kubectl(nodes, "-n", E2E_NAMESPACE, "delete", "pod", pod_name, "--wait=false")
+
+
+def indexed_pod(nodes, job, index: int) -> dict:
+    """The Indexed Job's one running pod for completion index `index`."""
+    (pod,) = [p for p in pods_labelled(nodes, f"batch.kubernetes.io/job-name={job}")
+              if p["status"].get("phase") == "Running"
+              and p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == str(index)]
+    return pod

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from helpers.cli import TINY, run_cli, wait_for
 from helpers.k8s import E2E_NAMESPACE, RWO_CLAIM
-from helpers.k8s_nodes import ON_REAL_NODES, kubectl
+from helpers.k8s_nodes import ON_REAL_NODES, kubectl, lose_pod, pods_labelled, step_records, wait_for_steps
 from helpers.localruns import resumed_steps
 from helpers.paths import REPO
 
@@ -51,34 +51,11 @@ def rwo_dir(nodes) -> Path:
     return Path(pv["spec"]["local"]["path"])           # a local volume: one node's own disk
 
 
-def all_pods(nodes, job) -> list[dict]:
-    out = kubectl(nodes, "-n", E2E_NAMESPACE, "get", "pods", "-l", f"{JOBSET_LABEL}={job}", "-o", "json").stdout
-    return json.loads(out)["items"]
-
-
 def running_pod(nodes, job, role: str) -> dict | None:
-    found = [p for p in all_pods(nodes, job) if p["status"].get("phase") == "Running"
+    found = [p for p in pods_labelled(nodes, f"{JOBSET_LABEL}={job}") if p["status"].get("phase") == "Running"
              and p["metadata"]["labels"]["jobset.sigs.k8s.io/replicatedjob-name"] == role
              and not p["metadata"].get("deletionTimestamp")]
     return found[0] if len(found) == 1 else None
-
-
-def step_records(metrics: Path) -> list[dict]:
-    lines = metrics.read_text().splitlines() if metrics.is_file() else []
-    return [r for r in map(json.loads, lines) if r.get("type") == "step"]
-
-
-def wait_for_steps(metrics: Path, count: int, ref, env, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while len(step_records(metrics)) < count:
-        assert time.monotonic() < deadline, run_cli(["logs", "--all", "--tail", "40", ref], env).stdout
-        time.sleep(0.5)
-
-
-def evict(nodes, pod_name: str) -> None:
-    eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod_name, "namespace": E2E_NAMESPACE}}
-    kubectl(nodes, "create", "--raw", f"/api/v1/namespaces/{E2E_NAMESPACE}/pods/{pod_name}/eviction", "-f", "-",
-            input=json.dumps(eviction))
 
 
 def digests(logs: str) -> dict[int, str]:
@@ -135,7 +112,7 @@ def test_evicted_workers_restart_the_group_which_resumes_with_identical_paramete
             time.sleep(0.5)
             worker = running_pod(nodes, name, "worker")
         evicted_at = time.time()
-        evict(nodes, worker["metadata"]["name"])
+        lose_pod(nodes, worker["metadata"]["name"], "evicted")
         restarted = wait_for(ref, env, lambda st: st["detail"].get("group_restarts", 0) > eviction,
                              what="the group restarted", timeout=300)[0]
         again = None

@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 from helpers.cli import TINY, run_cli, wait_for
 from helpers.k8s import E2E_QUEUE
-from helpers.k8s_nodes import ON_REAL_NODES, kubectl
+from helpers.k8s_nodes import ON_REAL_NODES, indexed_pod, kubectl, lose_pod, step_records, wait_for_steps
 from helpers.localruns import resumed_steps
-from test_nodes_restart import lose_rank_1, running_pod, step_records, wait_for_steps
 
 pytestmark = [pytest.mark.k8s_nodes, pytest.mark.slow]
 
@@ -86,10 +85,10 @@ def test_evictions_beyond_the_group_restart_bound_do_not_fail_the_job(nodes, nam
         pod = None
         while pod is None:
             try:
-                pod = running_pod(nodes, name, 1)
+                pod = indexed_pod(nodes, name, 1)
             except ValueError:      # the replacement is not running yet
                 time.sleep(0.5)
-        lose_rank_1(nodes, pod["metadata"]["name"], "evicted")
+        lose_pod(nodes, pod["metadata"]["name"], "evicted")
         wait_for(ref, env, lambda st: st["detail"].get("group_restarts", 0) > eviction, what="restarted", timeout=300)
     final, _ = wait_for(ref, env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED", timeout=900)
     assert final["detail"]["preempted"] == EVICTIONS

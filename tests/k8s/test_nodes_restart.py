@@ -19,7 +19,15 @@ from pathlib import Path
 import pytest
 from helpers.cli import TINY, run_cli, wait_for
 from helpers.k8s import E2E_NAMESPACE
-from helpers.k8s_nodes import ON_REAL_NODES, kubectl
+from helpers.k8s_nodes import (
+    ON_REAL_NODES,
+    indexed_pod,
+    kubectl,
+    lose_pod,
+    pods_labelled,
+    step_records,
+    wait_for_steps,
+)
 from helpers.localruns import assert_continuous, resumed_steps
 
 pytestmark = [pytest.mark.k8s_nodes, pytest.mark.slow]
@@ -29,37 +37,7 @@ TOTAL_STEPS = 4 * EPOCHS
 
 
 def all_pods(nodes, job) -> list[dict]:
-    out = kubectl(nodes, "-n", E2E_NAMESPACE, "get", "pods", "-l", f"batch.kubernetes.io/job-name={job}",
-                  "-o", "json").stdout
-    return json.loads(out)["items"]
-
-
-def running_pod(nodes, job, index: int) -> dict:
-    (pod,) = [p for p in all_pods(nodes, job) if p["status"].get("phase") == "Running"
-              and p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == str(index)]
-    return pod
-
-
-def step_records(metrics: Path) -> list[dict]:
-    lines = metrics.read_text().splitlines() if metrics.is_file() else []
-    return [r for r in map(json.loads, lines) if r.get("type") == "step"]
-
-
-def wait_for_steps(metrics: Path, count: int, ref, env, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while len(step_records(metrics)) < count:
-        assert time.monotonic() < deadline, run_cli(["logs", "--all", "--tail", "40", ref], env).stdout
-        time.sleep(0.5)
-
-
-def lose_rank_1(nodes, pod_name: str, how: str) -> None:
-    if how == "evicted":
-        eviction = {"apiVersion": "policy/v1", "kind": "Eviction",
-                    "metadata": {"name": pod_name, "namespace": E2E_NAMESPACE}}
-        kubectl(nodes, "create", "--raw", f"/api/v1/namespaces/{E2E_NAMESPACE}/pods/{pod_name}/eviction",
-                "-f", "-", input=json.dumps(eviction))
-    else:
-        kubectl(nodes, "-n", E2E_NAMESPACE, "delete", "pod", pod_name, "--wait=false")
+    return pods_labelled(nodes, f"batch.kubernetes.io/job-name={job}")
 
 
 def ended(nodes, job, names: set[str]) -> bool:
@@ -80,11 +58,11 @@ def test_losing_rank_1s_pod_mid_epoch_replaces_that_pod_only_and_the_group_resum
     ref = submit(nodes, name)
     metrics = output / name / "metrics.jsonl"
     wait_for_steps(metrics, 14, ref, env)               # mid-epoch, past a few epoch checkpoints
-    rank0 = running_pod(nodes, name, 0)
-    lost = running_pod(nodes, name, 1)["metadata"]["name"]
+    rank0 = indexed_pod(nodes, name, 0)
+    lost = indexed_pod(nodes, name, 1)["metadata"]["name"]
 
     lost_at = time.time()
-    lose_rank_1(nodes, lost, how)
+    lose_pod(nodes, lost, how)
     deadline = time.monotonic() + 60                    # the lost pod ends within a minute
     while not ended(nodes, name, {lost}):
         assert time.monotonic() < deadline, all_pods(nodes, name)
@@ -129,7 +107,7 @@ def test_a_killed_trainer_restarts_the_group_in_place_in_seconds(nodes, name):
     wait_for_steps(metrics, 14, ref, env)
     pods_before = {p["metadata"]["name"] for p in all_pods(nodes, name)}
     killed_at = time.time()
-    kubectl(nodes, "-n", E2E_NAMESPACE, "exec", running_pod(nodes, name, 1)["metadata"]["name"], "--",
+    kubectl(nodes, "-n", E2E_NAMESPACE, "exec", indexed_pod(nodes, name, 1)["metadata"]["name"], "--",
             "python", "-c", KILL_TRAINER)
     final, _ = wait_for(ref, env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED", timeout=600)
     again = next(r["time"] for r in step_records(metrics) if r["time"] > killed_at + 1) - killed_at
@@ -154,7 +132,7 @@ def test_group_restarts_are_bounded_then_the_job_fails_with_the_reason(nodes, na
     env, output = nodes["env"], Path(nodes["output"])
     ref = submit(nodes, name, "--set", "group_restarts=0")
     wait_for_steps(output / name / "metrics.jsonl", 6, ref, env)
-    kubectl(nodes, "-n", E2E_NAMESPACE, "exec", running_pod(nodes, name, 1)["metadata"]["name"], "--",
+    kubectl(nodes, "-n", E2E_NAMESPACE, "exec", indexed_pod(nodes, name, 1)["metadata"]["name"], "--",
             "python", "-c", KILL_TRAINER)
     final, _ = wait_for(ref, env, lambda st: st["state"] == "FAILED", what="FAILED", timeout=600)
     assert "exit code 2" in final["reason"] and "FailJob" in final["reason"], final["reason"]
