@@ -140,6 +140,9 @@ STARTS = "starts.jsonl"
 OUTCOMES = "outcomes"           # OUTPUT_DIR/outcomes/: where each pod copies its ranks' outcomes
 GROUP_RESTARTS_ENV = "SIMSIAM_GROUP_RESTARTS"
 ATTEMPT_ENV = "SIMSIAM_JOB_ATTEMPT"     # the job's attempt (simsiam-job resume starts the next)
+# A JobSet's restart attempt (the label JobSet sets on every pod of one generation): rank 0 counts
+# only the restarts in place within it; JobSet bounds its own restarts that recreate the pods.
+RESTART_ATTEMPT_ENV = "JOBSET_RESTART_ATTEMPT"
 
 
 # ---- how a run ended, and what the group does next -------------------------------------------------
@@ -363,7 +366,7 @@ if __name__ == "__main__":
 # its rank, its restart bound, or where its programs are found.
 RUN_DIR_ENV = "SIMSIAM_JOB_RUN_DIR"     # local: <run dir>, how status and cancel find its processes
 RESERVED_ENV = frozenset({
-    JOB_ENV, JOB_ID_ENV, ATTEMPT_ENV, GROUP_RESTARTS_ENV, RUN_DIR_ENV, OUTCOME_DIR_ENV,
+    JOB_ENV, JOB_ID_ENV, ATTEMPT_ENV, GROUP_RESTARTS_ENV, RUN_DIR_ENV, OUTCOME_DIR_ENV, RESTART_ATTEMPT_ENV,
     "PATH",                  # local: the interpreter's bin directory first; elsewhere the image's or venv's
     "PYTHONUNBUFFERED",      # logs reach the follower at once
     "POD_IP",                # Kubernetes: the pod's address (paddle's launcher also reads it as --host)

@@ -197,7 +197,9 @@ def count_start(output_dir: Path, generation: str, ranks: int) -> dict[str, int]
     """Where no launcher of ours decides (on Kubernetes the pods' supervisors restart the group):
     when this start of the group is a restart, contract.decide judges the start before from the
     outcomes its pods left in OUTPUT_DIR/outcomes; a start past the bound is refused (ConfigError:
-    exit 2, which fails the job). Every start is recorded in OUTPUT_DIR/starts.jsonl. Returns the
+    exit 2, which fails the job). In a JobSet only its restarts in place are bounded here: a new
+    generation (JobSet recreated the pods, bounded by its failurePolicy) begins the count anew.
+    Every start is recorded in OUTPUT_DIR/starts.jsonl. Returns the
     restarts so far (``group_restarts``, ``counted_restarts``: the progress records carry them to
     `simsiam-job status`), empty where nothing is bounded here."""
     bound = os.environ.get(contract.GROUP_RESTARTS_ENV)
@@ -205,7 +207,10 @@ def count_start(output_dir: Path, generation: str, ranks: int) -> dict[str, int]
         return {}
     path = output_dir / contract.STARTS
     job, attempt = job_identity(), os.environ.get(contract.ATTEMPT_ENV, "1")
-    earlier = [r for r in _records(path) if r.get("job") == job and r.get("attempt") == attempt]
+    jobset_attempt = os.environ.get(contract.RESTART_ATTEMPT_ENV, "")
+    this_attempt = [r for r in _records(path) if r.get("job") == job and r.get("attempt") == attempt]
+    # Bounded here: the restarts since this JobSet generation began (elsewhere, all of them).
+    earlier = [r for r in this_attempt if r.get("jobset_attempt", "") == jobset_attempt]
     outcomes_dir = output_dir / contract.OUTCOMES
     decision = None
     counted = sum(1 for r in earlier if r.get("counted"))
@@ -216,12 +221,14 @@ def count_start(output_dir: Path, generation: str, ranks: int) -> dict[str, int]
         decision = contract.decide(outcomes, restarts=counted, bound=int(bound), ranks=ranks)
     _clear(outcomes_dir)            # what the pods of this start report is this start's
     with open(path, "a") as f:
-        f.write(json.dumps({"job": job, "attempt": attempt, "generation": generation, "time": time.time(),
+        f.write(json.dumps({"job": job, "attempt": attempt, "jobset_attempt": jobset_attempt,
+                            "generation": generation, "time": time.time(),
                             "after": decision and decision.reason,
                             "counted": bool(decision and decision.counted)}) + "\n")
     if decision is not None and decision.action == contract.FAIL:
         raise ConfigError(decision.reason)
-    return {"group_restarts": len(earlier), "counted_restarts": counted + bool(decision and decision.counted)}
+    return {"group_restarts": len(this_attempt),
+            "counted_restarts": sum(1 for r in this_attempt if r.get("counted")) + bool(decision and decision.counted)}
 
 
 def _records(path: Path) -> list[dict]:

@@ -9,6 +9,13 @@ with the address of the rank 0 before a restart for a while; that one is of an o
 already formed, or stopping) and refuses, and the pod asks DNS again. So a restarted group never
 meets the old rank 0, and rank 0 knows which nodes have joined (a start timeout names the others).
 
+Rounds in place. When only a process died, no pod ends: each pod's supervisor stays and the group
+starts again in a new *round* of the same generation. A member whose start ended tells rank 0 so
+(``left``, with its ranks' outcomes, which rank 0 keeps in the outcomes folder on the output claim
+for the next start's restart decision); rank 0 then ends its own launcher and opens the next round.
+A member joins only a round newer than the last it was in, and rank 0 refuses the heartbeats of an
+older round, which tells a member still running that its group is over.
+
 The heartbeats. Each rank's watchdog (trainer.watchdog) keeps writing its heartbeat file in its own
 pod (OUTPUT_DIR/heartbeats/<generation>/rank-N.json) and reading its peers' files there. The node
 supervisors mirror those files: every second each member sends its node's records to rank 0 and
@@ -28,6 +35,7 @@ import threading
 import time
 from pathlib import Path
 
+from trainer import contract
 from trainer.watchdog import read_json, write_json
 
 INTERVAL = 1.0          # seconds between a member's mirroring rounds
@@ -90,11 +98,14 @@ class Leader:
     every node's heartbeat records to the others."""
 
     def __init__(self, port: int, generation: str, master: str, nodes: int, heartbeats: Path | None,
-                 host: str | None = None, bind: str = ""):
+                 host: str | None = None, bind: str = "", outcomes: Path | None = None):
         self.generation, self.master, self.nodes = generation, master, nodes
         self.heartbeats, self.host = heartbeats, host or socket.gethostname()
-        self.joined: dict[int, str] = {}        # node -> the pod that joined for it
+        self.outcomes = outcomes                # where the members' outcomes are kept (rank 0's claim)
+        self.round = 1
+        self.joined: dict[int, str] = {}        # node -> the pod that joined for it, in this round
         self.records: dict[int, list[dict]] = {}
+        self.left: list[int] = []               # nodes whose start of this round has ended
         self.stopping = False
         self.seen: dict = {}
         self._lock = threading.Lock()
@@ -125,17 +136,13 @@ class Leader:
                 return {"ok": False, "generation": self.generation,
                         "why": f"rank 0 is of generation {self.generation}, not {generation}"}
             if request.get("op") == "join":
-                if self.stopping:
-                    return {"ok": False, "why": "rank 0 is stopping"}
-                if not isinstance(node, int) or not 0 < node < self.nodes:
-                    return {"ok": False, "why": f"no node {node} in a group of {self.nodes}"}
-                if self.joined.get(node, pod) != pod:
-                    return {"ok": False, "why": f"node {node} has already joined (another pod)"}
-                self.joined[node] = pod
-                return {"ok": True, "master": self.master}
+                return self._join(node, pod, request.get("after", 0))
+            if self.joined.get(node) != pod or request.get("round", self.round) != self.round:
+                return {"ok": False, "why": f"node {node}'s pod is not a member of round {self.round}"}
+            if request.get("op") == "left":
+                self._left(node, request.get("outcomes"))
+                return {"ok": True}
             if request.get("op") == "beat":
-                if self.joined.get(node) != pod:
-                    return {"ok": False, "why": f"node {node}'s pod is not a member of this group"}
                 records = request.get("records")
                 self.records[node] = records if isinstance(records, list) else []
                 if self.heartbeats is not None:
@@ -145,6 +152,40 @@ class Leader:
                     others += local_records(self.heartbeats, self.host)
                 return {"ok": True, "records": others}
         return {"ok": False, "why": f"unknown request {request.get('op')!r}"}
+
+    def _join(self, node, pod, after) -> dict:
+        if self.stopping:
+            return {"ok": False, "why": "rank 0 is stopping"}
+        if not isinstance(node, int) or not 0 < node < self.nodes:
+            return {"ok": False, "why": f"no node {node} in a group of {self.nodes}"}
+        if not isinstance(after, int) or after >= self.round:
+            return {"ok": False, "why": f"rank 0 is still in round {self.round}"}
+        if self.joined.get(node, pod) != pod:
+            return {"ok": False, "why": f"node {node} has already joined (another pod)"}
+        self.joined[node] = pod
+        return {"ok": True, "master": self.master, "round": self.round}
+
+    def _left(self, node: int, outcomes) -> None:
+        if node not in self.left:
+            self.left.append(node)
+        for text in outcomes if isinstance(outcomes, list) and self.outcomes is not None else []:
+            record = contract.Outcome.from_json(text) if isinstance(text, str) else None
+            if record is not None:
+                try:
+                    contract.write_outcome(self.outcomes, record)
+                except OSError:
+                    pass                # the next start then counts that rank as lost without a word
+
+    def over(self) -> str | None:
+        """Why this round is over (a member's start ended), else None."""
+        with self._lock:
+            return f"node {self.left[0]} left it (its trainer ended)" if self.left else None
+
+    def next_round(self) -> None:
+        """Open the next round in place: the members join it anew."""
+        with self._lock:
+            self.round += 1
+            self.joined, self.records, self.left = {}, {}, []
 
     def missing(self) -> list[int]:
         with self._lock:
@@ -167,6 +208,7 @@ class Member:
         self.host, self.port, self.generation, self.node, self.pod = host, port, generation, node, pod
         self.heartbeats, self.me = heartbeats, me or socket.gethostname()
         self.address: tuple[str, int] | None = None
+        self.round = 0                          # the round this pod last joined
         self.over: str | None = None            # why the group is over, once rank 0 says so
         self.seen: dict = {}
         self._stop = threading.Event()
@@ -180,12 +222,12 @@ class Member:
             for ip in resolve(self.host, max(0.0, deadline - time.monotonic())):
                 try:
                     reply = ask((ip, self.port), {"op": "join", "generation": self.generation, "node": self.node,
-                                                  "pod": self.pod})
+                                                  "pod": self.pod, "after": self.round})
                 except OSError as err:
                     why = f"rank 0 at {ip} cannot be reached: {err.strerror or err}"
                     continue
-                if reply.get("ok"):
-                    self.address = (ip, self.port)
+                if reply.get("ok") and isinstance(reply.get("round"), int):
+                    self.address, self.round, self.over = (ip, self.port), reply["round"], None
                     return str(reply["master"])
                 why = f"rank 0 at {ip} refused: {reply.get('why')}"
             now = time.monotonic()
@@ -199,14 +241,15 @@ class Member:
             time.sleep(INTERVAL)
 
     def start_mirroring(self) -> None:
-        threading.Thread(target=self._mirror, name="simsiam-relay", daemon=True).start()
+        self._stop = threading.Event()
+        threading.Thread(target=self._mirror, args=(self._stop,), name="simsiam-relay", daemon=True).start()
 
-    def _mirror(self) -> None:
-        while not self._stop.wait(INTERVAL):
+    def _mirror(self, stop: threading.Event) -> None:
+        while not stop.wait(INTERVAL):
             records = local_records(self.heartbeats, self.me) if self.heartbeats is not None else []
             try:
-                reply = ask(self.address, {"op": "beat", "generation": self.generation, "node": self.node,
-                                           "pod": self.pod, "records": records})
+                reply = ask(self.address, {"op": "beat", "generation": self.generation, "round": self.round,
+                                           "node": self.node, "pod": self.pod, "records": records})
             except OSError:
                 continue                # rank 0's records then stop changing: its watchdogs decide
             if not reply.get("ok"):
@@ -217,3 +260,13 @@ class Member:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def leave(self, outcomes: list[contract.Outcome]) -> None:
+        """Tell rank 0 that this pod's start of the round ended, and how (best effort: a rank 0
+        that cannot be reached learns it from its own watchdogs)."""
+        self.stop()
+        try:
+            ask(self.address, {"op": "left", "generation": self.generation, "round": self.round, "node": self.node,
+                               "pod": self.pod, "outcomes": [o.to_json() for o in outcomes]})
+        except OSError:
+            pass

@@ -35,7 +35,9 @@ resolve rank 0's stable name (``<job>-0.<service>``, published by the headless S
 
 A JobSet's pods share no directory (only rank 0 mounts the output claim): with ``--generation``
 (JobSet's restart attempt) they meet over the network instead, and mirror their ranks' heartbeat
-files through rank 0's supervisor (trainer.relay).
+files through rank 0's supervisor (trainer.relay). They restart in place the same way, in rounds
+that rank 0's supervisor numbers; the members hand it their outcomes, which it keeps in
+``--outcomes-dir`` on its claim. A restart that needs new pods is JobSet's (a new generation).
 
 Start timeout (``--start-timeout``): until a rank on this node has joined the whole group
 (trainer.outcome.mark_started), the supervisor waits at most that long, for rank 0 and for the
@@ -148,9 +150,20 @@ class Group:
         self.rounds, self.leader, self.member, self.nodes = rounds, leader, member, nodes
         self.asked_to_stop = False          # this pod got SIGTERM/SIGINT: it is going away
 
+    @property
+    def in_rounds(self) -> bool:
+        """The group restarts in place: its pods stay and meet again in a new round."""
+        return self.rounds is not None or self.leader is not None or self.member is not None
+
+    def where(self) -> str:
+        meeting = self.rounds or self.leader or self.member
+        return f"round {meeting.round}" if meeting is not None else "the group"
+
     def over(self) -> str | None:
         if self.rounds is not None:
             return self.rounds.superseded()
+        if self.leader is not None:
+            return self.leader.over()
         if self.member is not None and self.member.over:
             return f"rank 0 ended this group ({self.member.over})"
         return None
@@ -175,7 +188,7 @@ def formed(outcomes_dir: Path) -> bool:
 
 
 def supervise(launch: list[str], group: Group, say=print, *, outcomes_dir: Path | None = None,
-              deadline: float | None = None, timeout: float = 0.0) -> int | contract.Outcome:
+              deadline: float | None = None, timeout: float = 0.0, rank: int | str = "this") -> int | contract.Outcome:
     """Run the launcher; forward SIGTERM/SIGINT to it; end it at once (exit 75) when this pod's
     group is over; at ``deadline`` (time.monotonic()) without the group formed, end it and return
     the start timeout's outcome. Returns the pod's exit status otherwise."""
@@ -211,9 +224,7 @@ def supervise(launch: list[str], group: Group, say=print, *, outcomes_dir: Path 
         why = group.over()
         if why:
             # The group cannot go on (a member is gone): nothing to save, no collective to wait for.
-            where = f"round {group.rounds.round}" if group.rounds is not None else "the group"
-            node = group.rounds.rank if group.rounds is not None else "this"
-            say(f"rendezvous: {where} is over: {why}; node {node} ends its launcher", flush=True)
+            say(f"rendezvous: {group.where()} is over: {why}; node {rank} ends its launcher", flush=True)
             _kill(proc)
             return contract.EXIT_PEER_LOST
     if stopping and code in (signal.SIGTERM, KILLED_BY_SIGTERM, -signal.SIGTERM):
@@ -302,8 +313,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--heartbeats-dir", default="",
                         help="with --generation: this pod's heartbeat folder, mirrored with the other pods'")
     parser.add_argument("--outcomes-dir", default="",
-                        help="a directory every pod shares (on the output claim): each node's ranks' "
-                             "outcomes are copied there for rank 0's next start, which bounds restarts")
+                        help="on the output claim: each node's ranks' outcomes are kept there for rank 0's "
+                             "next start, which bounds restarts (with --generation: on rank 0 only, "
+                             "which keeps the other nodes' there)")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds to wait for rank 0 (its name or its round; default 600) before "
                              "exiting 1, when there is no --start-timeout")
@@ -329,20 +341,33 @@ def _meet(args: argparse.Namespace, rank: int, nodes: int, started_at: float) ->
         master = rounds.open(args.pod_ip, args.port) if rank == 0 else rounds.join(wait)
         return master, Group(rounds=rounds, nodes=nodes), f", round {rounds.round}"
     if args.generation:
-        from trainer import relay
-        heartbeats = Path(args.heartbeats_dir) if args.heartbeats_dir else None
-        where = f", generation {args.generation}"
-        if rank == 0:
-            master = f"{args.pod_ip}:{args.port}"
-            return master, Group(leader=relay.Leader(args.port + 1, args.generation, master, nodes,
-                                                     heartbeats)), where
-        member = relay.Member(args.rank0_host, args.port + 1, args.generation, rank, uuid.uuid4().hex,
-                              heartbeats)
-        master = member.join(started_at + wait, resolve_all)
-        member.start_mirroring()
-        return master, Group(member=member), where
+        return _meet_over_the_network(args, rank, nodes, started_at + wait)
     ip = args.pod_ip if rank == 0 else resolve(args.rank0_host, wait)
     return f"{ip}:{args.port}", Group(), ""
+
+
+def _meet_over_the_network(args: argparse.Namespace, rank: int, nodes: int, deadline: float):
+    """_meet without shared storage (trainer.relay). Rank 0's relay and a member's identity last
+    for the pod's life: a restart in place is the next round of the same ones."""
+    from trainer import relay
+    heartbeats = Path(args.heartbeats_dir) if args.heartbeats_dir else None
+    if rank == 0:
+        master = f"{args.pod_ip}:{args.port}"
+        if args.relay is None:
+            args.relay = relay.Leader(args.port + 1, args.generation, master, nodes, heartbeats,
+                                      outcomes=Path(args.outcomes_dir) if args.outcomes_dir else None)
+        else:
+            args.relay.next_round()
+        group = Group(leader=args.relay)
+    else:
+        if args.relay is None:
+            args.relay = relay.Member(args.rank0_host, args.port + 1, args.generation, rank, uuid.uuid4().hex,
+                                      heartbeats)
+        master = args.relay.join(deadline, resolve_all)
+        args.relay.start_mirroring()
+        group = Group(member=args.relay)
+    where = f", generation {args.generation}" + (f", round {args.relay.round}" if args.relay.round > 1 else "")
+    return master, group, where
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -358,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:       # a malformed command: retrying cannot help
         print(f"error: {err}", file=sys.stderr)
         return contract.EXIT_BAD_INPUT
+    args.relay = None               # trainer.relay's Leader (rank 0) or Member, kept across rounds
     while True:
         code = _one_start(args, rank, launch)
         if code is not None:
@@ -375,8 +401,9 @@ def _one_start(args: argparse.Namespace, rank: int, launch: list[str]) -> int | 
         signal.signal(sig, _stop_waiting)
     try:
         master, group, where = _meet(args, rank, nodes, started_at)
+        meeting = group.rounds or group.leader or group.member
         if master:
-            launch = with_master(launch, master, group.rounds.round if group.rounds else 0)
+            launch = with_master(launch, master, meeting.round if meeting is not None else 0)
     except ValueError as err:       # a malformed command: retrying cannot help
         print(f"error: {err}", file=sys.stderr)
         return contract.EXIT_BAD_INPUT
@@ -401,7 +428,9 @@ def _one_start(args: argparse.Namespace, rank: int, launch: list[str]) -> int | 
     os.environ[contract.OUTCOME_DIR_ENV] = str(local)
     # The group has formed once a rank of this node says so; a node of one has nobody to wait for.
     code = supervise(launch, group, outcomes_dir=local, deadline=deadline if nodes > 1 else None,
-                     timeout=args.start_timeout)
+                     timeout=args.start_timeout, rank=rank)
+    if group.member is not None:
+        group.member.stop()
     if isinstance(code, contract.Outcome):
         print(f"error: node {rank}: {code.message}", file=sys.stderr, flush=True)
         return report(code, "")
@@ -414,7 +443,7 @@ def _after(args: argparse.Namespace, rank: int, group: Group, code: int, local: 
     its image and node, and joins the next round (rank 0 opens it at once, and the trainer's
     start bounds the restarts: trainer.lock.count_start); so does a pod whose ranks stopped with
     a checkpoint because another pod was preempted. A pod asked to stop itself always ends."""
-    in_place = group.rounds is not None and not group.asked_to_stop
+    in_place = group.in_rounds and not group.asked_to_stop
     if code == contract.EXIT_PEER_LOST and not contract.read_outcomes(local):
         if not in_place:    # superseded round: the new round's ranks say the rest
             return code
@@ -423,7 +452,11 @@ def _after(args: argparse.Namespace, rank: int, group: Group, code: int, local: 
         return None
     outcome = node_outcome(local, code)
     if in_place and outcome.end is not contract.End.DONE and not outcome.end.final:
-        copy_outcomes(args.outcomes_dir)      # before the round is left: rank 0's next start reads them
+        # Before the round is left: rank 0's next start decides from them.
+        if group.member is not None:
+            group.member.leave(contract.read_outcomes(local))
+        else:
+            copy_outcomes(args.outcomes_dir)
         print(f"rendezvous: node {rank} ended: {outcome.cause()}; it joins the next round in place",
               flush=True)
         shutil.rmtree(local, ignore_errors=True)

@@ -43,3 +43,23 @@ def test_without_a_bound_nothing_is_counted(tmp_path, monkeypatch):
     for generation in ("g1", "g2", "g3", "g4", "g5"):
         lock.count_start(tmp_path, generation, 2)
     assert not (tmp_path / contract.STARTS).exists()
+
+
+def test_a_jobset_bounds_only_its_restarts_in_place_and_reports_them_all(tmp_path, monkeypatch):
+    """JobSet bounds its own restarts (a new generation: the pods recreated); rank 0 bounds those
+    in place within one generation, and its progress records count both."""
+    monkeypatch.setenv(contract.JOB_ENV, "pt")
+    monkeypatch.setenv(contract.GROUP_RESTARTS_ENV, "1")
+    monkeypatch.setenv(contract.ATTEMPT_ENV, "1")
+    monkeypatch.setenv(contract.RESTART_ATTEMPT_ENV, "0")
+    lock.count_start(tmp_path, "g1", 2)
+    _lost_peer(tmp_path)
+    assert lock.count_start(tmp_path, "g2", 2) == {"group_restarts": 1, "counted_restarts": 1}  # in place
+    _lost_peer(tmp_path)
+    monkeypatch.setenv(contract.RESTART_ATTEMPT_ENV, "1")      # JobSet recreated the pods
+    assert lock.count_start(tmp_path, "g3", 2) == {"group_restarts": 2, "counted_restarts": 1}
+    _lost_peer(tmp_path)
+    assert lock.count_start(tmp_path, "g4", 2) == {"group_restarts": 3, "counted_restarts": 2}  # in place
+    _lost_peer(tmp_path)
+    with pytest.raises(ConfigError, match="gave up after 1 group restart"):
+        lock.count_start(tmp_path, "g5", 2)

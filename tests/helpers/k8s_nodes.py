@@ -58,3 +58,16 @@ def indexed_pod(nodes, job, index: int) -> dict:
               if p["status"].get("phase") == "Running"
               and p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == str(index)]
     return pod
+
+
+def signal_trainers(nodes, pod_name: str, signal_name: str) -> None:
+    """Send every ``simsiam-train`` process in the pod SIGKILL or SIGSTOP ("KILL", "STOP"): only
+    the trainer ends (or freezes), its pod and node live on."""
+    script = ("import os, signal\n"
+              "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+              "    try:\n"
+              "        if int(pid) != os.getpid() and b'simsiam-train' in open(f'/proc/{pid}/cmdline', 'rb').read():\n"
+              f"            os.kill(int(pid), signal.SIG{signal_name})\n"
+              "    except OSError:\n"
+              "        pass\n")
+    kubectl(nodes, "-n", E2E_NAMESPACE, "exec", pod_name, "--", "python", "-c", script)

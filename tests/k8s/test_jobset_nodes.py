@@ -20,7 +20,15 @@ from pathlib import Path
 import pytest
 from helpers.cli import TINY, run_cli, wait_for
 from helpers.k8s import E2E_NAMESPACE, RWO_CLAIM
-from helpers.k8s_nodes import ON_REAL_NODES, kubectl, lose_pod, pods_labelled, step_records, wait_for_steps
+from helpers.k8s_nodes import (
+    ON_REAL_NODES,
+    kubectl,
+    lose_pod,
+    pods_labelled,
+    signal_trainers,
+    step_records,
+    wait_for_steps,
+)
 from helpers.localruns import resumed_steps
 from helpers.paths import REPO
 
@@ -157,17 +165,9 @@ def test_a_frozen_worker_is_found_over_the_network_and_the_group_restarts(nodes,
                  "--set", "termination_grace=20")
     wait_for_steps(output / name / "metrics.jsonl", 10, ref, env)
     worker = running_pod(nodes, name, "worker")["metadata"]["name"]
-    freeze = ("import os, signal\n"
-              "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
-              "    try:\n"
-              "        if int(pid) != os.getpid() and b'simsiam-train' in open(f'/proc/{pid}/cmdline', 'rb').read():\n"
-              "            os.kill(int(pid), signal.SIGSTOP)\n"
-              "    except OSError:\n"
-              "        pass\n")
     frozen_at = time.time()
-    kubectl(nodes, "-n", E2E_NAMESPACE, "exec", worker, "--", "python", "-c", freeze)
-    # Rank 0's watchdog sees rank 1's mirrored heartbeat stop, and rank 0 leaves with 75 (its log
-    # on the claim outlives its pod, which the restart deletes).
+    signal_trainers(nodes, worker, "STOP")
+    # Rank 0's watchdog sees rank 1's mirrored heartbeat stop, and rank 0 leaves with 75.
     train_log = output / name / "train.log"
     deadline = time.monotonic() + 90
     while "no heartbeat from rank 1" not in train_log.read_text():
@@ -178,3 +178,24 @@ def test_a_frozen_worker_is_found_over_the_network_and_the_group_restarts(nodes,
     assert found_at - frozen_at < 60
     final, _ = wait_for(ref, env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED", timeout=900)
     assert final["detail"]["group_restarts"] == 1 and final["detail"]["counted_restarts"] == 1
+
+
+def test_a_killed_trainer_restarts_the_group_in_place_in_seconds(nodes, name):
+    """Only rank 1's trainer died: no pod ends and JobSet restarts nothing; the pods meet again in
+    the next round of the same generation, training again within seconds (printed, loosely
+    bounded); rank 0 counts the restart against group_restarts."""
+    env, output = nodes["env"], rwo_dir(nodes)
+    ref = submit(nodes, name, "-o", f"Global.epochs={EPOCHS}", "-o", "Global.save_interval=1")
+    metrics = output / name / "metrics.jsonl"
+    wait_for_steps(metrics, 10, ref, env)
+    pods_before = {p["metadata"]["name"] for p in pods_labelled(nodes, f"{JOBSET_LABEL}={name}")}
+    killed_at = time.time()
+    signal_trainers(nodes, running_pod(nodes, name, "worker")["metadata"]["name"], "KILL")
+    final, _ = wait_for(ref, env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED", timeout=900)
+    later = [r["time"] for r in step_records(metrics) if r["time"] > killed_at + 1]
+    print(f"\nkilled trainer: training again {later[1] - killed_at:.1f} s after (same pods, restarted in place)")
+    assert later[1] - killed_at < 60
+    assert {p["metadata"]["name"] for p in pods_labelled(nodes, f"{JOBSET_LABEL}={name}")} == pods_before
+    detail = final["detail"]
+    assert (detail["group_restarts"], detail["counted_restarts"], detail["preempted"]) == (1, 1, 0), detail
+    assert "round 2" in run_cli(["logs", "--all", ref], env, check=True).stdout

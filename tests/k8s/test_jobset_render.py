@@ -68,17 +68,21 @@ def test_workers_meet_the_leader_by_name_with_the_restart_attempt_as_generation(
         assert arg(argv, "--generation") == "$(JOBSET_RESTART_ATTEMPT)"
         assert arg(argv, "--heartbeats-dir") == "/output/pt/heartbeats"
         assert arg(argv, "--start-timeout") == "600"
-        assert "--rounds-dir" not in argv and "--outcomes-dir" not in argv    # nothing shared
+        assert "--rounds-dir" not in argv                   # nothing shared
         env = {v["name"]: v for v in container["env"]}
         assert env["JOBSET_RESTART_ATTEMPT"]["valueFrom"] == {
             "fieldRef": {"fieldPath": "metadata.labels['jobset.sigs.k8s.io/restart-attempt']"}}
-        assert contract.GROUP_RESTARTS_ENV not in env          # JobSet counts its restarts itself
+        # rank 0 bounds the restarts in place (JobSet those that recreate the pods)
+        assert env[contract.GROUP_RESTARTS_ENV]["value"] == "3"
         launch = argv[argv.index("--") + 1:]
         assert arg(launch, "--nnodes") == "3"
         if name == "leader":
             assert arg(argv, "--node-rank") == "0" and "--rank-offset" not in argv
+            # the leader keeps every node's outcomes on its claim for the next start's decision
+            assert arg(argv, "--outcomes-dir") == "/output/pt/outcomes"
         else:
             assert arg(argv, "--node-rank") == "$(JOB_COMPLETION_INDEX)" and arg(argv, "--rank-offset") == "1"
+            assert "--outcomes-dir" not in argv
     assert js["spec"]["network"] == {"enableDNSHostnames": True, "publishNotReadyAddresses": True}
 
 

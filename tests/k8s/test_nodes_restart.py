@@ -25,6 +25,7 @@ from helpers.k8s_nodes import (
     kubectl,
     lose_pod,
     pods_labelled,
+    signal_trainers,
     step_records,
     wait_for_steps,
 )
@@ -107,8 +108,7 @@ def test_a_killed_trainer_restarts_the_group_in_place_in_seconds(nodes, name):
     wait_for_steps(metrics, 14, ref, env)
     pods_before = {p["metadata"]["name"] for p in all_pods(nodes, name)}
     killed_at = time.time()
-    kubectl(nodes, "-n", E2E_NAMESPACE, "exec", indexed_pod(nodes, name, 1)["metadata"]["name"], "--",
-            "python", "-c", KILL_TRAINER)
+    signal_trainers(nodes, indexed_pod(nodes, name, 1)["metadata"]["name"], "KILL")
     final, _ = wait_for(ref, env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED", timeout=600)
     again = next(r["time"] for r in step_records(metrics) if r["time"] > killed_at + 1) - killed_at
     print(f"\nkilled trainer: training again {again:.1f} s after (same pods, restarted in place)")
@@ -118,22 +118,12 @@ def test_a_killed_trainer_restarts_the_group_in_place_in_seconds(nodes, name):
     assert "group restarted 1 time (1 counted)" in run_cli(["status", ref], env, check=True).stdout
 
 
-KILL_TRAINER = ("import os, signal\n"
-                "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
-                "    try:\n"
-                "        if int(pid) != os.getpid() and b'simsiam-train' in open(f'/proc/{pid}/cmdline', 'rb').read():\n"
-                "            os.kill(int(pid), signal.SIGKILL)\n"
-                "    except OSError:\n"
-                "        pass\n")
-
-
 def test_group_restarts_are_bounded_then_the_job_fails_with_the_reason(nodes, name):
     """A crash counts (an eviction would not: preemption is not failure, test above)."""
     env, output = nodes["env"], Path(nodes["output"])
     ref = submit(nodes, name, "--set", "group_restarts=0")
     wait_for_steps(output / name / "metrics.jsonl", 6, ref, env)
-    kubectl(nodes, "-n", E2E_NAMESPACE, "exec", indexed_pod(nodes, name, 1)["metadata"]["name"], "--",
-            "python", "-c", KILL_TRAINER)
+    signal_trainers(nodes, indexed_pod(nodes, name, 1)["metadata"]["name"], "KILL")
     final, _ = wait_for(ref, env, lambda st: st["state"] == "FAILED", what="FAILED", timeout=600)
     assert "exit code 2" in final["reason"] and "FailJob" in final["reason"], final["reason"]
     # Whichever rank's exit failed the job passes on rank 0's line (rank 0's pod may be gone with

@@ -67,7 +67,7 @@ def test_rank_0_admits_each_node_once_and_only_while_forming(leaders):
     leader = leaders(port, "3", "10.0.0.1:6768", 3, None, bind="127.0.0.1")
     ask = lambda **kw: relay.ask(("127.0.0.1", port), {"generation": "3", **kw})  # noqa: E731
     assert leader.missing() == [1, 2]
-    assert ask(op="join", node=1, pod="a") == {"ok": True, "master": "10.0.0.1:6768"}
+    assert ask(op="join", node=1, pod="a") == {"ok": True, "master": "10.0.0.1:6768", "round": 1}
     assert ask(op="join", node=1, pod="a")["ok"]                    # the same pod asking again
     assert "already joined" in ask(op="join", node=1, pod="b")["why"]
     assert "no node 5" in ask(op="join", node=5, pod="c")["why"]
@@ -75,6 +75,30 @@ def test_rank_0_admits_each_node_once_and_only_while_forming(leaders):
     leader.stop_admitting()                                         # SIGTERM: no new members
     assert ask(op="join", node=2, pod="d")["why"] == "rank 0 is stopping"
     assert "not a member" in ask(op="beat", node=2, pod="d", records=[])["why"]
+
+
+def test_in_place_a_member_hands_rank_0_its_outcomes_and_joins_only_the_next_round(tmp_path, leaders):
+    """A member whose start ended tells rank 0 how (kept on rank 0's claim for the restart
+    decision); rank 0's round is then over; the member is let in again only once rank 0 has
+    opened the next round, and a member still beating in the old one is told its group is over."""
+    port = free_port()
+    leader = leaders(port, "2", "10.0.0.1:6768", 2, None, bind="127.0.0.1", outcomes=tmp_path / "outcomes")
+    member = relay.Member("localhost", port, "2", 1, "pod-b", None)
+    resolve = lambda host, timeout: ["127.0.0.1"]  # noqa: E731
+    assert member.join(time.monotonic() + 5, resolve) == "10.0.0.1:6768" and member.round == 1
+    assert leader.over() is None
+    crash = contract.Outcome(contract.End.CRASHED, 1, 1, "boom", global_step=7, host="pod-b", time=time.time())
+    member.leave([crash])
+    assert leader.over() == "node 1 left it (its trainer ended)"
+    assert contract.read_outcomes(tmp_path / "outcomes") == [crash]
+    with pytest.raises(TimeoutError, match="rank 0 is still in round 1"):
+        member.join(time.monotonic() + 0.5, resolve, say=lambda *a, **k: None)
+    leader.next_round()
+    assert leader.over() is None and leader.missing() == [1]
+    old = relay.ask(("127.0.0.1", port), {"op": "beat", "generation": "2", "round": 1, "node": 1, "pod": "pod-b",
+                                          "records": []})
+    assert not old["ok"] and "not a member of round 2" in old["why"]
+    assert member.join(time.monotonic() + 5, resolve) == "10.0.0.1:6768" and member.round == 2
 
 
 @pytest.mark.slow  # about 9 s, most of it waiting out the watchdog's timeout
@@ -141,12 +165,49 @@ def test_a_worker_joins_rank_0_by_name_and_gets_its_node_rank(tmp_path):
         assert said == f"rendezvous: node 1, master 127.0.0.1:{port} (localhost), generation 2"
         # the worker's own Job counts from 0: its launcher gets node rank 1 and its log folder
         assert worker.stdout.readline().split() == [
-            "-m", "paddle.distributed.launch", "--master", f"127.0.0.1:{port}", "--nnodes", "2", "--rank", "1",
+            "-m", "paddle.distributed.launch", "--job_id", "round-1", "--master", f"127.0.0.1:{port}", "--nnodes", "2",
+            "--rank", "1",
             "--log_dir", "/out/pt/launch-logs/rank-1"]
     finally:
         for proc in (rank0, worker):        # SIGTERM reaches the stand-in launchers too
             proc.terminate()
             proc.communicate(timeout=30)
+
+
+def test_a_crashed_worker_restarts_the_group_in_place_over_the_network(tmp_path):
+    """Only rank 1's launcher died: neither pod's supervisor ends. Rank 0 keeps rank 1's outcome
+    in its outcomes folder (on its claim), ends its own launcher and opens round 2, which both
+    join with a paddle store of that round's own (--job_id)."""
+    port = free_port() - 1
+    outcomes = tmp_path / "outcomes"
+    stand_in = ('echo "$@"; case "$*" in *round-2*) touch "$0.round-2"; exec sleep 120;; esac; '
+                'if [ "$0" = "{worker}" ]; then printf \'{{"end":"crashed","rank":1,"exit_code":1,"message":"boom"}}\' '
+                '> "$SIMSIAM_OUTCOME_DIR/rank-00001.json"; exit 1; fi; exec sleep 120')
+    worker_name = str(tmp_path / "worker")
+    body = stand_in.format(worker=worker_name)
+    launcher = lambda name, rank: ["sh", "-c", body, str(tmp_path / name), "-m", "paddle.distributed.launch",  # noqa: E731
+                                   "--nnodes", "2", "--rank", rank]
+    rank0 = supervisor("--node-rank", "0", "--rank0-host", "localhost", "--port", str(port), "--pod-ip",
+                       "127.0.0.1", "--generation", "4", "--outcomes-dir", str(outcomes),
+                       launcher=launcher("rank0", "0"))
+    worker = supervisor("--node-rank", "0", "--rank-offset", "1", "--rank0-host", "localhost", "--port", str(port),
+                        "--pod-ip", "127.0.0.9", "--generation", "4", launcher=launcher("worker", "0"))
+    try:
+        deadline = time.monotonic() + 60
+        while not all((tmp_path / f"{name}.round-2").exists() for name in ("rank0", "worker")):
+            assert rank0.poll() is None and worker.poll() is None, "a pod ended"
+            assert time.monotonic() < deadline, "no round 2"
+            time.sleep(0.2)
+        (kept,) = contract.read_outcomes(outcomes)
+        assert (kept.rank, kept.message) == (1, "boom")
+    finally:
+        for proc in (rank0, worker):
+            proc.terminate()
+    out0, out1 = (proc.communicate(timeout=30)[0] for proc in (rank0, worker))
+    assert "round 1 is over: node 1 left it (its trainer ended); node 0 ends its launcher" in out0, out0
+    assert f"rendezvous: node 0, master 127.0.0.1:{port} (localhost), generation 4, round 2" in out0, out0
+    assert "node 1 ended: rank 1 exited with exit code 1" in out1 and "joins the next round in place" in out1, out1
+    assert f"--job_id round-2 --master 127.0.0.1:{port} --nnodes 2 --rank 1" in out1, out1
 
 
 def test_rank_0_gives_up_at_the_start_timeout_naming_the_node_that_never_joined():

@@ -24,7 +24,6 @@ TEMPLATE = "k8s/job.yaml.j2"
 JOBSET_TEMPLATE = "k8s/jobset.yaml.j2"
 LEADER, WORKER = "leader", "worker"       # the JobSet's replicated jobs: rank 0, ranks 1..N-1
 RESTART_ATTEMPT_LABEL = "jobset.sigs.k8s.io/restart-attempt"   # on every pod of a JobSet
-RESTART_ATTEMPT_ENV = "JOBSET_RESTART_ATTEMPT"
 CONFIG_DIR = "/etc/simsiam"      # the ConfigMap's mount
 DATA_MOUNT = "/data"             # the data claim, read-only
 OUTPUT_MOUNT = "/output"         # the output claim; each job writes OUTPUT_MOUNT/<job name>/
@@ -116,11 +115,11 @@ def _trainer_env(spec: JobSpec, opts, site: scheduling.Scheduling, namespace: st
     env += [{"name": contract.JOB_ENV, "value": spec.name},
             {"name": contract.JOB_ID_ENV, "value": f"kubernetes://{namespace}/{spec.name}"},
             {"name": contract.ATTEMPT_ENV, "value": str(attempt)}]
-    if opts.workload != "jobset":
-        # Rank 0 counts the group's starts of this attempt in the output volume: past the bound it
-        # exits 2 with "gave up after N group restarts: ...", which fails the job (FailJob). A
-        # JobSet counts its restarts itself (failurePolicy.maxRestarts).
-        env.append({"name": contract.GROUP_RESTARTS_ENV, "value": str(opts.group_restarts)})
+    # Rank 0 counts the group's starts of this attempt in the output volume: past the bound it exits
+    # 2 with "gave up after N group restarts: ...", which fails the job. A JobSet counts there only
+    # the restarts in place of one JobSet generation; JobSet counts those that recreate the pods
+    # itself (failurePolicy.maxRestarts).
+    env.append({"name": contract.GROUP_RESTARTS_ENV, "value": str(opts.group_restarts)})
     return env
 
 
@@ -159,12 +158,15 @@ def _roles(spec: JobSpec, opts, env: list[dict], pod_annotations: dict, data: Vo
         # name over the network, with JobSet's restart attempt as the group's generation, and
         # relay the ranks' heartbeats through it (trainer.relay).
         service = spec.name             # the JobSet's own headless Service (network.subdomain)
-        attempt_env = {"name": RESTART_ATTEMPT_ENV, "valueFrom": {"fieldRef": {
+        attempt_env = {"name": contract.RESTART_ATTEMPT_ENV, "valueFrom": {"fieldRef": {
             "fieldPath": f"metadata.labels['{RESTART_ATTEMPT_LABEL}']"}}}
         network = dict(rank0_host=f"{spec.name}-{LEADER}-0-0.{service}", pod_ip="$(POD_IP)",
-                       generation=f"$({RESTART_ATTEMPT_ENV})", heartbeats_dir=f"{job_dir}/{contract.HEARTBEATS}",
+                       generation=f"$({contract.RESTART_ATTEMPT_ENV})", heartbeats_dir=f"{job_dir}/{contract.HEARTBEATS}",
                        **common) if spec.nodes > 1 else {}
-        roles = {LEADER: role("0", rendezvous_command(node_rank="0", **network), output, [attempt_env])}
+        # The leader keeps every node's outcomes on its claim, for its next start's restart decision.
+        leader_outcomes = dict(outcomes_dir=f"{job_dir}/{contract.OUTCOMES}") if network else {}
+        roles = {LEADER: role("0", rendezvous_command(node_rank="0", **network, **leader_outcomes), output,
+                              [attempt_env])}
         if spec.nodes > 1:
             roles[WORKER] = role("$(JOB_COMPLETION_INDEX)", rendezvous_command(
                 node_rank="$(JOB_COMPLETION_INDEX)", rank_offset=1, **network), Volume(""), [attempt_env])
