@@ -107,7 +107,8 @@ def _check_overrides(overrides: Sequence[str], data: str | None) -> None:
 
 def _image(image: str) -> str:
     if not _IMAGE.match(image):
-        raise UsageError(f"--image {image!r} is not an image reference (e.g. registry.example.com/simsiam:1.0, "
+        raise UsageError(f"--image {image!r} is not an image reference "
+                         "(e.g. registry.example.com/simsiam:1.0, "
                          "or an image file; no spaces, control characters or leading '-')")
     return image
 
@@ -157,7 +158,8 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
                          f"{', '.join(p.value for p in Phase)}") from None
     user = defaults.load_user_config(environ)
     backend = req.backend or defaults.top_level_default("backend", user, environ) or "local"
-    options = defaults.resolve_options(backend, options_class(backend), req.sets, user_config=user, environ=environ)
+    options = defaults.resolve_options(backend, options_class(backend), req.sets,
+                                       user_config=user, environ=environ)
 
     nodes = _int_default("nodes", req.nodes, user, 1, environ)
     gpus = _int_default("gpus", req.gpus, user, 0, environ)
@@ -165,7 +167,8 @@ def build_spec(req: Request, *, check_from: bool = True, environ: Mapping[str, s
     name = validate_name(req.name) if req.name is not None else generated_name(phase)
     overrides = list(req.overrides)
     data = req.data or defaults.top_level_default("data", user, environ)
-    if phase is Phase.SMOKE:    # synthetic images: a default data location does not apply, a given one is a mistake
+    # Synthetic images: a default data location does not apply, a given one is a mistake.
+    if phase is Phase.SMOKE:
         if req.data is not None:
             raise UsageError(f"--data {req.data}: the smoke phase trains on synthetic images and reads no "
                              "data set; leave --data out")
@@ -194,7 +197,8 @@ def _check_size(nodes: int, gpus: int, procs: int) -> None:
     if not 1 <= nodes <= MAX_NODES:
         raise UsageError(f"--nodes must be between 1 and {MAX_NODES}, got {nodes}")
     if not 0 <= gpus <= MAX_GPUS_PER_NODE:
-        raise UsageError(f"--gpus is per node and must be between 0 (CPU) and {MAX_GPUS_PER_NODE}, got {gpus}")
+        raise UsageError(f"--gpus is per node and must be between 0 (CPU) and {MAX_GPUS_PER_NODE}, "
+                         f"got {gpus}")
     if not 1 <= procs <= 256:
         raise UsageError(f"--procs must be between 1 and 256, got {procs}")
     if procs != 1 and gpus > 0:
@@ -215,7 +219,8 @@ def _pretrained_override(req: Request, phase: Phase, backend: str, options: Any,
     return "Global.pretrained_model=" + json.dumps(pretrained)
 
 
-def _checked_config(req: Request, phase: Phase, gpus: int, overrides: list[str]) -> tuple[str, dict[str, Any]]:
+def _checked_config(req: Request, phase: Phase, gpus: int,
+                    overrides: list[str]) -> tuple[str, dict[str, Any]]:
     """The config file (given or shipped) with the overrides, checked: it loads, its batches fit the
     largest machine, and its task is the phase's. Returns its path and the resolved config."""
     from trainer.config import (

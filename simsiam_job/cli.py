@@ -57,7 +57,8 @@ def _root(
 @app.command()
 @with_job_flags
 def submit(
-    phase: Annotated[PhaseArg, typer.Argument(help="pretrain, linear-probe or smoke (a short check of the cluster).")],
+    phase: Annotated[PhaseArg, typer.Argument(
+        help="pretrain, linear-probe or smoke (a short check of the cluster).")],
     flags: dict,    # the job flags shared with render (cli_flags.JOB_FLAGS)
     dry_run: Annotated[DryRun | None, typer.Option(
         "--dry-run", help="client: validate and print the job reference only; server: also let "
@@ -92,7 +93,8 @@ def submit(
 @app.command()
 @with_job_flags
 def render(
-    phase: Annotated[PhaseArg, typer.Argument(help="pretrain, linear-probe or smoke (a short check of the cluster).")],
+    phase: Annotated[PhaseArg, typer.Argument(
+        help="pretrain, linear-probe or smoke (a short check of the cluster).")],
     flags: dict,    # the job flags shared with render (cli_flags.JOB_FLAGS)
     out: Annotated[str | None, typer.Option(
         "--out", help="Write the files into this directory instead of printing.")] = None,
@@ -173,7 +175,8 @@ def status(
     if st.output:
         typer.echo(f"  output: {st.output}")
     for node in st.nodes:
-        extra = [f"host {node.host}" if node.host else "", f"restarts {node.restarts}" if node.restarts else "",
+        extra = [f"host {node.host}" if node.host else "",
+                 f"restarts {node.restarts}" if node.restarts else "",
                  f"exit {node.exit_code}" if node.exit_code is not None else "", node.reason or ""]
         typer.echo(f"  node {node.rank}: {node.state.value}  " + "  ".join(e for e in extra if e))
 
@@ -199,7 +202,8 @@ def logs(
     if tail is not None and not 0 <= tail <= MAX_TAIL:
         raise UsageError(f"--tail must be between 0 and {MAX_TAIL}, got {tail}")
     ref, backend = _backend_for(jobref)
-    for line in backend.logs(ref, rank=rank if rank is not None else 0, all_ranks=all_, follow=follow, tail=tail):
+    for line in backend.logs(ref, rank=rank if rank is not None else 0, all_ranks=all_, follow=follow,
+                             tail=tail):
         typer.echo(line)
 
 
@@ -239,10 +243,12 @@ def resume(
 
 @app.command("list")
 def list_(
-    backend: Annotated[BackendArg | None, typer.Option("--backend", "-b", help="Only this backend "
-                                                          "(default: local and the configured default).")] = None,
-    all_: Annotated[bool, typer.Option("--all", "-a", help="Older finished runs too (local); all "
-                                                           "namespaces (kubernetes); all users (slurm).")] = False,
+    backend: Annotated[BackendArg | None, typer.Option(
+        "--backend", "-b",
+        help="Only this backend (default: local and the configured default).")] = None,
+    all_: Annotated[bool, typer.Option(
+        "--all", "-a",
+        help="Older finished runs too (local); all namespaces (kubernetes); all users (slurm).")] = False,
 ) -> None:
     """List jobs created by simsiam-job, newest first.
 
@@ -278,7 +284,7 @@ def list_(
         (str(r.ref), r.phase, r.state.value, str(r.attempt), _age(r.age_seconds)) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
-        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     if failed:
         raise typer.Exit(1)
 
@@ -304,7 +310,8 @@ def options(backend: Annotated[BackendArg, typer.Argument(help="local, kubernete
 
 @app.command()
 def quickstart(
-    workdir: Annotated[str, typer.Option("--workdir", help="Where the data set and outputs go.")] = "quickstart",
+    workdir: Annotated[str, typer.Option(
+        "--workdir", help="Where the data set and outputs go.")] = "quickstart",
     procs: Annotated[int, typer.Option("--procs", metavar="P", help="Trainer processes (CPU).")] = 2,
     train: Annotated[int, typer.Option("--train", help="Training images (balanced classes).")] = 5000,
     val: Annotated[int, typer.Option("--val", help="Validation images.")] = 2000,

@@ -30,29 +30,37 @@ class BackendArg(str, Enum):
 Backend = Annotated[BackendArg | None, typer.Option(
     "--backend", "-b", help="Where to run (default: SIMSIAM_JOB_BACKEND, the config file, else local).")]
 Nodes = Annotated[int | None, typer.Option("--nodes", "-n", metavar="N", help="Number of nodes (default 1).")]
-Gpus = Annotated[int | None, typer.Option("--gpus", "-g", metavar="G", help="GPUs per node; 0 runs on CPU (default 0).")]
+Gpus = Annotated[int | None, typer.Option(
+    "--gpus", "-g", metavar="G", help="GPUs per node; 0 runs on CPU (default 0).")]
 Procs = Annotated[int, typer.Option("--procs", metavar="P", help="CPU processes per node when --gpus 0.")]
 Config = Annotated[str | None, typer.Option(
-    "--config", "-c", metavar="CONFIG", help="Trainer config (PASSL YAML); default: the shipped recipe for the phase.")]
+    "--config", "-c", metavar="CONFIG",
+    help="Trainer config (PASSL YAML); default: the shipped recipe for the phase.")]
 Overrides = Annotated[list[str] | None, typer.Option(
-    "--override", "-o", metavar="KEY=VALUE", help="Config override Dotted.Key=VALUE (repeatable), e.g. -o Global.epochs=10.")]
-Image = Annotated[str | None, typer.Option("--image", metavar="IMAGE", help="Container image (kubernetes; slurm with containers).")]
+    "--override", "-o", metavar="KEY=VALUE",
+    help="Config override Dotted.Key=VALUE (repeatable), e.g. -o Global.epochs=10.")]
+Image = Annotated[str | None, typer.Option(
+    "--image", metavar="IMAGE", help="Container image (kubernetes; slurm with containers).")]
 Name = Annotated[str | None, typer.Option(
     "--name", metavar="NAME", help="Job name (DNS-1123 label); default simsiam-<phase>-<random>.")]
 Data = Annotated[str | None, typer.Option(
-    "--data", metavar="LOCATION", help="Dataset location holding train/ (and val/ for the probe), ImageNet layout.")]
+    "--data", metavar="LOCATION",
+    help="Dataset location holding train/ (and val/ for the probe), ImageNet layout.")]
 Output = Annotated[str | None, typer.Option(
     "--output", metavar="LOCATION", help="Where outputs go; the job writes LOCATION/<job name>/.")]
 From = Annotated[str | None, typer.Option(
-    "--from", metavar="JOBREF", help="linear-probe: the finished pretrain job whose encoder to probe (a JOBREF).")]
+    "--from", metavar="JOBREF",
+    help="linear-probe: the finished pretrain job whose encoder to probe (a JOBREF).")]
 Env = Annotated[list[str] | None, typer.Option(
-    "--env", "-e", metavar="NAME=VALUE", help="Environment variable NAME=VALUE for the trainer processes (repeatable).")]
+    "--env", "-e", metavar="NAME=VALUE",
+    help="Environment variable NAME=VALUE for the trainer processes (repeatable).")]
 EnvSecret = Annotated[list[str] | None, typer.Option(
     "--env-secret", metavar="NAME=REF", help="Environment variable NAME read from a secret where the job "
     "runs, never written by simsiam-job (repeatable). REF: SECRET/KEY on kubernetes; a file only you "
     "can read (chmod 600) on slurm and local.")]
 Sets = Annotated[list[str] | None, typer.Option(
-    "--set", metavar="KEY=VALUE", help="Backend option KEY=VALUE (repeatable); `simsiam-job options BACKEND` lists them.")]
+    "--set", metavar="KEY=VALUE",
+    help="Backend option KEY=VALUE (repeatable); `simsiam-job options BACKEND` lists them.")]
 
 # Parameter name -> (annotation, default), in the order --help lists them.
 JOB_FLAGS: dict[str, tuple[Any, Any]] = {

@@ -160,7 +160,8 @@ def resolve_options(
     raw: dict[str, tuple[Any, str]] = {}
     section = (user_config if user_config is not None else load_user_config(environ)).get(backend) or {}
     for key, value in section.items():
-        raw[check(str(key), f"{config_path(environ)} [{backend}]")] = (value, f"{backend}.{key} in the config file")
+        raw[check(str(key), f"{config_path(environ)} [{backend}]")] = (
+            value, f"{backend}.{key} in the config file")
     prefix = f"{ENV_PREFIX}{backend.upper()}_"
     for env_key, value in environ.items():
         if env_key.startswith(prefix):

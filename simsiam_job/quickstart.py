@@ -67,9 +67,11 @@ def _shipped(name: str) -> str:
 def _check(root: Path, requests: list[Request], n_train: int, n_val: int) -> None:
     """Every argument, before the data set is written: a mistake costs seconds, not minutes."""
     if not 1 <= n_train <= MAX_TRAIN_IMAGES:
-        raise UsageError(f"--train must be between 1 and {MAX_TRAIN_IMAGES} (Fashion-MNIST's training set), got {n_train}")
+        raise UsageError(f"--train must be between 1 and {MAX_TRAIN_IMAGES} (Fashion-MNIST's training set), "
+                         f"got {n_train}")
     if not 1 <= n_val <= MAX_VAL_IMAGES:
-        raise UsageError(f"--val must be between 1 and {MAX_VAL_IMAGES} (Fashion-MNIST's test set), got {n_val}")
+        raise UsageError(f"--val must be between 1 and {MAX_VAL_IMAGES} (Fashion-MNIST's test set), "
+                         f"got {n_val}")
     for req in requests:
         spec = build_spec(req, check_from=False)  # the config, its -o overrides and --procs
         sampler = spec.config["DataLoader"]["Train"]["sampler"]
@@ -115,7 +117,8 @@ def run(*, workdir: str, procs: int, echo: Callable[[str], None], err: Callable[
     pretrain_request = Request(phase="pretrain", config=_shipped(PRETRAIN_CONFIG), overrides=extra_overrides,
                                **common)
     probe_requests = [Request(phase="linear-probe", config=_shipped(PROBE_CONFIG),
-                              overrides=[*extra_overrides, *overrides], **common) for _, overrides, _ in PROBES]
+                              overrides=[*extra_overrides, *overrides], **common)
+                      for _, overrides, _ in PROBES]
     _check(root, [pretrain_request, *probe_requests], n_train, n_val)
     _prepare_data(data, n_train, n_val, err)
 
@@ -123,7 +126,7 @@ def run(*, workdir: str, procs: int, echo: Callable[[str], None], err: Callable[
     if pretrain is None:
         return 1
     results = []
-    for (label, _, from_pretrain), request in zip(PROBES, probe_requests):
+    for (label, _, from_pretrain), request in zip(PROBES, probe_requests, strict=True):
         if from_pretrain:
             request = dataclasses.replace(request, from_ref=str(pretrain))
         ref = _run(request, f"probe: {label}", err)
@@ -137,5 +140,6 @@ def run(*, workdir: str, procs: int, echo: Callable[[str], None], err: Callable[
     for label, top1, ref in results:
         shown = f"{100 * top1:5.1f} %" if top1 is not None else "  n/a"
         echo(f"  {label.ljust(width)}  {shown}   {ref}")
-    echo(f"Training curves (open in a browser): {Path(get_backend('local').output_location(pretrain), 'curves.svg')}")
+    echo("Training curves (open in a browser): "
+         f"{Path(get_backend('local').output_location(pretrain), 'curves.svg')}")
     return 0

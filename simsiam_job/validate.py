@@ -17,13 +17,15 @@ DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 # A Kubernetes quantity: a decimal number and an optional binary (Ki..Ei), decimal (m, k..E) or
 # exponent suffix, e.g. 16Gi, 500m, 2, 1.5G, 1e9.
-_QUANTITY = re.compile(r"^(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)(?P<suffix>[KMGTPE]i|[mkMGTPE]|[eE][-+]?[0-9]+)?$")
+_QUANTITY = re.compile(r"^(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)"
+                       r"(?P<suffix>[KMGTPE]i|[mkMGTPE]|[eE][-+]?[0-9]+)?$")
 INT64_MAX = 2**63 - 1
 MAX_QUANTITY = INT64_MAX    # what Kubernetes stores (an int64)
 # Our own parser, not the kubernetes client's parse_quantity: render and option checks must work
 # without the client installed (it is imported lazily, for cluster calls only).
-_SUFFIX: dict[str, Decimal | int] = {"": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
-           "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_SUFFIX: dict[str, Decimal | int] = {
+    "": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+    "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 
 
 def dns1123_label(name: str, value: str) -> str:
@@ -55,9 +57,11 @@ def quantity(name: str, value: str) -> Decimal:
     suffix = match["suffix"] or ""
     try:
         number = Decimal(match["number"])
-        amount = number * Decimal(10) ** int(suffix[1:]) if suffix[:1] in ("e", "E") else number * _SUFFIX[suffix]
+        amount = (number * Decimal(10) ** int(suffix[1:]) if suffix[:1] in ("e", "E")
+                  else number * _SUFFIX[suffix])
     except (ArithmeticError, ValueError):   # decimal's overflow and invalid operations
-        raise ValueError(f"{name} {value!r} is not a Kubernetes quantity (e.g. 16Gi, 512Mi, 8, 500m)") from None
+        raise ValueError(f"{name} {value!r} is not a Kubernetes quantity "
+                         "(e.g. 16Gi, 512Mi, 8, 500m)") from None
     if amount <= 0:
         raise ValueError(f"{name} {value!r} must be more than zero")
     if amount > MAX_QUANTITY:

@@ -337,7 +337,8 @@ def secret_file(name: str, path: str) -> str:
         raise UsageError(f"--env-secret {name}={path}: not a regular file")
     if st.st_mode & 0o077:
         raise UsageError(f"--env-secret {name}={path}: group or others have access to this file (mode "
-                         f"{stat.S_IMODE(st.st_mode):04o}); make it yours alone: chmod 600 {shlex.quote(full)}")
+                         f"{stat.S_IMODE(st.st_mode):04o}); make it yours alone: "
+                         f"chmod 600 {shlex.quote(full)}")
     if not os.access(full, os.R_OK):
         raise UsageError(f"--env-secret {name}={path}: you cannot read this file")
     return full

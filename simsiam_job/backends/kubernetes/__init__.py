@@ -2,8 +2,9 @@
 Indexed Job with one pod per node; or (workload=jobset) the ConfigMap and a JobSet of a leader and
 workers. Optionally queued in Kueue.
 
-By concern: ``render`` (the manifests; pure), ``scheduling`` (the site knobs), ``client`` (kubeconfig, namespace, bounded API calls,
-errors as one line), ``status`` (reading Job and pod objects), ``logs`` (pod logs, following).
+By concern: ``render`` (the manifests; pure), ``scheduling`` (the site knobs), ``client``
+(kubeconfig, namespace, bounded API calls, errors as one line), ``status`` (reading Job and pod
+objects), ``logs`` (pod logs, following).
 The kubernetes client is imported inside methods only: ``simsiam-job --help``, ``render`` and the
 other backends never pay for it. Every read is a single GET or a label-selector LIST, so the number
 of API calls per command does not grow with the number of nodes.
@@ -129,8 +130,8 @@ class KubernetesBackend(Backend[Options]):
             if "PodSecurity" not in str(err):
                 raise
             message = str(err).split(": ", 1)[-1].split(" (ask an admin")[0]
-            raise UsageError(f"the rdma profile needs the {scheduling.RDMA_CAPABILITY} capability, which namespace "
-                             f"{ns} does not allow: {message}") from None
+            raise UsageError(f"the rdma profile needs the {scheduling.RDMA_CAPABILITY} capability, "
+                             f"which namespace {ns} does not allow: {message}") from None
 
     def _create(self, name: str, ns: str, manifests: list[dict], dry_run: str | None = None) -> JobRef:
         """The Job (or JobSet) first, then the ConfigMap and Service it owns (rolled back if one
@@ -141,7 +142,8 @@ class KubernetesBackend(Backend[Options]):
         by_kind = {doc["kind"]: doc for doc in manifests}
         if "JobSet" in by_kind:
             created = api.call(f"creating jobset {name}", api.custom.create_namespaced_custom_object,
-                               JOBSET_GROUP, JOBSET_VERSION, ns, "jobsets", by_kind["JobSet"], dry_run=server_dry)
+                               JOBSET_GROUP, JOBSET_VERSION, ns, "jobsets", by_kind["JobSet"],
+                               dry_run=server_dry)
             uid = (created.get("metadata") or {}).get("uid")
             owner = {"apiVersion": f"{JOBSET_GROUP}/{JOBSET_VERSION}", "kind": "JobSet"}
         else:
@@ -182,14 +184,15 @@ class KubernetesBackend(Backend[Options]):
             manifests = _render.next_jobset_attempt(workload.obj, config_map)
         else:
             serialize = api.batch.api_client.sanitize_for_serialization
-            service = serialize(api.call(f"reading service {name}", api.core.read_namespaced_service, name, ns,
-                                         missing=f"{missing}: its service is gone"))
+            service = serialize(api.call(f"reading service {name}", api.core.read_namespaced_service,
+                                         name, ns, missing=f"{missing}: its service is gone"))
             manifests = _render.next_attempt(serialize(workload.obj), config_map, service)
         # The finished job goes with its pods, config map and service (owned by it); its output
         # volume stays. The name is free again once they are all gone.
         self._delete(workload, "Foreground")
         if not poll(lambda: self._left(ref) is None and api.gone(
-                f"reading config map {name}", api.core.read_namespaced_config_map, name, ns), timeout=120, interval=1):
+                        f"reading config map {name}", api.core.read_namespaced_config_map, name, ns),
+                    timeout=120, interval=1):
             raise BackendError(f"{ref}: the previous attempt's objects are still being deleted after 120 s; "
                                "run resume again in a moment")
         return self._create(name, ns, manifests)
@@ -230,14 +233,15 @@ class KubernetesBackend(Backend[Options]):
             js = api.call(f"reading jobset {name}", api.custom.get_namespaced_custom_object, JOBSET_GROUP,
                           JOBSET_VERSION, ns, "jobsets", name, missing="")
         except NotFoundError:
-            raise NotFoundError(f"no job {name!r} in namespace {ns!r} (simsiam-job list shows the jobs there)") \
-                from None
+            raise NotFoundError(f"no job {name!r} in namespace {ns!r} "
+                                "(simsiam-job list shows the jobs there)") from None
         return Workload("JobSet", name, ns, js)
 
     def _pods(self, workload: Workload) -> list:
         api = self.api
-        return api.call(f"listing pods of {workload.kind.lower()} {workload.name}", api.core.list_namespaced_pod,
-                        workload.namespace, label_selector=workload.pod_selector).items
+        return api.call(f"listing pods of {workload.kind.lower()} {workload.name}",
+                        api.core.list_namespaced_pod, workload.namespace,
+                        label_selector=workload.pod_selector).items
 
     def _workload_and_pods(self, ns: str, name: str) -> tuple[Workload, list]:
         """Two API calls (three for a JobSet), whatever the number of nodes."""
@@ -266,8 +270,8 @@ class KubernetesBackend(Backend[Options]):
         found = None
         for version in KUEUE_VERSIONS:
             try:
-                items = api.call("listing Kueue workloads", api.custom.list_namespaced_custom_object, KUEUE_GROUP,
-                                 version, workload.namespace, "workloads",
+                items = api.call("listing Kueue workloads", api.custom.list_namespaced_custom_object,
+                                 KUEUE_GROUP, version, workload.namespace, "workloads",
                                  label_selector=f"{KUEUE_JOB_UID_LABEL}={workload.uid}", missing="")["items"]
                 found = items[0] if items else None
                 break
@@ -282,7 +286,8 @@ class KubernetesBackend(Backend[Options]):
                 try:
                     pending = api.get_path("asking Kueue for the queue's order",
                                            f"/apis/visibility.{KUEUE_GROUP}/{version}/namespaces/"
-                                           f"{workload.namespace}/localqueues/{queue}/pendingworkloads", missing="")
+                                           f"{workload.namespace}/localqueues/{queue}/pendingworkloads",
+                                           missing="")
                     position = next((int(w["positionInLocalQueue"]) for w in pending.get("items") or []
                                      if w["metadata"]["name"] == wl_name), None)
                     break

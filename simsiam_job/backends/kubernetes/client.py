@@ -48,7 +48,8 @@ def namespace(options) -> str:
     try:
         data = yaml.safe_load(kubeconfig.read_text()) or {}
         contexts = {c["name"]: c.get("context") or {} for c in data.get("contexts") or []}
-    except (OSError, ValueError, yaml.YAMLError, AttributeError, KeyError, TypeError) as err:  # ValueError: not UTF-8
+    except (OSError, ValueError,  # ValueError: not UTF-8
+            yaml.YAMLError, AttributeError, KeyError, TypeError) as err:
         raise UsageError(f"cannot read kubeconfig {kubeconfig}: {' '.join(str(err).split())}") from None
     if options.context and options.context not in contexts:
         raise UsageError(f"kubeconfig {kubeconfig} has no context {options.context!r} "

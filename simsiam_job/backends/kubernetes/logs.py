@@ -47,8 +47,9 @@ class PodLogs:
             for r in ranks:
                 if pods.get(r) is None:
                     # The Job deletes its running pods when it fails; their logs go with them.
-                    print(f"rank {r} has no pod (not created yet, or removed when the job ended): no log to show; "
-                          "`simsiam-job status` says how the job ended", file=sys.stderr, flush=True)
+                    print(f"rank {r} has no pod (not created yet, or removed when the job ended): "
+                          "no log to show; `simsiam-job status` says how the job ended",
+                          file=sys.stderr, flush=True)
         if not all_ranks:
             yield from self.rank_lines(ranks[0], pods, follow=follow, tail=tail)
         elif follow:

@@ -62,11 +62,13 @@ class Options:
     annotations: tuple[str, ...] = option((), "extra annotations on the job and its pods, KEY=VALUE each")
     scheduler_name: str = option("", "schedulerName of the pods (default: the cluster's default scheduler)")
     extra_resources: tuple[str, ...] = option(
-        (), "extra resources per pod (requests = limits), NAME=QUANTITY each, e.g. rdma/hca_shared_devices_a=1")
-    rdma: bool = option(False, "InfiniBand/RoCE profile: IPC_LOCK, rdma_resource, the rdma_network annotation, "
-                               "NCCL_IB_* environment (needs a namespace whose Pod Security level allows IPC_LOCK)")
-    rdma_resource: str = option("rdma/hca_shared_devices_a=1", "the RDMA device resource of the rdma profile, "
-                                                                "NAME=QUANTITY")
+        (), "extra resources per pod (requests = limits), NAME=QUANTITY each, "
+            "e.g. rdma/hca_shared_devices_a=1")
+    rdma: bool = option(False, "InfiniBand/RoCE profile: IPC_LOCK, rdma_resource, the rdma_network "
+                               "annotation, NCCL_IB_* environment (needs a namespace whose Pod Security "
+                               "level allows IPC_LOCK)")
+    rdma_resource: str = option("rdma/hca_shared_devices_a=1",
+                                "the RDMA device resource of the rdma profile, NAME=QUANTITY")
     rdma_network: str = option("", "the rdma profile's secondary network(s) (annotation "
                                    "k8s.v1.cni.cncf.io/networks); empty: RDMA over the pod's own network")
 
@@ -75,7 +77,8 @@ class Options:
             if not getattr(self, name) > 0:
                 raise UsageError(f"kubernetes option {name} must be > 0, got {getattr(self, name)}")
         if self.start_timeout < 1:
-            raise UsageError(f"kubernetes option start_timeout must be at least 1 second, got {self.start_timeout}")
+            raise UsageError("kubernetes option start_timeout must be at least 1 second, "
+                             f"got {self.start_timeout}")
         # The site knobs are parsed once here: a mistake fails at render, on the laptop.
         scheduling.parse(self)
         # Names and quantities fail at render time, on the laptop, not in the API server.

@@ -194,7 +194,8 @@ def node_states(nodes: int, pods) -> list[NodeStatus]:
             states.append(NodeStatus(rank=index, state=State.PENDING, reason="no pod yet"))
             continue
         reason, exit_code = _node_reason(pod)
-        restarts = per_index[index] - 1 + sum(c.restart_count or 0 for c in pod.status.container_statuses or [])
+        restarts = per_index[index] - 1 + sum(c.restart_count or 0
+                                               for c in pod.status.container_statuses or [])
         states.append(NodeStatus(
             rank=index, state=_PHASES.get(pod.status.phase, State.UNKNOWN), host=pod.spec.node_name,
             restarts=restarts, reason=reason, exit_code=exit_code))
@@ -213,7 +214,8 @@ def _failed_rank(states: list[NodeStatus], pods) -> str:
         message = next((c.state.terminated.message for c in newest[node.rank].status.container_statuses or []
                         if c.state.terminated is not None), None)
         outcome = contract.Outcome.from_json(message) if message else None
-        ended[node.rank] = outcome or contract.Outcome(contract.end_of_exit(node.exit_code), node.rank, node.exit_code)
+        ended[node.rank] = outcome or contract.Outcome(contract.end_of_exit(node.exit_code), node.rank,
+                                                       node.exit_code)
     cause = contract.root_cause([dataclasses.replace(o, rank=rank) for rank, o in ended.items()])
     return f"; rank {cause.rank}: {states[cause.rank].reason}" if cause is not None else ""
 
@@ -242,7 +244,8 @@ def never_scheduled(states: list[NodeStatus], events, pod_names: dict[int, str])
         if why:
             last = max(why, key=lambda e: str(e.last_timestamp or e.event_time or ""))
             when = "only after the job had failed" if node.host else "never"
-            said.append(f"rank {node.rank} was {when} scheduled: {last.reason}: {' '.join((last.message or '').split())}")
+            said.append(f"rank {node.rank} was {when} scheduled: "
+                        f"{last.reason}: {' '.join((last.message or '').split())}")
     return "".join(f"; {s}" for s in said)
 
 
@@ -264,7 +267,8 @@ def _join(*parts: str | None) -> str | None:
 def _queued_text(queued: Queued | None) -> str | None:
     if queued is None:
         return None
-    where = f", position {queued.position + 1} in LocalQueue {queued.queue}" if queued.position is not None else ""
+    where = (f", position {queued.position + 1} in LocalQueue {queued.queue}"
+             if queued.position is not None else "")
     return f"{queued.reason}{where}" if queued.reason else None
 
 
@@ -309,7 +313,8 @@ def job_status(ref: JobRef, job, pods, *, progress: dict | None = None, queued: 
     if state is State.FAILED:
         cond = _condition(job, "Failed") or _condition(job, "FailureTarget")
         if cond is not None:
-            reason = (f"{cond.reason}: {cond.message}" if cond.message else cond.reason) + _failed_rank(states, pods) \
+            reason = (f"{cond.reason}: {cond.message}" if cond.message else cond.reason) \
+                + _failed_rank(states, pods) \
                 + never_scheduled(states, events, {i: f"{job.metadata.name}-{i}" for i in range(nodes)})
         reason = _join(reason, history)
     elif state is State.QUEUED:
@@ -398,7 +403,8 @@ def jobset_status(ref: JobRef, js: dict, pods, *, progress: dict | None = None, 
     if queued is not None:
         detail["queue"] = dataclasses.asdict(queued)
     return JobStatus(ref=ref, state=state, reason=reason, nodes=tuple(states), detail=detail,
-                     progress=progress, output=jobset_output_location(js), attempt=attempt_of_meta(js["metadata"]))
+                     progress=progress, output=jobset_output_location(js),
+                     attempt=attempt_of_meta(js["metadata"]))
 
 
 def attempt_of(job) -> int:
@@ -431,7 +437,8 @@ def jobset_output_location(js: dict) -> str | None:
     volume = next((v for v in pod.get("volumes") or [] if v.get("name") == "output"), None)
     if volume is None or not volume.get("persistentVolumeClaim"):
         return None
-    mount = next((m for c in pod["containers"] for m in c.get("volumeMounts") or [] if m.get("name") == "output"), {})
+    mount = next((m for c in pod["containers"] for m in c.get("volumeMounts") or []
+                  if m.get("name") == "output"), {})
     sub_path = f"/{mount['subPath']}" if mount.get("subPath") else ""
     name = js["metadata"]["name"]
     return (f"pvc:{volume['persistentVolumeClaim']['claimName']}{sub_path}/{name} "

@@ -12,10 +12,10 @@ A run lives in ``$XDG_DATA_HOME/simsiam-job/runs/<job name>/`` (default
     attempts/N/    what an earlier attempt left (exit.json, ...) when it was resumed
     output/        the trainer's output directory (unless --output was given)
 
-The supervisor (``python -m simsiam_job.backends.local.supervisor RUN_DIR``, supervisor.py) leads its own session, so the
-job outlives the CLI; it runs paddle's launcher, waits, reads how every rank ended (each rank
-records its outcome, trainer.outcome) and lets ``trainer.contract.decide`` say what follows:
-success; a restart of the whole group (a crash, a lost rank or launcher: at most
+The supervisor (``python -m simsiam_job.backends.local.supervisor RUN_DIR``, supervisor.py) leads
+its own session, so the job outlives the CLI; it runs paddle's launcher, waits, reads how every rank
+ended (each rank records its outcome, trainer.outcome) and lets ``trainer.contract.decide`` say what
+follows: success; a restart of the whole group (a crash, a lost rank or launcher: at most
 ``group_restarts`` times; a preemption: not counted); or failure with the trainer's own line.
 
 Every process the run starts carries RUN_ENV=<run dir> in its environment. paddle puts each
@@ -78,7 +78,8 @@ RECENT_SECONDS = 24 * 3600      # `list` without --all hides runs that finished 
 @dataclasses.dataclass(frozen=True)
 class Options:
     runs_dir: str | None = option(None, "where runs are kept (default $XDG_DATA_HOME/simsiam-job/runs)")
-    grace_seconds: float = option(60.0, "cancel: seconds between SIGTERM (the trainer checkpoints) and SIGKILL")
+    grace_seconds: float = option(
+        60.0, "cancel: seconds between SIGTERM (the trainer checkpoints) and SIGKILL")
     python: str | None = option(
         None, "Python interpreter with paddle and simsiam-train (default: the one running simsiam-job)")
     group_restarts: int = option(3, GROUP_RESTARTS_HELP)
@@ -434,7 +435,8 @@ def _recorded(run_dir: Path) -> dict:
     spec = read_json_object(path)
     options = (spec or {}).get("options")
     if not isinstance(options, dict) or not isinstance(spec.get("attempt"), int):
-        raise ValueError(f"{path} is not the record submit wrote (a JSON object with the attempt and the options)")
+        raise ValueError(f"{path} is not the record submit wrote "
+                         "(a JSON object with the attempt and the options)")
     known = {f.name for f in dataclasses.fields(Options)}
     try:
         Options(**{k: v for k, v in options.items() if k in known})   # what the supervisor will read

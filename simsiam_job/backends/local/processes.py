@@ -59,5 +59,6 @@ def stop_leftovers(run_dir: Path, grace: float, say: Callable[[str], None]) -> N
         return
     say(f"{len(left)} trainer process(es) outlived paddle's launcher: sent SIGTERM")
     if not poll(lambda: not run_processes(run_dir), timeout=grace):
-        say(f"sent SIGKILL to {len(signal_run(run_dir, signal.SIGKILL))} process(es) still running after {grace:g} s")
+        say(f"sent SIGKILL to {len(signal_run(run_dir, signal.SIGKILL))} process(es) "
+            f"still running after {grace:g} s")
         poll(lambda: not run_processes(run_dir), timeout=10)

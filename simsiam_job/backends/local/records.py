@@ -41,7 +41,8 @@ def record_cancel(run_dir: Path, reason: str) -> None:
     """The outcome of a cancelled run whose supervisor cannot record it any more."""
     if not (run_dir / "exit.json").exists():
         write_text_atomic(run_dir / "exit.json", json.dumps(
-            {"exit_code": None, "reason": reason, "restarts": group_restarts(run_dir), "finished": time.time()}))
+            {"exit_code": None, "reason": reason, "restarts": group_restarts(run_dir),
+             "finished": time.time()}))
 
 
 def read_command(run_dir: Path) -> dict:

@@ -120,7 +120,8 @@ def supervise(run_dir: Path) -> int:
             decision = contract.decide(_start_outcomes(run_dir, start, launcher_code, ranks),
                                        restarts=restarts, bound=bound, ranks=ranks)
             if (run_dir / "cancelled").exists() and decision.action != contract.FINISH:
-                outcome = {"exit_code": decision.exit_code, "reason": f"cancelled by the user ({decision.reason})"}
+                outcome = {"exit_code": decision.exit_code,
+                           "reason": f"cancelled by the user ({decision.reason})"}
                 break
             if decision.action != contract.RESTART:
                 outcome = {"exit_code": decision.exit_code, "reason": decision.reason}

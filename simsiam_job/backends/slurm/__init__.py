@@ -76,7 +76,8 @@ class Options:
         "none", "run the trainer in --image via pyxis/enroot (srun --container-image) or apptainer exec")
     container_mounts: tuple[str, ...] = option(
         (), "extra paths mounted into the container (the job, data and output folders always are)")
-    job_root: str = option("~/simsiam-jobs", "job directories (script, config, logs) on the shared filesystem")
+    job_root: str = option("~/simsiam-jobs",
+                           "job directories (script, config, logs) on the shared filesystem")
     port: int = option(0, "rendezvous port on the first node; 0: derived from the job id")
     signal_grace: int = option(300, "seconds before the time limit when the trainer gets TERM to checkpoint")
     requeue: bool = option(True, "let Slurm requeue the job after preemption or node failure")
@@ -89,7 +90,8 @@ class Options:
             _check_word(getattr(self, name), name, _SLURM_NAME)
         _check_word(self.time, "time", _TIME)
         _check_word(self.mem, "mem", _MEM)
-        for name in ("cpus_per_task", "cpus_per_gpu", "port", "signal_grace", "cancel_grace", "group_restarts"):
+        for name in ("cpus_per_task", "cpus_per_gpu", "port", "signal_grace", "cancel_grace",
+                     "group_restarts"):
             if getattr(self, name) < 0:
                 raise UsageError(f"slurm option {name} must be >= 0, got {getattr(self, name)}")
         if not self.command_timeout > 0:
@@ -208,8 +210,10 @@ class SlurmBackend(Backend[Options]):
         # The batch script decides between restart, failure and success with the trainer's own
         # decision function, run by the trainer's Python (in the container, where there is one).
         decide_prefix = prefix or (["srun", "--nodes=1", "--ntasks=1", f"--container-image={spec.image}",
-                                    f"--container-mounts={','.join(mounts)}"] if o.container == "pyxis" else [])
-        decide = " ".join(shlex.quote(w) for w in [*decide_prefix, "python", "-m", "trainer.contract", "decide"])
+                                    f"--container-mounts={','.join(mounts)}"]
+                                   if o.container == "pyxis" else [])
+        decide = " ".join(shlex.quote(w)
+                          for w in [*decide_prefix, "python", "-m", "trainer.contract", "decide"])
         # One task per node runs all its trainers: a GPU's trainer and its data loader workers need
         # cores of their own, and so does each CPU process (where Slurm confines tasks by cgroups).
         if o.cpus_per_task:
@@ -323,14 +327,16 @@ class SlurmBackend(Backend[Options]):
         output_dir = self._meta(job).get("output_dir")
         decisions = _decisions(job)
         restarts = decisions[-1]["restarts"] if decisions else 0
-        preemptions = sum(1 for d in decisions if d.get("action") == contract.RESTART and not d.get("counted"))
+        preemptions = sum(1 for d in decisions
+                          if d.get("action") == contract.RESTART and not d.get("counted"))
         reason = _reason(job.state, job.reason, job.restarts, job.exit_code)
         last = decisions[-1] if decisions else {}
         if state is State.FAILED and last.get("action") == contract.FAIL:
             reason = last.get("reason")     # the batch script's verdict names the rank and why
         elif state is State.RUNNING and last.get("action") == contract.RESTART:
             reason = (f"group restart {restarts} of at most {last.get('bound')}"
-                      + (f", preempted {preemptions} time{'s' if preemptions != 1 else ''}" if preemptions else "")
+                      + (f", preempted {preemptions} time{'s' if preemptions != 1 else ''}"
+                         if preemptions else "")
                       + f", after: {last.get('reason')}")
         return JobStatus(
             ref=ref, state=state, reason=reason,
