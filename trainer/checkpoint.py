@@ -162,9 +162,11 @@ class CheckpointWriter:
         self.wait()
         path = checkpoint_path(directory, state["epoch"], state["global_step"])
         memo = {}
-        todo = [(path, host_copy(state, memo))] + [(Path(p), host_copy(s, memo)) for p, s in (files or {}).items()]
+        todo = [(path, host_copy(state, memo))] + [(Path(p), host_copy(s, memo))
+                                                   for p, s in (files or {}).items()]
         # Not a daemon: an interpreter that exits still finishes the write first.
-        self._thread = threading.Thread(target=self._write, args=(todo, after, path), name="simsiam-checkpoint")
+        self._thread = threading.Thread(target=self._write, args=(todo, after, path),
+                                        name="simsiam-checkpoint")
         self._thread.start()
         return path
 
@@ -197,7 +199,8 @@ def load_checkpoint(path: Path) -> dict:
         raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else 'corrupt'})") from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
-        raise ValueError(f"checkpoint {path} is incomplete (missing {', '.join(k for k in REQUIRED if k not in (state if isinstance(state, dict) else {}))})")
+        missing = ", ".join(k for k in REQUIRED if k not in (state if isinstance(state, dict) else {}))
+        raise ValueError(f"checkpoint {path} is incomplete (missing {missing})")
     return state
 
 

@@ -116,7 +116,8 @@ def eval_main(argv: list[str]) -> int:
 
 def _config_command(argv: list[str], prog: str, description: str, target: str | None) -> int:
     parser = _Parser(prog=prog, description=description,
-                     epilog=("subcommands: " + ", ".join(SUBCOMMANDS)) if SUBCOMMANDS and not target else None)
+                     epilog=("subcommands: " + ", ".join(SUBCOMMANDS))
+                     if SUBCOMMANDS and not target else None)
     parser.add_argument("-c", "--config", required=True, help="PASSL-schema YAML config")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. -o Global.epochs=1 (repeatable)")

@@ -2,9 +2,10 @@
 
 The schema and its checks are in trainer.config_schema, the safe YAML reader in trainer.config_yaml.
 
-A config written for PASSL's SimSiam must load unchanged, so the schema (trainer.config_schema) lists PASSL's keys,
-including the ones this trainer does not use. Anything else is an error that names the key and the
-closest valid one. This module must not import paddle: the launcher validates configs with it.
+A config written for PASSL's SimSiam must load unchanged, so the schema (trainer.config_schema)
+lists PASSL's keys, including the ones this trainer does not use. Anything else is an error that
+names the key and the closest valid one. This module must not import paddle: the launcher validates
+configs with it.
 """
 from __future__ import annotations
 
@@ -97,8 +98,8 @@ def check_memory(cfg: Mapping[str, Any], *, host_memory: int, device_memory: int
     gib = 1 << 30
     if device_memory is not None and device > device_memory:
         raise ConfigError(f"{largest} needs at least {device / gib:,.1f} GiB of GPU memory for the model's "
-                          f"first layer alone, and a GPU has at most {device_memory / gib:,.0f} GiB; lower the "
-                          "batch size or the image size (docs/trainer.md, Bounds)")
+                          f"first layer alone, and a GPU has at most {device_memory / gib:,.0f} GiB; "
+                          "lower the batch size or the image size (docs/trainer.md, Bounds)")
     if device_memory is None:
         host += device
     if host * processes > host_memory:

@@ -345,7 +345,8 @@ _optimizer = Section({
     "tensor_fusion": _bool,                     # PASSL, unused
 }, required=("name",))
 
-_loss_list = _list_of(_any)                     # [{CELoss: {weight: 1.0}}]; the linear-probe loop interprets it
+# [{CELoss: {weight: 1.0}}]; the linear-probe loop interprets it
+_loss_list = _list_of(_any)
 
 SCHEMA = Section({
     "Global": Section({

@@ -170,7 +170,8 @@ class End(str, enum.Enum):
 
 
 EXIT_ENDS = {EXIT_DONE: End.DONE, EXIT_BAD_INPUT: End.BAD_INPUT, EXIT_DIVERGED: End.DIVERGED,
-             EXIT_START_TIMEOUT: End.NOT_STARTED, EXIT_PEER_LOST: End.PEER_LOST, EXIT_PREEMPTED: End.PREEMPTED}
+             EXIT_START_TIMEOUT: End.NOT_STARTED, EXIT_PEER_LOST: End.PEER_LOST,
+             EXIT_PREEMPTED: End.PREEMPTED}
 FINAL_EXITS = (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_START_TIMEOUT)      # fail the job at once
 RESTART_EXITS = (EXIT_PEER_LOST, EXIT_PREEMPTED)     # restart the group (a crash does too, counted)
 
@@ -218,7 +219,8 @@ class Outcome:
             data = json.loads(text)
             rank = data["rank"]
             return cls(end=End(data["end"]), rank=None if rank is None else int(rank),
-                       exit_code=None if data["exit_code"] is None else int(data["exit_code"]), message=str(data.get("message") or ""),
+                       exit_code=None if data["exit_code"] is None else int(data["exit_code"]),
+                       message=str(data.get("message") or ""),
                        global_step=None if data.get("global_step") is None else int(data["global_step"]),
                        host=str(data.get("host") or ""), time=float(data.get("time") or 0.0))
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
@@ -325,7 +327,8 @@ def decide(outcomes: Sequence[Outcome], *, restarts: int, bound: int, ranks: int
         return Decision(RESTART, code, f"preempted: {text}{detail}", counted=False, cause=cause)
     if restarts >= bound:
         plural = "" if restarts == 1 else "s"
-        return Decision(FAIL, code, f"gave up after {restarts} group restart{plural}: {text}{detail}", cause=cause)
+        return Decision(FAIL, code, f"gave up after {restarts} group restart{plural}: {text}{detail}",
+                        cause=cause)
     return Decision(RESTART, code, f"{text}{detail}", counted=True, cause=cause)
 
 
@@ -390,8 +393,8 @@ ROUNDS_DIR = "rendezvous"       # in the job's output directory: rank-NNNNN.json
 def rendezvous_command(*, node_rank: str, rank0_host: str = "", port: int = 0, pod_ip: str = "",
                        rounds_dir: str = "", outcomes_dir: str = "", start_timeout: int = 0,
                        generation: str = "", heartbeats_dir: str = "", rank_offset: int = 0) -> list[str]:
-    """The node supervisor's (``python -m trainer.rendezvous``) words before the launcher's own command in a pod's command line (without rank0_host:
-    a job of one node, nobody to meet)."""
+    """The node supervisor's (``python -m trainer.rendezvous``) words before the launcher's own
+    command in a pod's command line (without rank0_host: a job of one node, nobody to meet)."""
     words = ["python", "-m", "trainer.rendezvous", "--node-rank", node_rank]
     if rank_offset:
         words += ["--rank-offset", str(rank_offset)]

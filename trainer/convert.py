@@ -40,7 +40,8 @@ def _torch():
     try:
         import torch
     except ImportError:
-        raise ConvertError("converting PyTorch weights needs torch: pip install 'simsiam-job[torch]'") from None
+        raise ConvertError("converting PyTorch weights needs torch: "
+                           "pip install 'simsiam-job[torch]'") from None
     return torch
 
 
@@ -62,7 +63,8 @@ def _read_torch_state(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], d
                            "values; they are not loaded, since loading them could run code (save the "
                            "state_dict alone)") from None
     except Exception as e:
-        raise ConvertError(f"{path} is not a PyTorch checkpoint: {type(e).__name__}: {e}".splitlines()[0]) from None
+        raise ConvertError(f"{path} is not a PyTorch checkpoint: {type(e).__name__}: {e}"
+                           .splitlines()[0]) from None
     if not isinstance(loaded, dict):
         raise ConvertError(f"{path} holds a {type(loaded).__name__}, not a checkpoint dict")
     state = loaded.get("state_dict", loaded)

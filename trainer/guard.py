@@ -43,7 +43,7 @@ def first_nonfinite_parameter(model: paddle.nn.Layer) -> str | None:
     if not named:
         return None
     finite = paddle.stack([paddle.isfinite(p.astype("float32")).all() for _, p in named]).numpy()
-    for (name, _), ok in zip(named, finite):
+    for (name, _), ok in zip(named, finite, strict=True):
         if not ok:
             return name
     return None

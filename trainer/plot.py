@@ -107,8 +107,8 @@ def _panel(points: list[tuple[float, float]], title: str, from_zero: bool, top: 
              f'<rect x="{MARGIN_LEFT}" y="{plot_top}" width="{plot_w}" height="{plot_h}" '
              'fill="none" stroke="#999"/>']
     for y in ticks(y0, y1, y_step):
-        parts.append(f'<line x1="{MARGIN_LEFT}" x2="{MARGIN_LEFT + plot_w}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" '
-                     'stroke="#eee"/>')
+        parts.append(f'<line x1="{MARGIN_LEFT}" x2="{MARGIN_LEFT + plot_w}" '
+                     f'y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#eee"/>')
         parts.append(f'<text class="y-tick" x="{MARGIN_LEFT - 6}" y="{sy(y) + 4:.1f}" '
                      f'text-anchor="end">{tick_label(y, y_step)}</text>')
     for x in ticks(x0, x1, x_step):
@@ -118,13 +118,14 @@ def _panel(points: list[tuple[float, float]], title: str, from_zero: bool, top: 
         every = max(1, round(tick_step(0, epochs[-1][0])))
         for epoch, step in epochs:
             if x0 <= step <= x1:
-                parts.append(f'<line x1="{sx(step):.1f}" x2="{sx(step):.1f}" y1="{plot_top}" y2="{plot_bottom}" '
-                             'stroke="#ddd" stroke-dasharray="3,3"/>')
+                parts.append(f'<line x1="{sx(step):.1f}" x2="{sx(step):.1f}" '
+                             f'y1="{plot_top}" y2="{plot_bottom}" stroke="#ddd" stroke-dasharray="3,3"/>')
                 if epoch % every == 0:
                     parts.append(f'<text class="epoch-tick" x="{sx(step):.1f}" y="{plot_top - 4}" '
                                  f'text-anchor="middle" fill="#666">{epoch}</text>')
     coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
-    parts.append(f'<polyline class="series" points="{coords}" fill="none" stroke="#1f77b4" stroke-width="1.5"/>')
+    parts.append(f'<polyline class="series" points="{coords}" '
+                 'fill="none" stroke="#1f77b4" stroke-width="1.5"/>')
     if len(points) <= 20:   # sparse series (evaluations every few epochs): mark each point
         parts += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="#1f77b4"/>' for x, y in points]
     return "\n".join(parts)

@@ -113,8 +113,8 @@ class Heartbeat:
         self.record = {"rank": rank, **machine(), "beat": 0, "state": RUNNING, "detail": ""}
 
     def write(self, state: str = RUNNING, detail: str = "", **extra) -> None:
-        self.record.update(beat=self.record["beat"] + 1, state=state, detail=detail, time=round(time.time(), 3),
-                           **extra)
+        self.record.update(beat=self.record["beat"] + 1, state=state, detail=detail,
+                           time=round(time.time(), 3), **extra)
         write_json(self.path, self.record)
 
 
@@ -173,7 +173,8 @@ class PeerView:
                     self.seen[r] = (beat, changed)
             if now - changed > self.timeout:
                 if beat is None:        # never seen: dead before its first beat, or not our storage
-                    return Lost(r, f"no heartbeat from rank {r} in {self.directory} for {now - changed:.0f} s "
+                    return Lost(r, f"no heartbeat from rank {r} in {self.directory} "
+                                   f"for {now - changed:.0f} s "
                                    "(if it runs, Global.output_dir is not storage every rank shares)")
                 where = f" ({record.get('host')}, pid {record.get('pid')})" if record else ""
                 return Lost(r, f"no heartbeat from rank {r}{where} for {now - changed:.0f} s")
@@ -250,7 +251,8 @@ class Watchdog:
                     self.heartbeat.write(LEFT, f"exit {exit_code}")
                 else:
                     said = f"exit {exit_code} ({contract.EXIT_MEANINGS.get(exit_code, 'failed')})"
-                    self.heartbeat.write(FAILED, f"{said}: {message}" if message else said, exit_code=exit_code)
+                    self.heartbeat.write(FAILED, f"{said}: {message}" if message else said,
+                                         exit_code=exit_code)
             except OSError:
                 pass
 

@@ -219,7 +219,8 @@ def load_into(model, spec: str | os.PathLike, with_head: bool = False) -> list[s
     # A checkpoint of an AMP O2 run holds float16 weights; the model here decides the dtype.
     import paddle
     float32 = {k for k, v in model.state_dict().items() if v.dtype == paddle.float32}
-    state = {k: v.astype(np.float32) if k in float32 and v.dtype == np.float16 else v for k, v in state.items()}
+    state = {k: v.astype(np.float32) if k in float32 and v.dtype == np.float16 else v
+             for k, v in state.items()}
     with warnings.catch_warnings():  # paddle warns about the fc it skips; check_keys vetted the rest
         warnings.simplefilter("ignore")
         model.set_state_dict(state)
@@ -234,7 +235,8 @@ def check_keys(expected: dict[str, tuple], state: dict[str, np.ndarray], source:
     problems = []
     for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
         if items:
-            shown = ", ".join(items[:_LISTED]) + (f", ... ({len(items)} in all)" if len(items) > _LISTED else "")
+            more = f", ... ({len(items)} in all)" if len(items) > _LISTED else ""
+            shown = ", ".join(items[:_LISTED]) + more
             problems.append(f"{label}: {shown}")
     if problems:
         raise WeightsError(f"{source} does not fit the model: " + "; ".join(problems))

@@ -68,7 +68,8 @@ def scan(root: Path) -> Listing:
             files.append(sorted(e.name for e in os.scandir(folder)
                                 if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS))
         except OSError as e:
-            raise DataError(f"dataset root {root}: cannot read {e.filename or folder}: {e.strerror or e}") from None
+            raise DataError(f"dataset root {root}: cannot read {e.filename or folder}: "
+                            f"{e.strerror or e}") from None
     return Listing(classes, mtimes, files)
 
 
@@ -79,9 +80,11 @@ def fallback_path(root: Path, index_dir: Path) -> Path:
 
 def encode(listing: Listing) -> bytes:
     header = {"extensions": sorted(IMAGE_EXTENSIONS),
-              "classes": [[c, m, len(f)] for c, m, f in zip(listing.classes, listing.mtimes, listing.files)]}
+              "classes": [[c, m, len(f)] for c, m, f in zip(listing.classes, listing.mtimes, listing.files,
+                                                               strict=True)]}
     names = "\0".join(name for files in listing.files for name in files)
-    return MAGIC + zlib.compress(json.dumps(header).encode() + b"\n" + names.encode("utf-8", "surrogateescape"), 1)
+    return MAGIC + zlib.compress(json.dumps(header).encode() + b"\n"
+                                 + names.encode("utf-8", "surrogateescape"), 1)
 
 
 def decode(data: bytes) -> Listing:
@@ -96,7 +99,7 @@ def decode(data: bytes) -> Listing:
     try:
         header = json.loads(head)
         extensions = header["extensions"]
-        classes, mtimes, counts = zip(*header["classes"]) if header["classes"] else ((), (), ())
+        classes, mtimes, counts = zip(*header["classes"], strict=True) if header["classes"] else ((), (), ())
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"corrupt header ({e})") from None
     if extensions != sorted(IMAGE_EXTENSIONS):
@@ -115,7 +118,7 @@ def current(listing: Listing, root: Path) -> bool:
     """Whether the folders still are as they were when `listing` was made (cheap: no file listing)."""
     if class_folders(root) != listing.classes:
         return False
-    for name, mtime in zip(listing.classes, listing.mtimes):
+    for name, mtime in zip(listing.classes, listing.mtimes, strict=True):
         try:
             if os.stat(root / name).st_mtime_ns != mtime:
                 return False

@@ -49,14 +49,15 @@ class ImageFolder:
         listing = file_index.load(self.root, index_dir, write_index)
         self.classes = listing.classes
         if not self.classes:
-            raise DataError(f"dataset root {self.root} has no class subfolders (expected ROOT/<class>/<image files>)")
-        empty = [name for name, files in zip(self.classes, listing.files) if not files]
+            raise DataError(f"dataset root {self.root} has no class subfolders "
+                            "(expected ROOT/<class>/<image files>)")
+        empty = [name for name, files in zip(self.classes, listing.files, strict=True) if not files]
         if empty:
             shown = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
             raise DataError(f"dataset root {self.root}: class folder(s) with no images: {shown} "
                             f"(extensions: {' '.join(sorted(IMAGE_EXTENSIONS))})")
         self.paths = []
-        for name, files in zip(self.classes, listing.files):
+        for name, files in zip(self.classes, listing.files, strict=True):
             prefix = f"{self.root / name}{os.sep}"
             self.paths += [prefix + file for file in files]
         self.labels = np.repeat(np.arange(len(self.classes), dtype=np.int64), [len(f) for f in listing.files])
@@ -130,20 +131,23 @@ class _Job:
                     images = self.views(Source(self.dataset.read(index)), sample_rng(self.seed, epoch, index))
                     break
                 except (CorruptImage, OSError) as e:
-                    bad.append((self.dataset.paths[index], str(e).splitlines()[0] if str(e) else type(e).__name__))
+                    bad.append((self.dataset.paths[index],
+                                str(e).splitlines()[0] if str(e) else type(e).__name__))
                     if not self.substitute_bad:
                         images = None
                         break
                     index = (index + 1) % n
             else:
-                raise DataError(f"{MAX_SUBSTITUTES} consecutive unreadable images from {bad[-MAX_SUBSTITUTES][0]}")
+                raise DataError(f"{MAX_SUBSTITUTES} consecutive unreadable images "
+                                f"from {bad[-MAX_SUBSTITUTES][0]}")
             if images is None:
                 continue
             row = len(labels)
             for v, image in enumerate(images):
                 if image.shape != (self.shape[1], self.shape[2], 3):
-                    raise DataError(f"{self.dataset.paths[index]} gives a {image.shape[1]}x{image.shape[0]} view "
-                                    f"but others are {self.shape[2]}x{self.shape[1]}; add RandomResizedCrop or "
+                    raise DataError(f"{self.dataset.paths[index]} gives a "
+                                    f"{image.shape[1]}x{image.shape[0]} view but others are "
+                                    f"{self.shape[2]}x{self.shape[1]}; add RandomResizedCrop or "
                                     "CenterCrop (or Resize with [height, width]) to the transform")
                 cv2.split(image, list(out[v][row]))     # HWC -> CHW in place, 4x faster than numpy
             labels.append(int(self.dataset.labels[index]))
@@ -205,7 +209,8 @@ class _Workers:
             labels, bad, error = self._wait(k)
             if error:
                 kind, message = error
-                raise DataError(message) if kind == "data" else RuntimeError(f"data worker failed:\n{message}")
+                raise DataError(message) if kind == "data" else RuntimeError(
+                    f"data worker failed:\n{message}")
             yield labels, bad, self.outs[k % self.slots]
 
     def _wait(self, k):
@@ -223,7 +228,8 @@ class _Workers:
                 for i, p in enumerate(self.procs):
                     if not p.is_alive():
                         raise RuntimeError(f"data loader worker {i} exited unexpectedly (exit code "
-                                           f"{p.exitcode}); out of memory? try fewer loader.num_workers") from None
+                                           f"{p.exitcode}); out of memory? try fewer "
+                                           "loader.num_workers") from None
         self.outstanding -= 1
         if generation == self.generation:
             self.done[(generation, k)] = (labels, bad, error)
@@ -314,7 +320,8 @@ class Loader:
         limit = self.dataset.max_bad_fraction * self._rank_samples
         if len(self._bad_paths) > limit:
             raise DataError(f"{len(self._bad_paths)} of the {self._rank_samples} images this rank reads are "
-                            f"unreadable, more than dataset.max_bad_fraction={self.dataset.max_bad_fraction:g} "
+                            "unreadable, more than "
+                            f"dataset.max_bad_fraction={self.dataset.max_bad_fraction:g} "
                             f"(first: {min(self._bad_paths)})")
 
     def to_tensor(self, view):
@@ -374,7 +381,8 @@ def _parse(split: DataSplit, where: str, rank: int, world_size: int, index_dir):
         raise DataError(f"{where}.dataset.root is not set (the folder with one subfolder per class)")
     try:
         # Rank 0 alone writes the file index (one writer); every rank reads a current one.
-        dataset = ImageFolder(root, split.dataset.max_bad_fraction, index_dir=index_dir, write_index=rank == 0)
+        dataset = ImageFolder(root, split.dataset.max_bad_fraction, index_dir=index_dir,
+                              write_index=rank == 0)
     except OSError as e:    # while scanning: a symlink loop, an unreadable class folder, an I/O error
         raise DataError(f"{where}.dataset.root {root}: cannot read {e.filename or root}: "
                         f"{e.strerror or e}") from None

@@ -95,7 +95,8 @@ class RandomResizedCrop(_RegionOp):
         # Rarely reached (very elongated images): the largest centred crop with a ratio in range.
         lo, hi = (math.exp(r) for r in self.log_ratio)
         aspect = min(max(width / height, lo), hi)
-        w, h = (width, int(round(width / aspect))) if width / height <= aspect else (int(round(height * aspect)), height)
+        w, h = ((width, int(round(width / aspect))) if width / height <= aspect
+                else (int(round(height * aspect)), height))
         w, h = min(w, width), min(h, height)
         return (width - w) // 2, (height - h) // 2, w, h
 
@@ -396,7 +397,7 @@ class Views:
         for r in regions:
             if r is not None:
                 source.reserve(*r)
-        return [pipeline(source, rng, r) for pipeline, r in zip(self.pipelines, regions)]
+        return [pipeline(source, rng, r) for pipeline, r in zip(self.pipelines, regions, strict=True)]
 
     def device_affine(self):
         return self.pipelines[0].device_affine()

@@ -84,7 +84,7 @@ class Progress(Hook):
         if not step.logged:
             return
         step.sums = dict(zip(self.window, paddle.stack(
-            [v.astype("float32").reshape([]) for v in self.window.values()]).numpy().tolist()))
+            [v.astype("float32").reshape([]) for v in self.window.values()]).numpy().tolist(), strict=True))
         self.epoch_loss += step.sums["loss"]
         self.epoch_steps += self.window_steps
         engine.log_step(task, step, self.window_steps, self.rate)
@@ -168,8 +168,9 @@ class Checkpointing(Hook):
         if step.stop:
             self.save(engine, task, step.epoch, step.index + 1)
             self.writer.wait()                  # the checkpoint is complete before the exit
-            raise Preempted(f"stopped by SIGTERM at epoch {step.epoch + 1}, step {step.index + 1}; checkpoint "
-                            f"saved in {engine.output.checkpoints} (resume with -o Global.auto_resume=True)")
+            raise Preempted(f"stopped by SIGTERM at epoch {step.epoch + 1}, step {step.index + 1}; "
+                            f"checkpoint saved in {engine.output.checkpoints} "
+                            "(resume with -o Global.auto_resume=True)")
         due = step.save_due or (bool(self.step_interval) and engine.global_step % self.step_interval == 0)
         if due and not last_of_epoch:
             self.save(engine, task, step.epoch, step.index + 1)

@@ -89,7 +89,8 @@ class LinearProbe(Task):
         # Rank 0 alone reads the weights: the data-parallel wrapper broadcasts its parameters and
         # buffers to every rank (the others need not see the file: on Kubernetes only rank 0
         # mounts the output claim).
-        self.net = build_probe(config.model, settings.pretrained_model if env.is_main else None, with_head=False)
+        self.net = build_probe(config.model, settings.pretrained_model if env.is_main else None,
+                               with_head=False)
         self.optimizer, self.group_lr = build_optimizer(self.net, config.optimizer, epochs=settings.epochs,
                                                         steps_per_epoch=len(self.loader),
                                                         lr_section=config.lr_scheduler)

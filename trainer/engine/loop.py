@@ -125,7 +125,8 @@ class Engine:
 
     def evaluation_due(self, epoch: int, finished: bool, last: bool) -> bool:
         """After the last epoch, and every Global.eval_interval epochs with Global.eval_during_train."""
-        return last or (finished and self.settings.eval_during_train and epoch % self.settings.eval_interval == 0)
+        return last or (finished and self.settings.eval_during_train
+                        and epoch % self.settings.eval_interval == 0)
 
     def hooks(self, task: Task) -> list[Hook]:
         divergence, stops = DivergenceGuard(), StopAgreement(self.settings.save_interval_minutes)
@@ -188,7 +189,8 @@ class Engine:
         self.amp.set_state_dict(state.get("amp") or {})
         ckpt.set_rng_state(state["rng"])
         task.set_extra_state(state)
-        self.start_epoch, self.start_step, self.global_step = state["epoch"], state["step"], state["global_step"]
+        self.start_epoch, self.start_step, self.global_step = (state["epoch"], state["step"],
+                                                               state["global_step"])
         log.info("resumed from %s at epoch %d, step %d", path, self.start_epoch, self.start_step)
 
     def _epoch(self, task: Task, model, step_fn, hooks: list[Hook], epoch: int) -> None:
@@ -200,7 +202,8 @@ class Engine:
             out, latest = step_fn([task.loader.to_tensor(v) for v in views], labels)
             self.global_step += 1
             self.step_in_epoch = index + 1
-            logged = (self.global_step % self.settings.print_batch_step == 0 or index + 1 == self.steps_per_epoch
+            logged = (self.global_step % self.settings.print_batch_step == 0
+                      or index + 1 == self.steps_per_epoch
                       or self.global_step >= self.total_steps)
             step = Step(epoch, index, out, latest, lrs, logged)
             for hook in hooks:

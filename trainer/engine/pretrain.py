@@ -32,17 +32,20 @@ class Pretraining(Task):
 
     def __init__(self, engine: Engine):
         config, settings = engine.config, engine.settings
-        self.net = dist.use_sync_batch_norm(engine.env, build_model(config.model))  # first: a bad name fails fast
+        # first: a bad name fails fast
+        self.net = dist.use_sync_batch_norm(engine.env, build_model(config.model))
         self.loader = engine.train_loader()
         if settings.pretrained_model:
             try:
-                load_into(self.net.encoder, settings.pretrained_model)  # the backbone; the projector (fc) stays fresh
+                # the backbone; the projector (fc) stays fresh
+                load_into(self.net.encoder, settings.pretrained_model)
             except WeightsError as e:
                 raise ConfigError(f"Global.pretrained_model: {e}") from None
         self.optimizer, self.group_lr = build_optimizer(self.net, config.optimizer, epochs=settings.epochs,
                                                         steps_per_epoch=len(self.loader))
         self.to_static = settings.to_static
-        self.collapse = CollapseMonitor(self.net.dim, settings.collapse_warn_fraction, settings.collapse_patience)
+        self.collapse = CollapseMonitor(self.net.dim, settings.collapse_warn_fraction,
+                                        settings.collapse_patience)
         if config.eval_data:        # a small labelled folder: the kNN monitor's split
             self.eval_loader = build_eval_loader(config.eval_data, rank=engine.env.rank,
                                                  world_size=engine.env.world_size)
@@ -118,5 +121,6 @@ class CollapseMonitor:
         self.low = self.low + 1 if std < self.threshold else 0
         if self.low >= self.patience:
             return (f"WARNING: possible collapse: z_std {std:.5f} has been below {self.threshold:.5f} "
-                    f"for {self.low} logs (healthy is about {self.healthy:.5f}); check the lr and the predictor")
+                    f"for {self.low} logs (healthy is about {self.healthy:.5f}); "
+                    "check the lr and the predictor")
         return None

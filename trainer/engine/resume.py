@@ -66,7 +66,8 @@ def _to_host(value):
 
 def _to_device(value):
     import paddle
-    if isinstance(value, tuple) and len(value) == 2 and value[0] == "tensor" and isinstance(value[1], np.ndarray):
+    if (isinstance(value, tuple) and len(value) == 2 and value[0] == "tensor"
+            and isinstance(value[1], np.ndarray)):
         return paddle.to_tensor(value[1])
     if isinstance(value, dict):
         return {k: _to_device(v) for k, v in value.items()}

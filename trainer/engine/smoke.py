@@ -137,7 +137,8 @@ class Smoke(Task):
             return
         report = self.report()
         if self.env.is_main:
-            ckpt.atomic_write(engine.output.path / contract.SMOKE, (json.dumps(report, indent=2) + "\n").encode())
+            ckpt.atomic_write(engine.output.path / contract.SMOKE,
+                              (json.dumps(report, indent=2) + "\n").encode())
             print(format_report(report), flush=True)
             engine.progress_record({"type": "step", "epoch": 1, "epochs": 1, "step": self.steps,
                                     "steps_per_epoch": self.steps, "global_step": self.steps,
@@ -148,7 +149,8 @@ class Smoke(Task):
         dist.barrier(self.env)
         if report["verdict"] != "PASS":
             not_finite = report["reason"].startswith("loss is not finite")
-            raise SmokeFailed(contract.End.DIVERGED if not_finite else contract.End.BAD_INPUT, report["summary"])
+            raise SmokeFailed(contract.End.DIVERGED if not_finite else contract.End.BAD_INPUT,
+                              report["summary"])
         self.summary = report["summary"]
 
     def report(self) -> dict:
@@ -159,7 +161,8 @@ class Smoke(Task):
         losses = [float(v) for v in paddle.stack(self.losses).astype("float32").numpy().reshape(-1)]
         mine = {
             "rank": self.env.rank, "host": socket.gethostname(), "device": paddle.get_device(),
-            "images_per_sec": round(self.batch * (self.steps - warmup) / seconds, 2) if self.steps > warmup else None,
+            "images_per_sec": (round(self.batch * (self.steps - warmup) / seconds, 2)
+                               if self.steps > warmup else None),
             "amp_level": self.amp.level, "compute_dtype": self.conv_dtype.get("dtype"),
             "bn_synchronized": any(isinstance(layer, nn.SyncBatchNorm) for layer in self.net.sublayers()),
             **all_reduce_bandwidth(self.env, self.net, self.on_gpu),
@@ -168,8 +171,8 @@ class Smoke(Task):
             "loss_fell": loss_fell(losses),
             **peak_memory(self.on_gpu),
         }
-        return summarize(_gather(self.env, mine), self.model_name, steps=self.steps, batch=self.batch, size=self.size,
-                         amp_level=self.amp.level)
+        return summarize(_gather(self.env, mine), self.model_name, steps=self.steps, batch=self.batch,
+                         size=self.size, amp_level=self.amp.level)
 
     def done_text(self, output_dir):
         return getattr(self, "summary", "")
@@ -298,7 +301,7 @@ def format_report(report: dict) -> str:
                      _fmt(r["bus_bandwidth_mbps"], ".1f"), f"{r['loss_first']:.4f} -> {r['loss_last']:.4f}",
                      f"{r['peak_memory_mb']:.0f}" + (" (RSS)" if r.get("peak_memory_kind") == "rss" else "")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     return "\n".join(lines + [report["summary"]])
 
 

@@ -99,5 +99,6 @@ def build_optimizer(model: nn.Layer, section: Optimizer | Mapping, *, epochs: in
             multi_precision=opt.multi_precision,
         )
     else:
-        raise ConfigError(f"bad value for 'Optimizer.name': {opt.name!r} (Momentum, SGD, MomentumLARC or LARS)")
+        raise ConfigError(f"bad value for 'Optimizer.name': {opt.name!r} "
+                          "(Momentum, SGD, MomentumLARC or LARS)")
     return optimizer, GroupLR(schedule, groups)
