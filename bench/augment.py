@@ -152,7 +152,7 @@ def run_torchvision(root: Path) -> tuple[int, float, float]:
 def _timed(loader) -> tuple[int, float, float]:
     images = 0
     wall, cpu = time.perf_counter(), time.process_time()
-    for views, labels in loader:
+    for _, labels in loader:
         images += len(labels)
     return images, time.perf_counter() - wall, time.process_time() - cpu
 
@@ -202,7 +202,7 @@ def main() -> None:
                 rates[which].append((m["images"] / m["wall"], m["images"] / m["cpu"]))
                 print(f"  round {r + 1} {which:12s} {rates[which][-1][0]:7.1f} images/s  "
                       f"({rates[which][-1][1]:7.1f} per CPU-second)")
-        best = {w: tuple(max(col) for col in zip(*rates[w])) for w in rates}
+        best = {w: tuple(max(col) for col in zip(*rates[w], strict=True)) for w in rates}
         (ours, ours_cpu), (ref, ref_cpu), (_, decode_cpu) = best["ours"], best["torchvision"], best["decode"]
         print(f"\nimages/s per core (best of {args.rounds} rounds):")
         print(f"  torchvision {ref:7.1f}   ({ref_cpu:.1f} per CPU-second)")

@@ -103,7 +103,8 @@ def main() -> None:
             writer = ckpt.CheckpointWriter()
             started = time.perf_counter()
             writer.save(out / "checkpoints", engine_state(cfg, net, optimizer, global_step + 1),
-                        {out / "encoder.pdparams": ckpt.encoder_state(net)}, after=lambda path: done.set())
+                        {out / "encoder.pdparams": ckpt.encoder_state(net)},
+                        after=lambda path, done=done: done.set())
             stall.append(time.perf_counter() - started)
             overlapped = []
             while not done.is_set():                # training goes on while the thread writes

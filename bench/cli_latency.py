@@ -89,7 +89,8 @@ def main() -> int:
         }
         results = {name: measure(argv, repeat=args.repeat, cwd=work, env=env) for name, argv in cases.items()}
 
-    print(f"{'command':42} {'median s':>9} {'min s':>7} {'cpu s':>7} {'peak MiB':>9}   ({args.repeat} runs each)")
+    print(f"{'command':42} {'median s':>9} {'min s':>7} {'cpu s':>7} {'peak MiB':>9}   "
+          f"({args.repeat} runs each)")
     for name, (times, peak, cpu) in results.items():
         print(f"{name:42} {statistics.median(times):9.3f} {min(times):7.3f} {statistics.median(cpu):7.3f} "
               f"{peak / 1024:9.1f}")
@@ -99,7 +100,8 @@ def main() -> int:
     rss = {n: results[n][1] for n in names}
     print()
     print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    for label, ours, theirs, target in (("--help", names[0], names[1], 1.0), ("dry run", names[2], names[3], 0.5)):
+    for label, ours, theirs, target in (("--help", names[0], names[1], 1.0),
+                                        ("dry run", names[2], names[3], 0.5)):
         print(f"{label:9} simsiam-job / torchx = {med[ours] / med[theirs]:.2f}x wall (median), "
               f"{cpu[ours] / cpu[theirs]:.2f}x CPU   (target <= {target})")
     print(f"peak RSS  simsiam-job / torchx = {rss[names[2]] / rss[names[3]]:.2f}x   (target <= 1.0)")

@@ -119,7 +119,8 @@ def main() -> int:
     pretrain = roots + [f"Global.output_dir={out / 'pretrain'}"]
     if args.pretrain_epochs:
         pretrain.append(f"Global.epochs={args.pretrain_epochs}")
-    timed("pretrain", train_cmd(PRETRAIN, out / "logs" / "pretrain", *pretrain), timings, out / "pretrain" / "done")
+    timed("pretrain", train_cmd(PRETRAIN, out / "logs" / "pretrain", *pretrain), timings,
+          out / "pretrain" / "done")
     (out / "pretrain" / "done").touch()
 
     encoder = out / "pretrain" / "encoder.pdparams"
@@ -132,12 +133,14 @@ def main() -> int:
                              f"Global.output_dir={out / ('probe_' + key)}"]
         if weights:
             overrides.append(f"Global.pretrained_model={weights}")
-        timed(f"probe {key}", train_cmd(PROBE, out / "logs" / key, *overrides), timings, out / ("probe_" + key) / "eval.json")
+        timed(f"probe {key}", train_cmd(PROBE, out / "logs" / key, *overrides), timings,
+              out / ("probe_" + key) / "eval.json")
         evaluation = json.loads((out / ("probe_" + key) / "eval.json").read_text())
         row = {"input": label, "probe_top1": evaluation["last"]["top1"],
                "probe_top5": evaluation["last"]["top5"], "best_top1": evaluation["best"]["top1"]}
         if not args.no_logreg:
-            row["logreg_top1"] = cached_logreg(out / ("probe_" + key), data, model_name, weights, timings, key)
+            row["logreg_top1"] = cached_logreg(out / ("probe_" + key), data, model_name, weights,
+                                               timings, key)
         results.append(row)
 
     print(f"\nFashion-MNIST, {args.train} train / {args.val} val images, run {started}\n")
@@ -148,7 +151,8 @@ def main() -> int:
               f"{r.get('logreg_top1', float('nan')):.3f} |")
     print()
     for label, t in timings.items():
-        print(f"{label:>28}: wall {t['wall_s']:7.1f} s" + (f", CPU {t['cpu_s']:7.1f} s" if "cpu_s" in t else ""))
+        print(f"{label:>28}: wall {t['wall_s']:7.1f} s"
+              + (f", CPU {t['cpu_s']:7.1f} s" if "cpu_s" in t else ""))
     (out / "evidence.json").write_text(json.dumps({"started": started, "train": args.train, "val": args.val,
                                                    "results": results, "timings": timings}, indent=2) + "\n")
     return 0

@@ -70,7 +70,8 @@ def main() -> None:
                 for which in LOADERS:
                     rate = measure(which, root, workers)
                     rates[which][workers] = max(rate, rates[which].get(workers, 0.0))
-        print(f"\n{'workers':>8} {'ours img/s':>11} {'eff.':>6} {'torch img/s':>12} {'eff.':>6} {'ours/torch':>11}")
+        print(f"\n{'workers':>8} {'ours img/s':>11} {'eff.':>6} "
+              f"{'torch img/s':>12} {'eff.':>6} {'ours/torch':>11}")
         for workers in counts:
             ours, torch = rates["ours"][workers], rates["torch"][workers]
             eff = {w: rates[w][workers] / (workers * rates[w][counts[0]] / counts[0]) for w in LOADERS}

@@ -87,7 +87,8 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=1281)
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--dir", default=None, help="where the tree is built (default: the system's temporary folder)")
+    parser.add_argument("--dir", default=None,
+                        help="where the tree is built (default: the system's temporary folder)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -101,8 +102,9 @@ def main() -> None:
         started = time.perf_counter()
         build_tree(root, args.classes, args.per_class)
         print(f"{args.classes} classes x {args.per_class} files = {args.classes * args.per_class:,} entries "
-              f"in {root} (built in {time.perf_counter() - started:.0f} s); recipe loader, batch 64, rank r of "
-              f"{WORLD}, {args.workers} workers; {os.cpu_count()} cores on this machine")
+              f"in {root} (built in {time.perf_counter() - started:.0f} s); "
+              f"recipe loader, batch 64, rank r of {WORLD}, {args.workers} workers; "
+              f"{os.cpu_count()} cores on this machine")
         kept = root / index.IN_ROOT
         results = {"no index": [], "first start": [], "with index": []}
         for r in range(args.rounds):
@@ -113,14 +115,16 @@ def main() -> None:
             results["with index"].append(measure(root, 1, args.workers))
             for name, rows in results.items():
                 m = rows[-1]
-                print(f"  round {r + 1} {name:12s} file list {m['list']:6.2f} s   first batch {m['first_batch']:6.2f} s"
+                print(f"  round {r + 1} {name:12s} file list {m['list']:6.2f} s   "
+                      f"first batch {m['first_batch']:6.2f} s"
                       f"   ({m['images']:,} images; imports {m['import']:.2f} s)")
         print(f"  index file: {kept.stat().st_size / 2**20:.1f} MB")
         best = {name: min(rows, key=lambda m: m["first_batch"]) for name, rows in results.items()}
         print(f"\nseconds to the first batch per rank (best of {args.rounds} rounds; file list in brackets):")
         for name, m in best.items():
             print(f"  {name:12s} {m['first_batch']:6.2f}  ({m['list']:.2f})")
-        print(f"  ratio with/without index: {best['with index']['first_batch'] / best['no index']['first_batch']:.2f} "
+        print("  ratio with/without index: "
+              f"{best['with index']['first_batch'] / best['no index']['first_batch']:.2f} "
               f"(file list: {best['with index']['list'] / best['no index']['list']:.2f})")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

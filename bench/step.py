@@ -56,7 +56,8 @@ def torch_step_time(args) -> float:
         torch.nn.Linear(dim, dim, bias=False), torch.nn.BatchNorm1d(dim), torch.nn.ReLU(),
         torch.nn.Linear(dim, dim), torch.nn.BatchNorm1d(dim, affine=False))
     encoder.fc[6].bias.requires_grad = False
-    predictor = torch.nn.Sequential(torch.nn.Linear(dim, pred_dim, bias=False), torch.nn.BatchNorm1d(pred_dim),
+    predictor = torch.nn.Sequential(torch.nn.Linear(dim, pred_dim, bias=False),
+                                    torch.nn.BatchNorm1d(pred_dim),
                                     torch.nn.ReLU(), torch.nn.Linear(pred_dim, dim))
     params = [p for p in [*encoder.parameters(), *predictor.parameters()] if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4)
@@ -94,7 +95,8 @@ VARIANTS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=112)
@@ -102,7 +104,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every variant this many times, interleaved; report the median "
                              "(steadier on a shared machine)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma-separated subset of: " + ", ".join(VARIANTS))
     parser.add_argument("--run", help=argparse.SUPPRESS)            # internal: one variant
     parser.add_argument("--threads-api", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--to-static", action="store_true", help=argparse.SUPPRESS)
