@@ -14,7 +14,8 @@ import yaml
 from trainer.data import DataError
 from trainer.data import transforms as T
 
-RECIPE = Path(__file__).resolve().parents[2] / "trainer" / "configs" / "simsiam_resnet50_pt_in1k_1n8c_dp_fp32.yaml"
+RECIPE = (Path(__file__).resolve().parents[2] / "trainer" / "configs"
+          / "simsiam_resnet50_pt_in1k_1n8c_dp_fp32.yaml")
 N = 3000
 
 
@@ -49,7 +50,8 @@ def test_recipe_parses_into_two_identical_views(recipe_views):
                      "RandomHorizontalFlip"]
     gain, bias = recipe_views.device_affine()
     np.testing.assert_allclose(gain, 1 / (255 * np.array([0.229, 0.224, 0.225])), rtol=1e-6)
-    np.testing.assert_allclose(bias, -np.array([0.485, 0.456, 0.406]) / np.array([0.229, 0.224, 0.225]), rtol=1e-6)
+    np.testing.assert_allclose(bias, -np.array([0.485, 0.456, 0.406]) / np.array([0.229, 0.224, 0.225]),
+                               rtol=1e-6)
 
 
 def test_crop_area_and_aspect_fall_in_range_and_cover_it(ops):
@@ -92,7 +94,8 @@ def test_flip_probability(ops):
 def test_grayscale_probability(ops):
     image = colourful()
     grays = applied_fraction(ops["RandomGrayscale"], image,
-                             lambda out: np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2]))
+                             lambda out: (np.array_equal(out[..., 0], out[..., 1])
+                                          and np.array_equal(out[..., 1], out[..., 2])))
     assert ops["RandomGrayscale"].p == 0.2 and within_binomial(grays, N, 0.2)
 
 
@@ -163,7 +166,7 @@ def test_jitter_probability_strengths_and_random_order(ops):
     for _ in range(1000):
         recording(image, rng)
     firsts = recording.calls[::2]
-    assert sorted(set(zip(firsts, recording.calls[1::2]))) == [("b", "c"), ("c", "b")]
+    assert sorted(set(zip(firsts, recording.calls[1::2], strict=True))) == [("b", "c"), ("c", "b")]
     assert within_binomial(firsts.count("b"), len(firsts), 0.5)
 
 
@@ -212,7 +215,7 @@ def test_passl_classification_op_names_mean_the_same_ops():
                           {"ToTensor": None},
                           {"Normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}])
     assert passl.output_size == ours.output_size == (30, 32)
-    for a, b in zip(passl.device_affine(), ours.device_affine()):
+    for a, b in zip(passl.device_affine(), ours.device_affine(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     import io
 
@@ -225,7 +228,8 @@ def test_passl_classification_op_names_mean_the_same_ops():
     assert out_a.shape == (30, 32, 3) and np.array_equal(out_a, out_b)
     flips = T.build_views([{"RandFlipImage": {"flip_code": 1}}]).pipelines[0].ops[0]
     image = colourful()
-    assert within_binomial(applied_fraction(flips, image, lambda out: np.array_equal(out, image[:, ::-1])), N, 0.5)
+    flipped = applied_fraction(flips, image, lambda out: np.array_equal(out, image[:, ::-1]))
+    assert within_binomial(flipped, N, 0.5)
 
 
 def _jpeg(array, quality=90):

@@ -42,7 +42,8 @@ def tree(tmp_path, write_folder):
 def scanned(root):
     """What ImageFolder lists without any index."""
     listing = index.scan(root)
-    paths = [os.path.join(root, c, name) for c, files in zip(listing.classes, listing.files) for name in files]
+    paths = [os.path.join(root, c, name)
+             for c, files in zip(listing.classes, listing.files, strict=True) for name in files]
     return listing.classes, paths
 
 
@@ -61,7 +62,8 @@ def test_the_index_gives_the_same_file_list_as_a_scan(tree, caplog):
     assert "read from" in caplog.text
     same_as_scan(first)
     same_as_scan(second)
-    assert len(second) == 9 and os.fsencode(tree / "b_dog") + b"/latin1-\xe9.jpg" in map(os.fsencode, second.paths)
+    assert len(second) == 9 and (os.fsencode(tree / "b_dog") + b"/latin1-\xe9.jpg"
+                                 in map(os.fsencode, second.paths))
     assert not any(".hidden" in p or p.endswith(".txt") for p in second.paths)
 
 

@@ -44,10 +44,11 @@ def test_same_batches_with_any_number_of_workers(fmnist_root):
     assert labels.dtype == np.int64
     assert not np.array_equal(views[0], views[1])  # two different augmentations of each image
     for workers in (1, 3):
-        for a, b in zip(runs[0], runs[workers]):
+        for a, b in zip(runs[0], runs[workers], strict=True):
             assert len(a) == len(b)
-            for (va, la), (vb, lb) in zip(a, b):
-                assert np.array_equal(la, lb) and all(np.array_equal(x, y) for x, y in zip(va, vb))
+            for (va, la), (vb, lb) in zip(a, b, strict=True):
+                assert np.array_equal(la, lb) and all(np.array_equal(x, y)
+                                                      for x, y in zip(va, vb, strict=True))
     # A new epoch reshuffles and redraws the augmentations.
     assert not np.array_equal(runs[0][0][2][0][0], runs[0][1][0][0][0])
 
@@ -60,7 +61,8 @@ def test_abandoned_epoch_then_next_epoch(fmnist_root):
         if step == 1:
             break
     fresh = build_train_loader(section(fmnist_root / "train", 0), rank=0, world_size=1, seed=0)
-    assert all(np.array_equal(a[0][0], b[0][0]) for a, b in zip(epoch(loader, 1), epoch(fresh, 1)))
+    assert all(np.array_equal(a[0][0], b[0][0])
+               for a, b in zip(epoch(loader, 1), epoch(fresh, 1), strict=True))
     loader.close()
 
 

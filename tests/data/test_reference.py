@@ -51,7 +51,8 @@ def test_brightness_contrast_saturation(torchvision_functional, factor):
 
 @pytest.mark.parametrize("shift", [-0.1, 0.05, 0.1])
 def test_hue(torchvision_functional, shift):
-    diff = mean_abs_diff(T.adjust_hue(IMAGE, shift), torchvision_functional.adjust_hue(Image.fromarray(IMAGE), shift))
+    diff = mean_abs_diff(T.adjust_hue(IMAGE, shift),
+                         torchvision_functional.adjust_hue(Image.fromarray(IMAGE), shift))
     assert diff < 2.5  # HSV conversions round differently; a wrong direction gives > 10
 
 

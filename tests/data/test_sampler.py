@@ -38,7 +38,8 @@ def test_shuffle_is_one_permutation_per_epoch_shared_by_ranks():
     assert sorted(rebuilt.tolist()) == list(range(60))
     assert not np.array_equal(rebuilt, np.arange(60))
     again = layout(n=60, batch=batch, world=world, epoch=5, seed=7)
-    assert all(np.array_equal(a, b) for ra, rb in zip(ranks, again) for a, b in zip(ra, rb))
+    assert all(np.array_equal(a, b)
+               for ra, rb in zip(ranks, again, strict=True) for a, b in zip(ra, rb, strict=True))
     next_epoch = layout(n=60, batch=batch, world=world, epoch=6, seed=7)
     assert not np.array_equal(np.concatenate(ranks[0]), np.concatenate(next_epoch[0]))
     other_seed = layout(n=60, batch=batch, world=world, epoch=5, seed=8)
@@ -67,14 +68,17 @@ def _section(root, transform, batch_size, workers=0, drop_last=True):
 def test_eval_loader_exact_on_real_images_with_uneven_shards(fmnist_root):
     sec = _section(fmnist_root / "val", [{"ToTensor": None}], batch_size=3, drop_last=False)
     expected = build_eval_loader(sec, rank=0, world_size=1).dataset.labels
-    labels = [np.concatenate([l for _, l in build_eval_loader(sec, rank=r, world_size=3)]) for r in range(3)]
-    assert [len(l) for l in labels] == [6, 7, 7]  # 20 images over 3 ranks
+    labels = [np.concatenate([batch_labels for _, batch_labels
+                              in build_eval_loader(sec, rank=r, world_size=3)])
+              for r in range(3)]
+    assert [len(rank_labels) for rank_labels in labels] == [6, 7, 7]  # 20 images over 3 ranks
     assert np.concatenate(labels).tolist() == expected.tolist()
 
 
 def test_resume_at_a_step_gives_the_remaining_batches_exactly(fmnist_root):
     transform = [{"RandomResizedCrop": {"size": 24, "scale": [0.2, 1.0]}},
-                 {"ColorJitter": {"p": 0.8, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1}},
+                 {"ColorJitter": {"p": 0.8, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4,
+                                  "hue": 0.1}},
                  {"RandomHorizontalFlip": None}]
     sec = _section(fmnist_root / "train", transform, batch_size=5)
     loader = build_train_loader(sec, rank=1, world_size=2, seed=3)
@@ -85,5 +89,5 @@ def test_resume_at_a_step_gives_the_remaining_batches_exactly(fmnist_root):
     resumed.set_epoch(2, start_step=4)
     tail = list(resumed)
     assert len(tail) == len(full) - 4
-    for (views_a, labels_a), (views_b, labels_b) in zip(full[4:], tail):
+    for (views_a, labels_a), (views_b, labels_b) in zip(full[4:], tail, strict=True):
         assert np.array_equal(labels_a, labels_b) and np.array_equal(views_a[0], views_b[0])

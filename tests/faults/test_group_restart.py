@@ -44,7 +44,8 @@ def test_a_killed_rank_restarts_the_whole_group_which_resumes_and_succeeds(tmp_p
     assert_continuous(steps(env, "regroup"), resumed, 48)
     # Loss -> training again: the restarted group's first step (docs/performance.md has the
     # figures); asserted loosely, so a busy machine cannot make it flake.
-    records = [json.loads(line) for line in (output_dir(env, "regroup") / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line)
+               for line in (output_dir(env, "regroup") / "metrics.jsonl").read_text().splitlines()]
     again = min(r["time"] for r in records if r.get("type") == "step" and r["global_step"] == resumed[0] + 1
                 and r["time"] > killed)
     print(f"\nrank 1 killed -> the restarted group's first step: {again - killed:.1f} s")

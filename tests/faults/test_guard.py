@@ -62,8 +62,8 @@ def test_a_huge_learning_rate_stops_with_exit_3_before_any_checkpoint(tmp_path, 
 
 @pytest.mark.parametrize("epochs", [1, 2], ids=["epochs-done", "epochs-left"])
 def test_a_checkpoint_of_another_shape_is_refused_naming_the_tensor(run_dir, image_root, epochs):
-    result = run_cli(tiny_run_args(run_dir, image_root, "-o", "Global.auto_resume=True", "-o", "Model.width=8",
-                                   "-o", f"Global.epochs={epochs}"))
+    result = run_cli(tiny_run_args(run_dir, image_root, "-o", "Global.auto_resume=True",
+                                   "-o", "Model.width=8", "-o", f"Global.epochs={epochs}"))
     line = _one_error_line(result, contract.EXIT_BAD_INPUT)
     assert GOOD in line and "encoder.conv1.weight has shape [4, 3, 3, 3] in the checkpoint and " \
         "[8, 3, 3, 3] in the model" in line, line
@@ -86,8 +86,8 @@ def test_junk_named_like_a_checkpoint_is_reported_and_not_counted(run_dir, image
 def test_retention_keeps_the_newest_valid_checkpoints(tmp_path):
     retention = Retention(tmp_path, keep=2)
     for step in (2, 4, 6):
-        retention.written(ckpt.save_checkpoint(tmp_path, {"model": {}, "optimizer": {}, "epoch": 0, "step": step,
-                                                          "global_step": step}))
+        retention.written(ckpt.save_checkpoint(tmp_path, {"model": {}, "optimizer": {}, "epoch": 0,
+                                                          "step": step, "global_step": step}))
         retention.apply()
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [
         "epoch_000_step_00000004.pdckpt", "epoch_000_step_00000006.pdckpt"]

@@ -137,7 +137,8 @@ def test_two_runs_on_one_output_directory(tmp_path, image_root):
     finally:
         first.kill()
         first.wait()
-    third = run_cli(tiny_run_args(out, image_root, "-o", "Global.auto_resume=True", "-o", "Global.max_train_step=2"))
+    third = run_cli(tiny_run_args(out, image_root, "-o", "Global.auto_resume=True",
+                                  "-o", "Global.max_train_step=2"))
     assert third.returncode == 0, third.stderr[-3000:]
     assert f"took over the lock of a run on host {os.uname().nodename}, pid {first.pid}" in \
         (out / contract.TRAIN_LOG).read_text()

@@ -30,7 +30,8 @@ def rank(n, end, code, message="", host="", at=0.0):
 DONE = [rank(0, End.DONE, 0), rank(1, End.DONE, 0)]
 BAD = [rank(0, End.BAD_INPUT, 2, "DataLoader.Train.dataset.root /x/train: no images", at=1),
        rank(1, End.PEER_LOST, 75, "rank 0 failed", at=2)]
-DIVERGED = [rank(0, End.DIVERGED, 3, "the loss is not finite at global step 7", at=1), rank(1, End.DIVERGED, 3, at=1)]
+DIVERGED = [rank(0, End.DIVERGED, 3, "the loss is not finite at global step 7", at=1),
+            rank(1, End.DIVERGED, 3, at=1)]
 KILLED = [rank(0, End.PEER_LOST, 75, "rank 1 (b, pid 9) is gone: its process no longer exists", at=3),
           rank(1, End.CRASHED, -signal.SIGKILL, at=1)]
 CRASHED = [rank(0, End.CRASHED, 1, "RuntimeError: CUDA error: an illegal memory access", at=1),
@@ -42,13 +43,15 @@ SILENT = [rank(0, End.PEER_LOST, 75, "no heartbeat from rank 1 for 60 s", at=5)]
 # (outcomes, counted restarts so far, bound) -> (action, counted, words in the reason)
 TABLE = {
     "all done": (DONE, 0, 3, contract.FINISH, False, None),
-    "bad input": (BAD, 0, 3, contract.FAIL, False, "rank 0 exited with exit code 2 (bad input), retrying cannot "
-                                                   "help: DataLoader.Train.dataset.root /x/train: no images"),
+    "bad input": (BAD, 0, 3, contract.FAIL, False, "rank 0 exited with exit code 2 (bad input), "
+                                                   "retrying cannot help: "
+                                                   "DataLoader.Train.dataset.root /x/train: no images"),
     "diverged": (DIVERGED, 0, 3, contract.FAIL, False, "exit code 3 (diverged), retrying cannot help"),
     "killed": (KILLED, 1, 3, contract.RESTART, True, "rank 1 killed by SIGKILL"),
     "killed past the bound": (KILLED, 3, 3, contract.FAIL, False, "gave up after 3 group restarts: rank 1 "
                                                                   "killed by SIGKILL"),
-    "crashed": (CRASHED, 0, 3, contract.RESTART, True, "rank 0 exited with exit code 1 (failed): RuntimeError"),
+    "crashed": (CRASHED, 0, 3, contract.RESTART, True,
+                "rank 0 exited with exit code 1 (failed): RuntimeError"),
     "crashed, no restarts allowed": (CRASHED, 0, 0, contract.FAIL, False, "gave up after 0 group restarts"),
     "preempted": (PREEMPTED, 0, 3, contract.RESTART, False, "preempted: rank 0 exited with exit code 143"),
     "preempted past the bound": (PREEMPTED, 3, 3, contract.RESTART, False, "preempted"),
@@ -156,9 +159,11 @@ def _slurm(tmp_path, outcomes, restarts, bound):
     """The batch script: `python -m trainer.contract decide` in the trainer's Python."""
     for outcome in outcomes:
         contract.write_outcome(tmp_path / "start", outcome)
-    proc = subprocess.run([sys.executable, "-m", "trainer.contract", "decide", "--outcomes", tmp_path / "start",
+    proc = subprocess.run([sys.executable, "-m", "trainer.contract", "decide",
+                           "--outcomes", tmp_path / "start",
                            "--restarts", str(restarts), "--bound", str(bound), "--ranks", "2",
-                           "--record", tmp_path / "decisions.jsonl"], capture_output=True, text=True, check=True)
+                           "--record", tmp_path / "decisions.jsonl"],
+                          capture_output=True, text=True, check=True)
     action, _, counted = proc.stdout.split()
     record = json.loads((tmp_path / "decisions.jsonl").read_text())
     assert record["action"] == action and record["reason"] == (proc.stderr.strip() or None)
@@ -181,7 +186,8 @@ def _kubernetes(tmp_path, outcomes, restarts, bound, monkeypatch):
         monkeypatch.setenv(contract.OUTCOME_DIR_ENV, str(pod))
         monkeypatch.setattr("trainer.outcome.TERMINATION_LOG", str(pod / "termination-log"))
         (pod / "termination-log").touch()
-        code = rendezvous.report(rendezvous.node_outcome(pod, outcome.exit_code or 1), str(tmp_path / contract.OUTCOMES))
+        code = rendezvous.report(rendezvous.node_outcome(pod, outcome.exit_code or 1),
+                                 str(tmp_path / contract.OUTCOMES))
         assert (code in contract.FINAL_EXITS) == outcome.end.final       # FailJob only for those
         if outcome.end is not End.DONE:
             assert Outcome.from_json((pod / "termination-log").read_text()) == outcome

@@ -23,7 +23,8 @@ def test_restarts_past_the_bound_are_refused_naming_the_lost_rank(tmp_path, monk
     monkeypatch.setenv(contract.JOB_ENV, "pt")
     monkeypatch.setenv(contract.GROUP_RESTARTS_ENV, "1")
     monkeypatch.setenv(contract.ATTEMPT_ENV, "1")
-    assert lock.count_start(tmp_path, "g1", 2) == {"group_restarts": 0, "counted_restarts": 0}   # the first start
+    # the first start
+    assert lock.count_start(tmp_path, "g1", 2) == {"group_restarts": 0, "counted_restarts": 0}
     _lost_peer(tmp_path)
     # restart 1 of at most 1 (the progress records carry the count to `status`)
     assert lock.count_start(tmp_path, "g2", 2) == {"group_restarts": 1, "counted_restarts": 1}
@@ -35,7 +36,8 @@ def test_restarts_past_the_bound_are_refused_naming_the_lost_rank(tmp_path, monk
     monkeypatch.setenv(contract.ATTEMPT_ENV, "2")    # simsiam-job resume: a new attempt
     lock.count_start(tmp_path, "g4", 2)
     records = [json.loads(line) for line in (tmp_path / contract.STARTS).read_text().splitlines()]
-    assert [(r["attempt"], r["generation"]) for r in records] == [("1", "g1"), ("1", "g2"), ("1", "g3"), ("2", "g4")]
+    assert [(r["attempt"], r["generation"]) for r in records] == [
+        ("1", "g1"), ("1", "g2"), ("1", "g3"), ("2", "g4")]
 
 
 def test_without_a_bound_nothing_is_counted(tmp_path, monkeypatch):

@@ -13,7 +13,8 @@ BEAT = ("import sys, time\nfrom trainer.watchdog import Heartbeat\n"
         "h = Heartbeat(sys.argv[1], 1)\nh.write()\nprint('beating', flush=True)\n"
         "for line in sys.stdin:\n"
         "    if line.strip() == 'beat': h.write()\n"
-        "    elif line.strip(): h.write(line.split()[0], 'exit 9' if line.startswith('failed') else 'exit 0'); "
+        "    elif line.strip(): h.write(line.split()[0], "
+        "'exit 9' if line.startswith('failed') else 'exit 0'); "
         "print('marked', flush=True)\n"
         "    if line.strip() != 'beat': time.sleep(120)\n")
 

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 
 
 def _args(out, image_root, *extra):
-    return tiny_run_args(out, image_root, "-o", "DataLoader.Train.sampler.batch_size=2", "-o", "Global.epochs=200",
-                         "-o", "Global.device=cpu", *extra)
+    return tiny_run_args(out, image_root, "-o", "DataLoader.Train.sampler.batch_size=2",
+                         "-o", "Global.epochs=200", "-o", "Global.device=cpu", *extra)
 
 
 @pytest.fixture

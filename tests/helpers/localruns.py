@@ -91,7 +91,8 @@ def run_processes(env, name) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(b"\0") and alive(entry.name):
+            if (entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(b"\0")
+                    and alive(entry.name)):
                 found.append(int(entry.name))
         except OSError:
             continue
@@ -142,6 +143,6 @@ def assert_continuous(seq: list[int], resumed_at: list[int], total: int) -> None
     """Steps 1..total all written; after each resume at S the steps go on from S + 1: only steps
     past the checkpoint it resumed from are written twice, none is missing."""
     assert sorted(set(seq)) == list(range(1, total + 1)), seq
-    drops = [(a, b) for a, b in zip(seq, seq[1:]) if b <= a]
+    drops = [(a, b) for a, b in zip(seq, seq[1:], strict=False) if b <= a]
     for a, b in drops:  # a restart goes back to the step after the checkpoint it resumed from
         assert b - 1 in resumed_at and b - 1 <= a, (drops, resumed_at, seq)

@@ -22,10 +22,12 @@ class TwoNodes:
         self.tmp, self.launchers = Path(tmp_path), []
         self.heartbeats = Path(output_dir) / contract.HEARTBEATS
         self.earlier = set(self.heartbeats.glob("*")) if self.heartbeats.is_dir() else set()
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         for node in (0, 1):
-            cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nnodes", "2", "--nproc_per_node", str(nproc[node]), "--master",
-                   f"127.0.0.1:{port}", "--rank", str(node), "--log_dir", str(self.tmp / f"node{node}"),
+            cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nnodes", "2",
+                   "--nproc_per_node", str(nproc[node]), "--master", f"127.0.0.1:{port}",
+                   "--rank", str(node), "--log_dir", str(self.tmp / f"node{node}"),
                    str(TRAIN), *train_args]
             self.launchers.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                                    stderr=subprocess.DEVNULL))
@@ -44,10 +46,12 @@ class TwoNodes:
             if any(p.poll() is not None for p in self.launchers):
                 break
             time.sleep(0.2)
-        raise AssertionError(f"rank {rank} never started training:\n{self.log(0)[-3000:]}\n{self.log(1)[-3000:]}")
+        raise AssertionError(f"rank {rank} never started training:\n"
+                             f"{self.log(0)[-3000:]}\n{self.log(1)[-3000:]}")
 
     def log(self, node: int) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted((self.tmp / f"node{node}").glob("workerlog.*")))
+        return "\n".join(p.read_text(errors="replace")
+                         for p in sorted((self.tmp / f"node{node}").glob("workerlog.*")))
 
     def wait(self, node: int, timeout=300) -> int:
         return self.launchers[node].wait(timeout=timeout)

@@ -102,8 +102,8 @@ def name(request, nodes):
 
     for kind in ("jobsets.jobset.x-k8s.io", "jobs"):
         if mine := names(kind):
-            subprocess.run(["kubectl", "-n", E2E_NAMESPACE, "delete", *mine, "--wait=false"], env=nodes["env"],
-                           capture_output=True, timeout=120)
+            subprocess.run(["kubectl", "-n", E2E_NAMESPACE, "delete", *mine, "--wait=false"],
+                           env=nodes["env"], capture_output=True, timeout=120)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and names("pods"):
         time.sleep(1)
@@ -134,7 +134,8 @@ def ns(kube, request):
     core.create_persistent_volume(client.V1PersistentVolume(
         metadata=client.V1ObjectMeta(name=volume),
         spec=client.V1PersistentVolumeSpec(capacity={"storage": "1Gi"}, access_modes=["ReadWriteMany"],
-                                           storage_class_name="", host_path={"path": f"/srv/simsiam-test/{volume}"})))
+                                           storage_class_name="",
+                                           host_path={"path": f"/srv/simsiam-test/{volume}"})))
     core.create_namespaced_persistent_volume_claim(name, client.V1PersistentVolumeClaim(
         metadata=client.V1ObjectMeta(name=OUTPUT_CLAIM),
         spec=client.V1PersistentVolumeClaimSpec(access_modes=["ReadWriteMany"], storage_class_name="",

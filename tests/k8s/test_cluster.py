@@ -317,7 +317,8 @@ def test_status_makes_the_same_small_number_of_api_calls_for_1_and_6_nodes(clust
         name = f"count-{nodes}"
         backend = KubernetesBackend(Options(namespace=ns))
         backend.submit(make_spec(name, nodes=nodes, gpus=0, data=None, output=OUTPUT_CLAIM, namespace=ns))
-        wait_until(lambda: running_pods(kube, ns, name, nodes), what=f"{nodes} pods running")
+        wait_until(lambda name=name, nodes=nodes: running_pods(kube, ns, name, nodes),
+                   what=f"{nodes} pods running")
         monkeypatch.setattr(ApiClient, "call_api", counting)
         counted["n"] = 0
         result = backend.status(JobRef("kubernetes", f"{ns}/{name}"))

@@ -208,7 +208,8 @@ def meeting_jobset(name, fail_first=False) -> dict:
             env.append({"name": "FAIL_FIRST", "value": "1"})
         container = {"name": role, "image": IMAGE, "imagePullPolicy": "Never",
                      "command": ["python", "-c", MEET], "env": env, "securityContext": RESTRICTED,
-                     "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}}}
+                     "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
+                                   "limits": {"memory": "128Mi"}}}
         return {"name": role, "replicas": 1,
                 "template": {"spec": {
                     "completionMode": "Indexed", "completions": 1, "parallelism": 1, "backoffLimit": 0,
@@ -218,7 +219,8 @@ def meeting_jobset(name, fail_first=False) -> dict:
     return {"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
             "metadata": {"name": name, "namespace": E2E_NAMESPACE, "labels": QUEUE},
             "spec": {"suspend": True,
-                     "network": {"enableDNSHostnames": True, "subdomain": name, "publishNotReadyAddresses": True},
+                     "network": {"enableDNSHostnames": True, "subdomain": name,
+                                 "publishNotReadyAddresses": True},
                      "successPolicy": {"operator": "All", "targetReplicatedJobs": []},
                      "startupPolicy": {"startupPolicyOrder": "AnyOrder"},
                      "failurePolicy": {"maxRestarts": 1, "restartStrategy": "Recreate", "rules": []},
@@ -308,12 +310,14 @@ def test_the_rwo_output_claim_lives_on_one_node_and_uid_1000_writes_it(nodes, na
     assert claim["status"]["phase"] == "Bound" and claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     volume = json.loads(kubectl(nodes, "get", "pv", claim["spec"]["volumeName"], "-o", "json").stdout)
     (term,) = volume["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"]
-    assert term["matchExpressions"] == [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["worker-1"]}]
+    assert term["matchExpressions"] == [
+        {"key": "kubernetes.io/hostname", "operator": "In", "values": ["worker-1"]}]
 
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": E2E_NAMESPACE},
            "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False,
                     "containers": [{"name": "writer", "image": IMAGE, "imagePullPolicy": "Never",
-                                    "command": ["sh", "-c", f"id -u > /out/{name}"], "securityContext": RESTRICTED,
+                                    "command": ["sh", "-c", f"id -u > /out/{name}"],
+                                    "securityContext": RESTRICTED,
                                     "volumeMounts": [{"name": "out", "mountPath": "/out"}]}],
                     "volumes": [{"name": "out", "persistentVolumeClaim": {"claimName": "output-rwo"}}]}}
     try:

@@ -22,8 +22,10 @@ def test_failure_policy_restarts_a_lost_peer_uncounted_and_fails_bad_input_and_d
         "values": [contract.EXIT_BAD_INPUT, contract.EXIT_DIVERGED, contract.EXIT_START_TIMEOUT]}
     # 143: the pod itself was asked to stop (a deleted pod has no DisruptionTarget) and checkpointed
     assert peer_lost["action"] == "Ignore" and peer_lost["onExitCodes"] == {
-        "containerName": "trainer", "operator": "In", "values": [contract.EXIT_PEER_LOST, contract.EXIT_PREEMPTED]}
-    assert disrupted == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+        "containerName": "trainer", "operator": "In",
+        "values": [contract.EXIT_PEER_LOST, contract.EXIT_PREEMPTED]}
+    assert disrupted == {"action": "Ignore",
+                         "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
 
 
 def test_the_trainer_gets_the_job_name_attempt_and_restart_bound(render):

@@ -54,13 +54,15 @@ def test_a_preempted_job_checkpoints_waits_queued_resumes_and_succeeds_without_a
     print(f"\npreempted: QUEUED {time.time() - preempted_at:.1f} s after the high-priority job was submitted")
     assert "Preempted" in queued["reason"] or "Evicted" in queued["reason"], queued["reason"]
     wait_for(high, env, lambda st: st["state"] == "SUCCEEDED", what="the high job SUCCEEDED", timeout=600)
-    final, _ = wait_for(low, env, lambda st: st["state"] == "SUCCEEDED", what="the low job SUCCEEDED", timeout=900)
+    final, _ = wait_for(low, env, lambda st: st["state"] == "SUCCEEDED", what="the low job SUCCEEDED",
+                        timeout=900)
     # Its pods got SIGTERM and rank 0 wrote a checkpoint at the step where both stopped (Kueue
     # suspends the Job; the Job controller then deletes its pods).
     log = (output / name / "train.log").read_text()
     assert "SIGTERM received" in log or "stopped by SIGTERM" in log, log[-3000:]
     # group_restarts=0, yet no failure: the preemption was not counted.
-    assert final["detail"]["preempted"] >= 1 and "preempted" in run_cli(["status", low], env, check=True).stdout
+    assert (final["detail"]["preempted"] >= 1
+            and "preempted" in run_cli(["status", low], env, check=True).stdout)
     steps = [r["global_step"] for r in step_records(metrics)]
     assert steps == list(range(1, 4 * PREEMPTED_EPOCHS + 1)), steps     # resumed at the SIGTERM checkpoint
     resumed = resumed_steps((output / name / "train.log").read_text())
@@ -89,7 +91,8 @@ def test_evictions_beyond_the_group_restart_bound_do_not_fail_the_job(nodes, nam
             except ValueError:      # the replacement is not running yet
                 time.sleep(0.5)
         lose_pod(nodes, pod["metadata"]["name"], "evicted")
-        wait_for(ref, env, lambda st: st["detail"].get("group_restarts", 0) > eviction, what="restarted", timeout=300)
+        wait_for(ref, env, lambda st, eviction=eviction: st["detail"].get("group_restarts", 0) > eviction,
+                 what="restarted", timeout=300)
     final, _ = wait_for(ref, env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED", timeout=900)
     assert final["detail"]["preempted"] == EVICTIONS
     assert f"preempted {EVICTIONS} times" in run_cli(["status", ref], env, check=True).stdout
@@ -104,7 +107,8 @@ def test_a_group_that_cannot_start_gives_up_at_the_start_timeout_naming_the_pend
     try:
         ref = run_cli(["submit", "pretrain", "--nodes", "2", "--name", name, *ON_REAL_NODES[:-4], *TINY,
                        "--set", "start_timeout=60"], env, check=True).stdout.strip()
-        waiting, _ = wait_for(ref, env, lambda st: st["state"] == "PENDING" and "rank 1" in (st["reason"] or ""),
+        waiting, _ = wait_for(ref, env,
+                              lambda st: st["state"] == "PENDING" and "rank 1" in (st["reason"] or ""),
                               what="rank 1 pending", timeout=300)
         # the scheduler counts the taints it met (worker-2's simsiam-test/closed among them)
         assert "untolerated taint" in waiting["reason"], waiting["reason"]
@@ -114,8 +118,8 @@ def test_a_group_that_cannot_start_gives_up_at_the_start_timeout_naming_the_pend
         reason = final["reason"]
         assert "exit code 69" in reason and "node 1 never joined" in reason, reason
         # (rank 0's node, freed by the timeout, may take rank 1 before the Job controller deletes it)
-        assert re.search(r"rank 1 was (never|only after the job had failed) scheduled: FailedScheduling:", reason) \
-            and "untolerated taint" in reason, reason
+        assert re.search(r"rank 1 was (never|only after the job had failed) scheduled: FailedScheduling:",
+                         reason) and "untolerated taint" in reason, reason
         shown = run_cli(["status", ref], env, check=True).stdout
         assert re.search(r"rank 1 was (never|only after the job had failed) scheduled", shown), shown
     finally:

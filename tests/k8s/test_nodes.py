@@ -82,7 +82,8 @@ def test_two_node_pretrain_on_real_pods_then_a_probe(nodes, name):
     out = output / name
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["DataLoader"]["Train"]["dataset"]["root"] == "/data/train"
-    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"step"' in line]
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+             if '"step"' in line]
     assert [s["global_step"] for s in steps] == list(range(1, 17))
     assert (out / "encoder.pdparams").is_file() and list((out / "checkpoints").glob("*.pdckpt"))
     assert "2 process(es)" in (out / "train.log").read_text()
@@ -94,7 +95,8 @@ def test_two_node_pretrain_on_real_pods_then_a_probe(nodes, name):
     # The probe reads the encoder through the pretrain job's reference, on real pods too.
     probe = f"{name}-lp"
     probe_ref = run_cli(["submit", "linear-probe", "--from", ref, "--nodes", "2", "--name", probe,
-                         *ON_REAL_NODES, "-c", REPO / "trainer/configs/simsiam_cifar_resnet18_fmnist_lp_cpu.yaml",
+                         *ON_REAL_NODES,
+                         "-c", REPO / "trainer/configs/simsiam_cifar_resnet18_fmnist_lp_cpu.yaml",
                          "-o", "Model.width=4", "-o", "Global.epochs=1",
                          "-o", "DataLoader.Train.sampler.batch_size=8"], env, check=True).stdout.strip()
     wait_for(probe_ref, env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED", timeout=600)
@@ -107,7 +109,8 @@ def test_cancel_mid_run_checkpoints_on_the_output_claim_and_removes_the_job(node
     env, output = nodes["env"], Path(nodes["output"])
     # No epoch-end checkpoint within reach: any checkpoint found was written on SIGTERM.
     ref = run_cli(["submit", "pretrain", "--nodes", "2", "--name", name, *ON_REAL_NODES, *TINY,
-                   "-o", "Global.epochs=300", "-o", "Global.save_interval=300"], env, check=True).stdout.strip()
+                   "-o", "Global.epochs=300", "-o", "Global.save_interval=300"],
+                  env, check=True).stdout.strip()
     metrics = output / name / "metrics.jsonl"
 
     def trained_steps():
@@ -165,8 +168,8 @@ def test_restricted_namespace_admits_our_pods_and_rejects_a_root_pod(nodes):
     job = next(doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "Job")
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "admitted-0"},
            "spec": job["spec"]["template"]["spec"]}
-    admitted = kubectl(nodes, "-n", E2E_NAMESPACE, "create", "--dry-run=server", "-f", "-", input=json.dumps(pod),
-                       check=False)
+    admitted = kubectl(nodes, "-n", E2E_NAMESPACE, "create", "--dry-run=server", "-f", "-",
+                       input=json.dumps(pod), check=False)
     assert admitted.returncode == 0, admitted.stderr
     real = kubectl(nodes, "get", "nodes", "-l", REAL_NODE_LABEL, "-o", "json").stdout
     assert {n["metadata"]["name"] for n in json.loads(real)["items"]} == REAL_NODES

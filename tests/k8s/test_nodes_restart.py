@@ -78,9 +78,11 @@ def test_losing_rank_1s_pod_mid_epoch_replaces_that_pod_only_and_the_group_resum
     # Only index 1 ran in a new pod: rank 0's pod stayed and restarted in place; no pod counted
     # against backoffLimit, and the preemption did not count against group_restarts.
     pods_now = all_pods(nodes, name)
-    succeeded = {p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]: p["metadata"]["name"]
+    succeeded = {p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]:
+                     p["metadata"]["name"]
                  for p in pods_now if p["status"].get("phase") == "Succeeded"}
-    assert succeeded == {"0": rank0["metadata"]["name"], "1": succeeded["1"]} and succeeded["1"] != lost, succeeded
+    assert (succeeded == {"0": rank0["metadata"]["name"], "1": succeeded["1"]}
+            and succeeded["1"] != lost), succeeded
     job = json.loads(kubectl(nodes, "-n", E2E_NAMESPACE, "get", "job", name, "-o", "json").stdout)
     assert not job["status"].get("failed"), job["status"]
     assert final["detail"]["group_restarts"] == 1 and final["detail"]["preempted"] == 1, final["detail"]
@@ -88,7 +90,8 @@ def test_losing_rank_1s_pod_mid_epoch_replaces_that_pod_only_and_the_group_resum
     # The new pod met the same rank 0 in round 2, never round 1.
     logs = run_cli(["logs", "--all", ref], env, check=True).stdout
     rank0_ip = rank0["status"]["podIP"]
-    assert f"[rank 1] rendezvous: node 1, master {rank0_ip}:6768 ({name}-0.{name}), round 2" in logs, logs[-3000:]
+    assert (f"[rank 1] rendezvous: node 1, master {rank0_ip}:6768 ({name}-0.{name}), round 2"
+            in logs), logs[-3000:]
     assert re.search(r"\[rank 0\] rendezvous: node 0 .*joins the next round in place", logs), logs[-3000:]
 
     # Rank 0 resumed once, at a global step past the start; every step is in metrics.jsonl, only

@@ -51,7 +51,8 @@ def test_a_multi_node_job_without_an_output_claim_is_refused_in_one_line(tmp_pat
     assert_one_line_error(refused, 2, "a job on 2 nodes needs an output claim")
     for ok in (["--nodes", "2", "--output", "results"], ["--nodes", "2", "--set", "output_pvc=results"],
                ["--nodes", "1"]):
-        run_cli(["render", "pretrain", "-b", "kubernetes", "--gpus", "8", "--image", "x", *ok], env, check=True)
+        run_cli(["render", "pretrain", "-b", "kubernetes", "--gpus", "8", "--image", "x", *ok], env,
+                check=True)
 
 
 def test_job_shape_two_nodes_eight_gpus(render):

@@ -29,12 +29,14 @@ def local_queue(kube, ns, name="team") -> str:
     custom = client.CustomObjectsApi(api)
     custom.create_namespaced_custom_object(
         "kueue.x-k8s.io", "v1beta2", ns, "localqueues",
-        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue", "metadata": {"name": name, "namespace": ns},
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
+         "metadata": {"name": name, "namespace": ns},
          "spec": {"clusterQueue": CLUSTER_QUEUE}})
     # A workload submitted before Kueue has taken the queue in is set aside and retried later,
     # with a back-off longer than these tests wait: wait until the queue says it is active.
     wait_until(lambda: any(c["type"] == "Active" and c["status"] == "True" for c in
-                           (custom.get_namespaced_custom_object("kueue.x-k8s.io", "v1beta2", ns, "localqueues", name)
+                           (custom.get_namespaced_custom_object("kueue.x-k8s.io", "v1beta2", ns,
+                                                                "localqueues", name)
                             .get("status") or {}).get("conditions") or []),
                what=f"LocalQueue {name} active")
     return name
@@ -60,8 +62,9 @@ def test_a_queued_job_waits_with_no_pod_and_kueues_reason_until_the_job_ahead_is
     wait_until(lambda: running(kube, ns, f"{label}=ahead", 2), what="the job ahead admitted and running")
     ref = submit(cluster, ns, "behind", "--nodes", "2", "--gpus", "8", "--set", f"queue={queue}",
                  "--set", f"workload={workload}").stdout.strip()
-    queued = wait_until(lambda: (s := status(cluster, ref))["state"] == "QUEUED" and "quota" in (s["reason"] or "")
-                        and s, what="QUEUED with Kueue's reason")
+    queued = wait_until(lambda: ((s := status(cluster, ref))["state"] == "QUEUED"
+                                 and "quota" in (s["reason"] or "") and s),
+                        what="QUEUED with Kueue's reason")
     assert "insufficient unused quota for nvidia.com/gpu" in queued["reason"], queued["reason"]
     assert pods_with(kube, ns, f"{label}=behind") == []              # nothing holds a GPU
     listed = run_cli(cluster, "list", "--backend", "kubernetes",
@@ -78,7 +81,8 @@ def test_a_queued_job_waits_with_no_pod_and_kueues_reason_until_the_job_ahead_is
 
 def test_cancel_works_on_a_queued_job(cluster, kube, ns):
     queue = local_queue(kube, ns)
-    ref = submit(cluster, ns, "never", "--nodes", "3", "--gpus", "8", "--set", f"queue={queue}").stdout.strip()
+    ref = submit(cluster, ns, "never", "--nodes", "3", "--gpus", "8",
+                 "--set", f"queue={queue}").stdout.strip()
     wait_until(lambda: status(cluster, ref)["state"] == "QUEUED", what="QUEUED")
     assert run_cli(cluster, "cancel", ref).stdout.startswith(f"cancelled {ref}")
     gone = run_cli(cluster, "status", ref, check=False)
@@ -109,7 +113,8 @@ def test_a_jobset_is_followed_restarted_and_failed_through_the_cli(cluster, kube
     new = wait_until(lambda: running(kube, ns, f"{JOBSET_LABEL}=js,jobset.sigs.k8s.io/restart-attempt=1", 3),
                      what="the new group running")
     end_pod(kube, next(p for p in new if p.metadata.name.startswith("js-worker-0-0-")), "2")
-    failed = wait_until(lambda: (s := status(cluster, ref))["state"] == "FAILED" and s, what="FAILED", timeout=120)
+    failed = wait_until(lambda: (s := status(cluster, ref))["state"] == "FAILED" and s, what="FAILED",
+                        timeout=120)
     assert "FailJobSet" in failed["reason"] and "rank 1: " in failed["reason"], failed["reason"]
     shown = run_cli(cluster, "status", ref).stdout
     assert "FAILED" in shown and "group restarted 1 time (0 counted, at most 3); preempted 1 time" in shown
@@ -121,13 +126,15 @@ def test_the_rdma_node_takes_a_pod_only_when_the_options_ask_for_it(cluster, kub
     # The resource without the toleration: no node has both.
     ref = submit(cluster, ns, "no-toleration", *asks).stdout.strip()
     pending = wait_until(lambda: (s := status(cluster, ref))["reason"] and s, what="unschedulable")
-    assert pending["state"] == "PENDING" and "rdma/hca_shared_devices_a" in pending["reason"], pending["reason"]
+    assert (pending["state"] == "PENDING"
+            and "rdma/hca_shared_devices_a" in pending["reason"]), pending["reason"]
     placed = submit(cluster, ns, "tolerates", *asks, "--set", "tolerations=simsiam-test/rdma=true:NoSchedule",
                     "--set", "node_selector=simsiam-test/rdma=true").stdout.strip()
     result = wait_until(lambda: (s := status(cluster, placed))["state"] == "RUNNING" and s, what="RUNNING")
     assert result["nodes"][0]["host"] == "rdma-0"
     # A toleration alone does not send a pod there (the node selector or affinity does).
-    plain = submit(cluster, ns, "plain", "--gpus", "8", "--set", "node_affinity=!simsiam-test/rdma").stdout.strip()
+    plain = submit(cluster, ns, "plain", "--gpus", "8",
+                   "--set", "node_affinity=!simsiam-test/rdma").stdout.strip()
     result = wait_until(lambda: (s := status(cluster, plain))["state"] == "RUNNING" and s, what="RUNNING")
     assert result["nodes"][0]["host"] != "rdma-0"
 
@@ -149,9 +156,10 @@ def test_the_rdma_profile_is_refused_in_one_line_where_pod_security_forbids_it(c
 
 @pytest.mark.parametrize("workload", ["job", "jobset"])
 def test_kubectl_delete_of_a_rendered_file_removes_what_apply_created(cluster, kube, ns, workload, tmp_path):
-    rendered = run_cli(cluster, "render", "pretrain", "--backend", "kubernetes", "--name", "filed", "--nodes", "2",
-                       "--gpus", "8", "--image", "registry.example.com/simsiam:test", "--set", f"namespace={ns}",
-                       "--output", OUTPUT_CLAIM, "--set", f"workload={workload}", "--set", "labels=team=vision").stdout
+    rendered = run_cli(cluster, "render", "pretrain", "--backend", "kubernetes", "--name", "filed",
+                       "--nodes", "2", "--gpus", "8", "--image", "registry.example.com/simsiam:test",
+                       "--set", f"namespace={ns}", "--output", OUTPUT_CLAIM,
+                       "--set", f"workload={workload}", "--set", "labels=team=vision").stdout
     path = tmp_path / "filed.yaml"
     path.write_text(rendered)
     kubectl = lambda *args: subprocess.run(["kubectl", *args], capture_output=True, text=True,  # noqa: E731

@@ -11,8 +11,10 @@ from helpers.cli import assert_one_line_error, run_cli
 from helpers.k8s import docs_by_kind, make_spec
 
 KNOBS = dict(tolerations=("ib=true:NoSchedule", "spot"), node_selector=("topology.kubernetes.io/zone=eu-1a",),
-             node_affinity=("kubernetes.io/arch=amd64|arm64", "example.com/gen!=a100-40g", "!example.com/drain"),
-             labels=("team=vision", "example.com/cost-center=4711"), annotations=("example.com/owner=a b, c",),
+             node_affinity=("kubernetes.io/arch=amd64|arm64", "example.com/gen!=a100-40g",
+                            "!example.com/drain"),
+             labels=("team=vision", "example.com/cost-center=4711"),
+             annotations=("example.com/owner=a b, c",),
              scheduler_name="gang-scheduler", extra_resources=("example.com/fpga=2",))
 
 
@@ -33,7 +35,8 @@ def test_kueue_queue_and_priority_label_the_job_which_is_created_suspended(rende
     # Kueue admits it by unsuspending it; the client does not count on Kueue's webhook for that.
     assert job["spec"]["suspend"] is True
     plain = docs_by_kind(render(make_spec("pt", workload=workload)))[kind]
-    assert "suspend" not in plain["spec"] and not any(k.startswith("kueue") for k in plain["metadata"]["labels"])
+    assert ("suspend" not in plain["spec"]
+            and not any(k.startswith("kueue") for k in plain["metadata"]["labels"]))
 
 
 @pytest.mark.parametrize("workload", ["job", "jobset"])
@@ -60,10 +63,11 @@ def test_scheduling_knobs_reach_every_pod(render, workload, version):
             {"key": "example.com/drain", "operator": "DoesNotExist"}]}]}
     assert pod["schedulerName"] == "gang-scheduler"
     (container,) = pod["containers"]
-    assert container["resources"]["requests"]["example.com/fpga"] == "2" == container["resources"]["limits"]["example.com/fpga"]
-    job = by_kind["Job"] if workload == "job" else {"apiVersion": "batch/v1", "kind": "Job",
-                                                     "metadata": {"name": "pt-leader-0", "namespace": "x"},
-                                                     "spec": by_kind["JobSet"]["spec"]["replicatedJobs"][0]["template"]["spec"]}
+    assert (container["resources"]["requests"]["example.com/fpga"] == "2"
+            == container["resources"]["limits"]["example.com/fpga"])
+    job = by_kind["Job"] if workload == "job" else {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "pt-leader-0", "namespace": "x"},
+        "spec": by_kind["JobSet"]["spec"]["replicatedJobs"][0]["template"]["spec"]}
     kubernetes_validate.validate(job, version, strict=True)
 
 
@@ -78,7 +82,8 @@ def test_the_rdma_profile(render):
     env = [(v["name"], v.get("value")) for v in container["env"]]
     assert ("NCCL_IB_DISABLE", "0") in env
     # the user's own --env wins over the profile's, and each name appears once
-    assert [e for e in env if e[0] == "NCCL_NET"] == [("NCCL_NET", "Socket")] and ("NCCL_IB_HCA", "mlx5_0") in env
+    assert ([e for e in env if e[0] == "NCCL_NET"] == [("NCCL_NET", "Socket")]
+            and ("NCCL_IB_HCA", "mlx5_0") in env)
     kubernetes_validate.validate(docs["Job"], "1.33.0", strict=True)
     # without the profile: nothing added, every capability dropped
     plain = docs_by_kind(render(make_spec("pt", nodes=2, gpus=8)))["Job"]["spec"]["template"]
@@ -116,9 +121,11 @@ def test_mistakes_are_one_line_at_render(tmp_path, setting, complaint):
 def test_render_shows_every_knob_in_what_it_prints(tmp_path):
     """`render` prints exactly what submit sends: the knobs are in it, in kubectl's form."""
     env = {**os.environ, "HOME": str(tmp_path), "SIMSIAM_JOB_CONFIG": "/dev/null"}
-    out = run_cli(["render", "pretrain", "-b", "kubernetes", "--gpus", "8", "--image", "x", "--set", "queue=team-a",
+    out = run_cli(["render", "pretrain", "-b", "kubernetes", "--gpus", "8", "--image", "x",
+                   "--set", "queue=team-a",
                    "--set", "workload_priority=high", "--set", "tolerations=ib=true:NoSchedule",
                    "--set", "scheduler_name=gang", "--set", "rdma=true"], env, check=True).stdout
     for text in ("kueue.x-k8s.io/queue-name: team-a", "kueue.x-k8s.io/priority-class: high", "suspend: true",
-                 "key: ib", "schedulerName: gang", "- IPC_LOCK", "rdma/hca_shared_devices_a: '1'", "NCCL_IB_DISABLE"):
+                 "key: ib", "schedulerName: gang", "- IPC_LOCK", "rdma/hca_shared_devices_a: '1'",
+                 "NCCL_IB_DISABLE"):
         assert text in out, text

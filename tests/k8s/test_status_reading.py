@@ -92,7 +92,8 @@ def test_progress_comes_from_rank_0s_progress_lines_as_the_trainer_wrote_them():
 
     from simsiam_job.progress import format_progress
 
-    assert format_progress(result.progress) == "epoch 3/100  step 12/1251  loss -0.8123  2843.5 img/s  ETA 12h00m"
+    assert format_progress(result.progress) == (
+        "epoch 3/100  step 12/1251  loss -0.8123  2843.5 img/s  ETA 12h00m")
     assert progress_of("2026-01-01T00:00:00.1Z no progress yet\n") is None
 
 
@@ -115,7 +116,8 @@ def test_a_failed_job_names_the_rank_that_ended_it_with_the_trainers_line():
     ended = pod(0, "Failed", container={"terminated": {"exitCode": 2, "reason": "Error", "message": line}})
     other = pod(1, "Failed", container={"terminated": {"exitCode": 143, "reason": "Error"}})
     failed = job_status(REF, job([("Failed", "PodFailurePolicy", "Container trainer for pod ns/pt-0 "
-                                   "failed with exit code 2 matching FailJob rule at index 0")]), [ended, other])
+                                   "failed with exit code 2 matching FailJob rule at index 0")]),
+                        [ended, other])
     assert failed.state is State.FAILED
     assert failed.reason.endswith(f"; rank 0: Error: exit code 2 ({line})"), failed.reason
 
@@ -135,12 +137,13 @@ def queued_job(**status):
 def workload(*conditions, evictions=()):
     return {"metadata": {"name": "job-pt-1a2b3"}, "status": {
         "conditions": [{"type": t, "status": s, "reason": r, "message": m} for t, s, r, m in conditions],
-        "schedulingStats": {"evictions": [{"reason": r, "underlyingCause": "", "count": n} for r, n in evictions]}}}
+        "schedulingStats": {"evictions": [{"reason": r, "underlyingCause": "", "count": n}
+                                          for r, n in evictions]}}}
 
 
 def test_a_job_waiting_in_kueue_is_queued_with_kueues_reason_and_position():
-    insufficient = ("couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu in "
-                    "flavor default-flavor, 8 more needed")
+    insufficient = ("couldn't assign flavors to pod set main: "
+                    "insufficient unused quota for nvidia.com/gpu in flavor default-flavor, 8 more needed")
     found = workload(("QuotaReserved", "False", "Pending", insufficient))
     result = job_status(REF, queued_job(), [], queued=Queued("team-a", kueue_reason(found, "team-a"), 0, 1))
     assert result.state is State.QUEUED and not result.state.finished
@@ -151,14 +154,18 @@ def test_a_job_waiting_in_kueue_is_queued_with_kueues_reason_and_position():
 
 def test_a_preempted_job_is_queued_again_and_says_how_often():
     found = workload(("QuotaReserved", "False", "Pending", "waiting"),
-                     ("Evicted", "True", "Preempted", "Preempted to accommodate a workload (UID: 1) due to prioritization"),
-                     ("Preempted", "True", "InClusterQueue", "Preempted to accommodate a workload (UID: 1) due to "
-                                                             "prioritization in the ClusterQueue"),
+                     ("Evicted", "True", "Preempted",
+                      "Preempted to accommodate a workload (UID: 1) due to prioritization"),
+                     ("Preempted", "True", "InClusterQueue",
+                      "Preempted to accommodate a workload (UID: 1) due to "
+                      "prioritization in the ClusterQueue"),
                      evictions=(("Preempted", 2), ("PodsReadyTimeout", 1)))
     assert kueue_evictions(found) == 3
-    result = job_status(REF, queued_job(), [], queued=Queued("team-a", kueue_reason(found, "team-a"), kueue_evictions(found)))
+    result = job_status(REF, queued_job(), [],
+                        queued=Queued("team-a", kueue_reason(found, "team-a"), kueue_evictions(found)))
     assert result.state is State.QUEUED
-    assert result.reason.startswith("InClusterQueue: Preempted to accommodate") and result.reason.endswith("; preempted 3 times")
+    assert (result.reason.startswith("InClusterQueue: Preempted to accommodate")
+            and result.reason.endswith("; preempted 3 times"))
     assert result.detail["preempted"] == 3
 
 
@@ -166,7 +173,8 @@ def test_an_indexed_jobs_restarts_are_counted_apart_from_its_preemptions():
     """Each restart of the group replaces rank 0's pod: a pod that ended with 143 or was disrupted
     was preempted (never counted against group_restarts); one that crashed was a counted restart."""
     evicted = pod(0, "Failed", created="2026-01-01T00:01:00Z", container={"terminated": {"exitCode": 143}},
-                  conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}])
+                  conditions=[{"type": "DisruptionTarget", "status": "True",
+                               "reason": "EvictionByEvictionAPI"}])
     crashed = pod(0, "Failed", created="2026-01-01T00:02:00Z", container={"terminated": {"exitCode": 75}})
     now = pod(0, "Running", created="2026-01-01T00:03:00Z", container={"running": {}})
     result = job_status(REF, job(completions=1), [evicted, crashed, now])
@@ -179,7 +187,8 @@ def test_restarts_in_place_come_from_rank_0s_progress_record():
     """A restart in place replaces no pod: rank 0's trainer counts the group's starts and says so in
     its progress lines (one preemption replaced rank 0's pod; two crashes restarted in place)."""
     evicted = pod(0, "Failed", created="2026-01-01T00:01:00Z", container={"terminated": {"exitCode": 143}},
-                  conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}])
+                  conditions=[{"type": "DisruptionTarget", "status": "True",
+                               "reason": "EvictionByEvictionAPI"}])
     now = pod(0, "Running", created="2026-01-01T00:03:00Z", container={"running": {}})
     progress = progress_of('simsiam-progress {"global_step": 7, "group_restarts": 3, "counted_restarts": 2}')
     result = job_status(REF, job(completions=1), [evicted, now], progress=progress)
@@ -190,12 +199,14 @@ def jobset_obj(conditions=(), restarts=0, counted=0, suspend=False, nodes=2, lab
     return {"metadata": {"name": "pt", "namespace": "ns", "labels": labels or {}, "uid": "u"},
             "spec": {"suspend": suspend, "failurePolicy": {"maxRestarts": 3},
                      "replicatedJobs": [
-                         {"name": "leader", "replicas": 1, "template": {"spec": {"completions": 1, "template": {
-                             "spec": {"containers": [{"name": "trainer", "volumeMounts": [
-                                 {"name": "output", "mountPath": "/output"}]}],
-                                 "volumes": [{"name": "output", "persistentVolumeClaim": {"claimName": "rwo"}}]}}}}},
-                         {"name": "worker", "replicas": 1, "template": {"spec": {"completions": nodes - 1,
-                                                                                  "template": {"spec": {}}}}}]},
+                         {"name": "leader", "replicas": 1, "template": {"spec": {
+                             "completions": 1, "template": {"spec": {
+                                 "containers": [{"name": "trainer", "volumeMounts": [
+                                     {"name": "output", "mountPath": "/output"}]}],
+                                 "volumes": [{"name": "output",
+                                              "persistentVolumeClaim": {"claimName": "rwo"}}]}}}}},
+                         {"name": "worker", "replicas": 1, "template": {"spec": {
+                             "completions": nodes - 1, "template": {"spec": {}}}}}]},
             "status": {"restarts": restarts, "restartsCountTowardsMax": counted,
                        "conditions": [{"type": t, "status": "True", "reason": r, "message": m}
                                       for t, r, m in conditions]}}
@@ -211,14 +222,16 @@ def js_pod(role, index, phase, attempt="0", container=None, node="worker-1"):
 
 def test_a_jobsets_ranks_restarts_and_preemptions():
     js = jobset_obj(restarts=3, counted=1)
-    pods = [js_pod("leader", 0, "Running", "3", {"running": {}}), js_pod("worker", 0, "Running", "3", {"running": {}}),
+    pods = [js_pod("leader", 0, "Running", "3", {"running": {}}),
+            js_pod("worker", 0, "Running", "3", {"running": {}}),
             js_pod("worker", 0, "Failed", "2", {"terminated": {"exitCode": 143}})]      # the start before
     result = jobset_status(REF, js, pods)
     assert result.state is State.RUNNING
     assert [(n.rank, n.state) for n in result.nodes] == [(0, State.RUNNING), (1, State.RUNNING)]
     assert result.reason == "group restarted 3 times (1 counted, at most 3); preempted 2 times"
     assert result.output == "pvc:rwo/pt (in rank 0's pod: /output/pt)"
-    assert result.detail["kind"] == "JobSet" and result.detail["pods"] == {0: "pt-leader-0-0-abcde", 1: "pt-worker-0-0-abcde"}
+    assert result.detail["kind"] == "JobSet" and result.detail["pods"] == {
+        0: "pt-leader-0-0-abcde", 1: "pt-worker-0-0-abcde"}
 
 
 def test_a_jobsets_restarts_in_place_come_from_rank_0s_progress_record():
@@ -235,11 +248,13 @@ def test_a_jobsets_restarts_in_place_come_from_rank_0s_progress_record():
 def test_a_failed_jobset_names_the_rank_and_the_trainers_line():
     from trainer import contract
 
-    line = contract.Outcome(contract.End.BAD_INPUT, 1, 2, "DataLoader.Train.dataset.root /data/train: no images").to_json()
+    line = contract.Outcome(contract.End.BAD_INPUT, 1, 2,
+                            "DataLoader.Train.dataset.root /data/train: no images").to_json()
     js = jobset_obj([("Failed", "FailJobSetActionReason", "applying FailJobSet failure policy action "
                                                           "(first failed job: pt-worker-0)")])
     pods = [js_pod("leader", 0, "Failed", container={"terminated": {"exitCode": 143}}),
-            js_pod("worker", 0, "Failed", container={"terminated": {"exitCode": 2, "reason": "Error", "message": line}})]
+            js_pod("worker", 0, "Failed",
+                   container={"terminated": {"exitCode": 2, "reason": "Error", "message": line}})]
     result = jobset_status(REF, js, pods)
     assert result.state is State.FAILED
     assert result.reason.endswith("; rank 1: Error: exit code 2 (rank 1 exited with exit code 2 (bad input): "
@@ -253,11 +268,16 @@ def test_a_start_timeout_names_the_rank_never_scheduled_and_the_schedulers_reaso
     message = contract.Outcome(contract.End.NOT_STARTED, None, 69, "the group did not form within the start "
                                "timeout (60 s): node 1 never joined").to_json()
     js = jobset_obj([("Failed", "FailJobSetActionReason", "applying FailJobSet failure policy action")])
-    pods = [js_pod("leader", 0, "Failed", container={"terminated": {"exitCode": 69, "reason": "Error", "message": message}})]
-    event = model("CoreV1Event", {"metadata": {"name": "e"}, "involvedObject": {"kind": "Pod", "name": "pt-worker-0-0-x7k2p"},
-                                  "reason": "FailedScheduling", "message": "0/7 nodes are available: 1 node(s) had "
-                                  "untolerated taint {simsiam-test/closed: }.", "lastTimestamp": "2026-01-01T00:00:00Z"})
-    other = model("CoreV1Event", {"metadata": {"name": "f"}, "involvedObject": {"kind": "Pod", "name": "other-worker-0-0-aaaaa"},
+    pods = [js_pod("leader", 0, "Failed",
+                   container={"terminated": {"exitCode": 69, "reason": "Error", "message": message}})]
+    event = model("CoreV1Event", {"metadata": {"name": "e"},
+                                  "involvedObject": {"kind": "Pod", "name": "pt-worker-0-0-x7k2p"},
+                                  "reason": "FailedScheduling",
+                                  "message": "0/7 nodes are available: 1 node(s) had "
+                                             "untolerated taint {simsiam-test/closed: }.",
+                                  "lastTimestamp": "2026-01-01T00:00:00Z"})
+    other = model("CoreV1Event", {"metadata": {"name": "f"},
+                                  "involvedObject": {"kind": "Pod", "name": "other-worker-0-0-aaaaa"},
                                   "reason": "FailedScheduling", "message": "unrelated"})
     result = jobset_status(REF, js, pods, events=[other, event])
     assert "node 1 never joined" in result.reason

@@ -82,7 +82,8 @@ def test_hostile_override_values_reach_the_trainer_config_exactly(user_env, tmp_
 
     override = f"Global.save_inference_dir={value}"
     out = tmp_path / "out"
-    run_cli(["render", "pretrain", *CFG, "-o", override, "--name", "hostile", "--out", out], user_env, check=True)
+    run_cli(["render", "pretrain", *CFG, "-o", override, "--name", "hostile", "--out", out], user_env,
+            check=True)
     expected = apply_overrides({"Global": {}}, [override])["Global"]["save_inference_dir"]
     rendered = yaml.safe_load((out / "config.yaml").read_text())
     assert rendered["Global"]["save_inference_dir"] == expected
@@ -107,7 +108,8 @@ def test_env_values_with_shell_syntax_reach_the_process_environment_exactly(user
 def test_render_is_pure_and_submit_dry_run_starts_nothing(user_env, tmp_path):
     proc = run_cli(["render", "pretrain", *CFG, "--name", "pure"], user_env, check=True)
     assert "paddle.distributed.launch" in proc.stdout and "--nproc_per_node 1" in proc.stdout
-    proc = run_cli(["submit", "pretrain", *CFG, "--name", "pure", "--dry-run", "client"], user_env, check=True)
+    proc = run_cli(["submit", "pretrain", *CFG, "--name", "pure", "--dry-run", "client"], user_env,
+                   check=True)
     assert proc.stdout.strip() == "local://pure"
     assert not (tmp_path / "data" / "simsiam-job").exists()
 
@@ -145,7 +147,8 @@ try:
     main()
 except SystemExit as e:
     code = e.code
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("paddle", "kubernetes", "rich", "numpy", "torch"))
+heavy = sorted(m for m in sys.modules
+               if m.split(".")[0] in ("paddle", "kubernetes", "rich", "numpy", "torch"))
 print("HEAVY", heavy, code, file=sys.stderr)
 """
 
@@ -166,7 +169,8 @@ def test_cli_start_up_imports_neither_paddle_nor_the_kubernetes_client(user_env,
 def test_help_does_not_load_templates_yaml_or_the_trainer(user_env):
     code = PROBE.format(args=["--help"]) + (
         "print('LOADED', sorted(m for m in sys.modules if m.split('.')[0] in ('jinja2', 'yaml', 'trainer')))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=user_env, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=user_env,
+                          timeout=60)
     assert proc.stdout.strip().splitlines()[-1] == "LOADED []"
 
 
@@ -185,7 +189,8 @@ def test_built_wheel_ships_the_k8s_and_slurm_templates(tmp_path):
 
 
 def test_list_reports_an_unreachable_default_cluster_but_still_lists(user_env):
-    env = {**user_env, "SIMSIAM_JOB_BACKEND": "kubernetes", "SIMSIAM_JOB_KUBERNETES_KUBECONFIG": "/nonexistent"}
+    env = {**user_env, "SIMSIAM_JOB_BACKEND": "kubernetes",
+           "SIMSIAM_JOB_KUBERNETES_KUBECONFIG": "/nonexistent"}
     proc = run_cli(["list"], env)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "error: kubernetes:" in proc.stderr and "no jobs" in proc.stderr
@@ -209,8 +214,10 @@ K8S = ["--backend", "kubernetes"]
     (["render", "pretrain", *CFG, "-o", "Optimizer.lr.learning_rate=.nan"], "expected a finite number"),
     (["submit", "pretrain", *CFG, "-o", "Optimizer.weight_decay=.inf", "--dry-run", "client"],
      "expected a finite number"),
-    (["render", "pretrain", *CFG, *K8S, "--set", "namespace=ML_Team"], "namespace 'ML_Team' is not a DNS-1123 label"),
-    (["render", "pretrain", *CFG, *K8S, "--set", "memory=lots"], "memory 'lots' is not a Kubernetes quantity"),
+    (["render", "pretrain", *CFG, *K8S, "--set", "namespace=ML_Team"],
+     "namespace 'ML_Team' is not a DNS-1123 label"),
+    (["render", "pretrain", *CFG, *K8S, "--set", "memory=lots"],
+     "memory 'lots' is not a Kubernetes quantity"),
     (["render", "pretrain", *CFG, *K8S, "--set", "cpu=0"], "cpu '0' must be more than zero"),
     (["render", "pretrain", *CFG, *K8S, "--set", "shm_size=16 Gi"], "not a Kubernetes quantity"),
     (["render", "pretrain", *CFG, *K8S, "--set", "shm_size=64Gi"], "larger than the memory limit 8Gi"),
@@ -229,12 +236,14 @@ def test_missing_file_named_by_simsiam_job_config_is_an_error(user_env, tmp_path
     env = {**user_env, "SIMSIAM_JOB_CONFIG": str(tmp_path / "my-settings.yaml")}
     assert_one_line_error(run_cli(["render", "pretrain", *CFG], env), 2,
                           f"SIMSIAM_JOB_CONFIG names {tmp_path / 'my-settings.yaml'}, which does not exist")
-    run_cli(["render", "pretrain", *CFG], {**user_env, "SIMSIAM_JOB_CONFIG": "/dev/null"}, check=True)  # no settings
+    # SIMSIAM_JOB_CONFIG=/dev/null: no settings
+    run_cli(["render", "pretrain", *CFG], {**user_env, "SIMSIAM_JOB_CONFIG": "/dev/null"}, check=True)
 
 
 def test_shm_is_never_larger_than_the_memory_limit(user_env):
     def shm_and_memory(*args):
-        docs = list(yaml.safe_load_all(run_cli(["render", "pretrain", *CFG, *K8S, *args], user_env, check=True).stdout))
+        docs = list(yaml.safe_load_all(
+            run_cli(["render", "pretrain", *CFG, *K8S, *args], user_env, check=True).stdout))
         pod = next(d for d in docs if d["kind"] == "Job")["spec"]["template"]["spec"]
         volume = next(v for v in pod["volumes"] if v["name"] == "dshm")
         return volume["emptyDir"]["sizeLimit"], pod["containers"][0]["resources"]["limits"]["memory"]

@@ -51,6 +51,7 @@ def test_a_pretrain_config_with_an_eval_split_reads_it_from_the_data_location():
     spec = build_spec(Request(phase="pretrain", backend="local", gpus=0, config=config, name="knn"))
     argv = trainer_args(spec, config_path="c.yaml", data_dir="/data/fmnist", output_dir="/out")
     assert 'DataLoader.Eval.dataset.root="/data/fmnist/val"' in argv
-    spec = build_spec(Request(phase="pretrain", backend="local", gpus=0, config=str(CPU_CONFIG), name="plain"))
+    spec = build_spec(Request(phase="pretrain", backend="local", gpus=0, config=str(CPU_CONFIG),
+                              name="plain"))
     argv = trainer_args(spec, config_path="c.yaml", data_dir="/data/fmnist", output_dir="/out")
     assert not any(a.startswith("DataLoader.Eval") for a in argv)

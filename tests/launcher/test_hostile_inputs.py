@@ -159,7 +159,8 @@ CASES = [
     (["--env", "NAME"], {}, 2, "malformed --env"),
     (["--env", "PATH WITH SPACE=1"], {}, 2, "malformed --env"),
     # Names the launcher, paddle's launcher or the cluster set for every trainer process.
-    (["--env", "SIMSIAM_JOB_ID=/home/other/runs/their-run"], {}, 2, "--env SIMSIAM_JOB_ID: SIMSIAM_JOB_ID is set by"),
+    (["--env", "SIMSIAM_JOB_ID=/home/other/runs/their-run"], {}, 2,
+     "--env SIMSIAM_JOB_ID: SIMSIAM_JOB_ID is set by"),
     (["--env", "SIMSIAM_JOB_RUN_DIR=/tmp"], {}, 2, "--env SIMSIAM_JOB_RUN_DIR"),
     (["--env", "PATH=/usr/bin"], {}, 2, "--env PATH"),
     (["--env", "PADDLE_NNODES=4"], {}, 2, "--env PADDLE_NNODES"),
@@ -224,7 +225,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("command", ["render", "dry-run"])
-@pytest.mark.parametrize("args, env, code, message", CASES, ids=[" ".join(c[0]).replace(CROP, "CROP")[:60] + str(c[1]) for c in CASES])
+@pytest.mark.parametrize("args, env, code, message", CASES,
+                         ids=[" ".join(c[0]).replace(CROP, "CROP")[:60] + str(c[1]) for c in CASES])
 def test_flag_and_option_mistakes(user_env, command, args, env, code, message):
     head = ["render", "pretrain"] if command == "render" else ["submit", "pretrain", "--dry-run", "client"]
     proc = run_cli([*head, *CFG, *args], {**user_env, **env}, timeout=TIMEOUT)
@@ -286,8 +288,8 @@ def test_simsiam_train_mistakes(args, message):
 
 
 # Legitimate values with characters that mean something to YAML, shells or templates: carried as typed.
-ODD_VALUES = ["it's \"quoted\"", "$(id) `id` ${HOME}", "{{ x }} {% y %}", "a: b # c", "line\twith tab", "☃ 雪",
-              "$(POD_IP) $$ $(NOPE) $", "$$(SIMSIAM_JOB_NAME)"]
+ODD_VALUES = ["it's \"quoted\"", "$(id) `id` ${HOME}", "{{ x }} {% y %}", "a: b # c", "line\twith tab",
+              "☃ 雪", "$(POD_IP) $$ $(NOPE) $", "$$(SIMSIAM_JOB_NAME)"]
 
 
 def kubelet_expansion(value: str, defined: dict) -> str:
@@ -426,11 +428,13 @@ RESUME_REFUSALS = {
                                           (d / "command.json").symlink_to("/etc/hosts")),
                                "command.json is not a regular file"),
     "command.json not JSON": (lambda d: not_json(d / "command.json"), "command.json is not JSON"),
-    "command.json wrongly shaped": (lambda d: (d / "command.json").write_text('{"argv": "rm -rf ~", "env": {}}'),
-                                    "is not the command submit recorded"),
+    "command.json wrongly shaped": (
+        lambda d: (d / "command.json").write_text('{"argv": "rm -rf ~", "env": {}}'),
+        "is not the command submit recorded"),
     "spec.json not JSON": (lambda d: not_json(d / "spec.json"), "spec.json is not the record submit wrote"),
     "spec.json with bad options": (
-        lambda d: (d / "spec.json").write_text(json.dumps({"attempt": 1, "options": {"group_restarts": "many"}})),
+        lambda d: (d / "spec.json").write_text(
+            json.dumps({"attempt": 1, "options": {"group_restarts": "many"}})),
         "spec.json: bad options"),
 }
 
@@ -530,8 +534,9 @@ def simsiam_train(args, *, as_user_without_privileges=False):
         if shutil.which("setpriv") is None:
             unavailable("setpriv (util-linux) is needed to drop root's file-access capabilities")
         prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
-    return subprocess.run([*prefix, sys.executable, "-m", "trainer.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=120, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run([*prefix, sys.executable, "-m", "trainer.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def locked_folder(path: Path) -> Path:
@@ -544,7 +549,8 @@ def locked_folder(path: Path) -> Path:
     (lambda train: symlink_loop(train / "loop"), "train/loop: Too many levels of symbolic links"),
     (lambda train: symlink_loop(train / "shirt" / "0.png"), "shirt/0.png: Too many levels of symbolic links"),
     (lambda train: locked_folder(train / "trouser"), "train/trouser: Permission denied"),
-], ids=["a class folder that is a symlink loop", "an image that is a symlink loop", "an unreadable class folder"])
+], ids=["a class folder that is a symlink loop", "an image that is a symlink loop",
+        "an unreadable class folder"])
 def test_dataset_that_cannot_be_scanned(tmp_path, make, message):
     train = tmp_path / "data" / "train"
     (train / "shirt").mkdir(parents=True)
@@ -562,10 +568,13 @@ def test_batches_this_machine_cannot_hold(user_env, tmp_path):
     """Refused at render only beyond the largest machine; at start, beyond the one the trainer is on."""
     from trainer.config import machine_memory
 
-    per_pixel = 32 * 2 * (3 + 16 * 4)   # batch 32 x 2 views: uint8 pixels + the width-16 stem's float32 output
+    # batch 32 x 2 views: uint8 pixels + the width-16 stem's float32 output
+    per_pixel = 32 * 2 * (3 + 16 * 4)
     side = math.ceil(math.sqrt(2 * machine_memory() / per_pixel))
-    assert run_cli(["render", "pretrain", *CFG, "-o", f"{CROP}={side}"], user_env, timeout=TIMEOUT).returncode == 0
-    proc = simsiam_train(["-c", CPU_CONFIG, "-o", f"{CROP}={side}", "-o", f"Global.output_dir={tmp_path / 'out'}"])
+    assert run_cli(["render", "pretrain", *CFG, "-o", f"{CROP}={side}"], user_env,
+                   timeout=TIMEOUT).returncode == 0
+    proc = simsiam_train(["-c", CPU_CONFIG, "-o", f"{CROP}={side}",
+                          "-o", f"Global.output_dir={tmp_path / 'out'}"])
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "this machine has" in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()
@@ -574,7 +583,8 @@ def test_batches_this_machine_cannot_hold(user_env, tmp_path):
 def test_converter_refuses_a_checkpoint_with_objects_in_one_line_of_its_own(tmp_path):
     checkpoint, out = tmp_path / "model_best.pth.tar", tmp_path / "probe.pdparams"
     subprocess.run([sys.executable, "-c", "import argparse, sys, torch; torch.save({'state_dict': {}, "
-                    "'args': argparse.Namespace(arch='resnet50')}, sys.argv[1])", str(checkpoint)], check=True)
+                    "'args': argparse.Namespace(arch='resnet50')}, sys.argv[1])", str(checkpoint)],
+                   check=True)
     proc = simsiam_train(["convert", "torch-lincls", checkpoint, out])
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr

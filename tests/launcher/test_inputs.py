@@ -44,7 +44,8 @@ def read_lines_until(stream, predicate, timeout):
     return lines
 
 
-def test_run_made_elsewhere_is_found_by_its_jobref_and_ctrl_c_leaves_it_running(user_env, tmp_path, data, request):
+def test_run_made_elsewhere_is_found_by_its_jobref_and_ctrl_c_leaves_it_running(
+        user_env, tmp_path, data, request):
     runs = tmp_path / "elsewhere"
     ref = "local://far"
     proc = subprocess.Popen(
@@ -66,7 +67,7 @@ def test_run_made_elsewhere_is_found_by_its_jobref_and_ctrl_c_leaves_it_running(
         f"simsiam-job logs -f {ref}   |   simsiam-job cancel {ref}"]
     # Without a terminal, --wait writes plain lines, and a line only when it differs from the last.
     assert not any("\r" in line or "\033" in line for line in waited)
-    assert all(a != b for a, b in zip(waited, waited[1:])), waited
+    assert all(a != b for a, b in zip(waited, waited[1:], strict=False)), waited
 
     # No --set runs_dir below: the reference alone finds the run.
     assert job_status(ref, user_env)["state"] == "RUNNING"

@@ -107,7 +107,8 @@ def test_cancel_mid_run_checkpoints_and_reports_cancelled(home):
 
 def test_a_vanished_run_is_reported_not_guessed(home):
     env, data = home
-    ref, _ = submit(env, data, "pretrain", "-c", CPU_CONFIG, "--name", "gone", *TINY, "-o", "Global.epochs=500")
+    ref, _ = submit(env, data, "pretrain", "-c", CPU_CONFIG, "--name", "gone", *TINY,
+                    "-o", "Global.epochs=500")
     st, _ = wait_for(ref, env, lambda s: s["state"] == "RUNNING")
     for pid in _run_processes(st) + [int(Path(st["detail"]["run_dir"], "pid").read_text())]:
         try:
@@ -154,7 +155,8 @@ def test_quickstart_pretrains_probes_three_encoders_and_prints_the_table(home, t
     rows = {line.split("  ")[1].strip(): line for line in table[-4:-1]}
     curves = Path(table[-1].split(": ", 1)[1])
     assert table[-1].startswith("Training curves") and curves.name == "curves.svg" and curves.is_file()
-    assert set(rows) == {"SimSiam encoder (pretrained)", "random-init encoder", "raw pixels (logistic regression)"}
+    assert set(rows) == {"SimSiam encoder (pretrained)", "random-init encoder",
+                         "raw pixels (logistic regression)"}
     for line in rows.values():
         assert 0.0 <= float(line.split("%")[0].split()[-1]) <= 100.0
     assert "epoch 1/1" in proc.stderr  # progress was shown

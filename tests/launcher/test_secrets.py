@@ -74,7 +74,8 @@ def test_kubernetes_pods_keep_paddles_environment_dumps_private(tmp_path, shared
     assert HIDDEN not in proc.stdout
     pod = next(d for d in yaml.safe_load_all(proc.stdout) if d["kind"] == "Job")["spec"]["template"]["spec"]
     (trainer,) = pod["containers"]
-    assert {"name": "API_TOKEN", "valueFrom": {"secretKeyRef": {"name": "api", "key": "token"}}} in trainer["env"]
+    assert ({"name": "API_TOKEN", "valueFrom": {"secretKeyRef": {"name": "api", "key": "token"}}}
+            in trainer["env"])
     claim = shared_dir / "output"
     claim.mkdir()
     claim.chmod(0o777)  # many claims are writable by any uid
@@ -109,7 +110,8 @@ def test_slurm_script_reads_the_secret_file_when_the_job_starts(user_env, secret
     assert HIDDEN not in script
     assert f"API_TOKEN=\"$(cat {secret_file})\"\nexport API_TOKEN\n" in script
     # What those two lines do on the node, run by bash under the script's own options.
-    lines = "set -euo pipefail\n" + script[script.index("API_TOKEN="):].split("\n\n")[0] + '\nprintf %s "$API_TOKEN"'
+    lines = ("set -euo pipefail\n" + script[script.index("API_TOKEN="):].split("\n\n")[0]
+             + '\nprintf %s "$API_TOKEN"')
     assert subprocess.run(["bash", "-c", lines], capture_output=True, text=True).stdout == HIDDEN
 
 
@@ -139,7 +141,8 @@ def test_a_secret_file_others_can_read_is_refused(user_env, secret_file, backend
      "SECRET/KEY"),
 ])
 def test_bad_env_secrets_are_one_line(user_env, args, said):
-    proc = run_cli(["render", "pretrain", "--gpus", "0", *args], {**user_env, "SIMSIAM_JOB_CONFIG": "/dev/null"})
+    proc = run_cli(["render", "pretrain", "--gpus", "0", *args],
+                   {**user_env, "SIMSIAM_JOB_CONFIG": "/dev/null"})
     assert_one_line_error(proc, 2, said)
 
 
@@ -207,6 +210,7 @@ def test_a_secret_file_gone_when_the_run_starts_fails_the_run_with_one_line(tmp_
         signal.signal(signal.SIGTERM, before)
     assert json.loads((run_dir / "exit.json").read_text())["exit_code"] == 2
     said = (run_dir / "logs" / "launch.log").read_text()
-    assert said.startswith(f"simsiam-job: error: --env-secret API_TOKEN: cannot read {tmp_path / 'gone'}: "), said
+    assert said.startswith("simsiam-job: error: --env-secret API_TOKEN: "
+                           f"cannot read {tmp_path / 'gone'}: "), said
     assert "Traceback" not in said
     assert not marker.exists()

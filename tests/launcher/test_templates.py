@@ -33,7 +33,8 @@ def test_sh_filter_gives_bash_the_exact_word(value):
 
 def test_sh_filter_quotes_each_item_of_a_list():
     words = ["simsiam-train", "-o", "Global.note=$(id) {{ x }}", "two words"]
-    out = subprocess.run(["bash", "-c", "printf '%s\\n' " + to_sh(words)], capture_output=True, text=True).stdout
+    out = subprocess.run(["bash", "-c", "printf '%s\\n' " + to_sh(words)], capture_output=True,
+                         text=True).stdout
     assert out.splitlines() == words
 
 

@@ -20,7 +20,8 @@ rank = int(dist.get_rank())
 section = {"dataset": {"name": "ImageFolder", "root": root,
                        "transform": [{"ToTensor": None},
                                      {"Normalize": {"mean": [0.5] * 3, "std": [0.25] * 3}}]},
-           "sampler": {"name": "DistributedBatchSampler", "batch_size": 4, "drop_last": False, "shuffle": False}}
+           "sampler": {"name": "DistributedBatchSampler", "batch_size": 4, "drop_last": False,
+                       "shuffle": False}}
 loader = build_eval_loader(section, rank=rank, world_size=world)
 model = build_model({"name": "pixels_linearprobe", "class_num": 10})
 model.set_state_dict(paddle.load(weights_path))

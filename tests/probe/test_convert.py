@@ -25,7 +25,8 @@ def randomize_torch(torch, model, seed=0):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * (0.05 if p.ndim > 1 else 0.5) + (1.0 if name.endswith("bn1.weight") else 0.0))
+            p.copy_(torch.randn(p.shape, generator=gen) * (0.05 if p.ndim > 1 else 0.5)
+                    + (1.0 if name.endswith("bn1.weight") else 0.0))
         for m in model.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)

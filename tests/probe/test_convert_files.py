@@ -36,11 +36,13 @@ def test_converted_files_are_readable_by_others(torch, tmp_path):
     import torchvision
 
     classifier = torchvision.models.resnet18(num_classes=10)
-    torch.save({"arch": "resnet18", "state_dict": {f"module.{k}": v for k, v in classifier.state_dict().items()}},
+    torch.save({"arch": "resnet18",
+                "state_dict": {f"module.{k}": v for k, v in classifier.state_dict().items()}},
                tmp_path / "lincls.pth.tar")
     convert("torch-lincls", tmp_path / "lincls.pth.tar", tmp_path / "out" / "probe.pdparams")
     assert mode(tmp_path / "out" / "probe.pdparams") == 0o644
-    assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")] == []   # no temporaries left
+    # no temporaries left
+    assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")] == []
 
 
 @pytest.mark.parametrize("output, message", [("out-is-a-dir", "Is a directory"),

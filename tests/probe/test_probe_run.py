@@ -48,7 +48,8 @@ def simsiam_train(*args, cwd):
 
 
 def overrides(data, out, *extra):
-    items = [f"DataLoader.Train.dataset.root={data / 'train'}", f"DataLoader.Eval.dataset.root={data / 'val'}",
+    items = [f"DataLoader.Train.dataset.root={data / 'train'}",
+             f"DataLoader.Eval.dataset.root={data / 'val'}",
              "DataLoader.Train.sampler.batch_size=16", "DataLoader.Eval.sampler.batch_size=10",
              "Global.epochs=2", "Global.eval_interval=1", "Global.print_batch_step=2",
              f"Global.output_dir={out}", *extra]
@@ -59,7 +60,8 @@ def overrides(data, out, *extra):
 def test_probe_trains_from_a_checkpoint_and_evaluates_exactly(data, pretrain_checkpoint, tmp_path):
     path, encoder = pretrain_checkpoint
     out = tmp_path / "probe"
-    run = simsiam_train("-c", str(CONFIG), *overrides(data, out, f"Global.pretrained_model={path}"), cwd=tmp_path)
+    run = simsiam_train("-c", str(CONFIG), *overrides(data, out, f"Global.pretrained_model={path}"),
+                        cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "epoch 2/2  step 4/4" in run.stdout and "img/s" in run.stdout and "ETA" in run.stdout
 
@@ -91,8 +93,9 @@ def test_probe_trains_from_a_checkpoint_and_evaluates_exactly(data, pretrain_che
 
 def test_probe_refuses_weights_that_do_not_fit(data, tmp_path):
     paddle.save(paddle.vision.models.resnet18().state_dict(), str(tmp_path / "r18.pdparams"))
-    run = simsiam_train("-c", str(CONFIG), *overrides(data, tmp_path / "out",
-                                                      f"Global.pretrained_model={tmp_path / 'r18'}"), cwd=tmp_path)
+    run = simsiam_train("-c", str(CONFIG),
+                        *overrides(data, tmp_path / "out", f"Global.pretrained_model={tmp_path / 'r18'}"),
+                        cwd=tmp_path)
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert lines[-1].startswith("simsiam-train: error: Global.pretrained_model:")

@@ -18,8 +18,8 @@ def test_list_and_status_read_the_attempt_from_the_comment():
     rows = parse_list(squeue, now)
     assert [(r.ref.id, r.phase, r.attempt) for r in rows] == [("41", "pretrain", 1), ("42", "pretrain", 2)]
     # scontrol's one-line form, where a comment may carry spaces
-    job = parse_job("42", "", "JobId=42 JobName=pt Comment=simsiam-job:pretrain :attempt-2 JobState=COMPLETED "
-                              "Restarts=0 WorkDir=/jobs/pt")
+    job = parse_job("42", "", "JobId=42 JobName=pt Comment=simsiam-job:pretrain :attempt-2 "
+                              "JobState=COMPLETED Restarts=0 WorkDir=/jobs/pt")
     assert job.comment == "simsiam-job:pretrain :attempt-2" and job.state == "COMPLETED"
 
 

@@ -32,7 +32,8 @@ def overlay_venv(tmp_path, name, scripts: dict[str, str]):
     """A Python environment for the nodes: this venv, plus ``scripts`` (name -> text) first on PATH."""
     venv = tmp_path / name
     (venv / "bin").mkdir(parents=True)
-    (venv / "bin" / "activate").write_text(f"source {sys.prefix}/bin/activate\nexport PATH={venv}/bin:$PATH\n")
+    (venv / "bin" / "activate").write_text(f"source {sys.prefix}/bin/activate\n"
+                                           f"export PATH={venv}/bin:$PATH\n")
     for script, text in scripts.items():
         (venv / "bin" / script).write_text(text)
         (venv / "bin" / script).chmod(0o755)
@@ -70,26 +71,30 @@ def test_two_node_pretrain_succeeds_on_both_nodes_and_feeds_a_probe(tmp_path, us
     follow = subprocess.Popen([str(BIN / "simsiam-job"), "logs", "-f", "--all", ref], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     final, seen = wait_for(ref, env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED")
-    assert "RUNNING" in seen and seen[-1] == "SUCCEEDED" and "PENDING" not in seen[seen.index("RUNNING"):], seen
+    assert ("RUNNING" in seen and seen[-1] == "SUCCEEDED"
+            and "PENDING" not in seen[seen.index("RUNNING"):]), seen
     assert [(n["rank"], n["host"]) for n in final["nodes"]] == [(0, "node1"), (1, "node2")]
 
     # Each rank logged from its own node, into a file named by rank and node.
     job_dir = tmp_path / "jobs" / "two-nodes"
-    assert sorted(p.name for p in (job_dir / "logs").glob("rank*.log")) == ["rank0-node1.log", "rank1-node2.log"]
+    assert sorted(p.name for p in (job_dir / "logs").glob("rank*.log")) == [
+        "rank0-node1.log", "rank1-node2.log"]
     rank1 = run_cli(["logs", "--rank", "1", ref], env, check=True).stdout
     assert "simsiam-job: rank 1 on node2" in rank1 and "rank 0 on" not in rank1
     rank0 = rank0_log(ref, env)
     assert "simsiam-job: rank 0 on node1" in rank0 and "epoch 2/2  step 4/4" in rank0
     followed, _ = follow.communicate(timeout=60)      # -f ends by itself once the job has ended
     assert follow.returncode == 0
-    assert "[rank 0] simsiam-job: rank 0 on node1" in followed and "[rank 1] simsiam-job: rank 1 on node2" in followed
+    assert ("[rank 0] simsiam-job: rank 0 on node1" in followed
+            and "[rank 1] simsiam-job: rank 1 on node2" in followed)
 
     # The trainer got the paths verbatim, trained as one 2-process job and exported the encoder.
     out = out_root / "two-nodes"
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["DataLoader"]["Train"]["dataset"]["root"] == f"{data}/train"
     assert config["Global"]["output_dir"] == str(out)
-    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"step"' in line]
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+             if '"step"' in line]
     assert [s["global_step"] for s in steps] == list(range(1, 9))   # 64 images, 8 per rank, 2 ranks, 2 epochs
     assert (out / "encoder.pdparams").is_file()
     assert not list(tmp_path.rglob("pwned"))
@@ -100,9 +105,11 @@ def test_two_node_pretrain_succeeds_on_both_nodes_and_feeds_a_probe(tmp_path, us
     assert run_cli(["status", ref], env, check=True).stdout.startswith(f"{ref}  SUCCEEDED")
 
     # The linear probe finds the encoder through the pretrain job's reference.
-    probe = run_cli(["submit", "linear-probe", "--from", ref, "--nodes", "2", "--gpus", "0", "--name", "probe",
+    probe = run_cli(["submit", "linear-probe", "--from", ref, "--nodes", "2", "--gpus", "0",
+                     "--name", "probe",
                      "-c", REPO / "trainer/configs/simsiam_cifar_resnet18_fmnist_lp_cpu.yaml",
-                     "-o", "Model.width=4", "-o", "Global.epochs=1", "-o", "DataLoader.Train.sampler.batch_size=8",
+                     "-o", "Model.width=4", "-o", "Global.epochs=1",
+                     "-o", "DataLoader.Train.sampler.batch_size=8",
                      "--data", data, "--output", out_root], user_env, check=True).stdout.strip()
     wait_for(probe, user_env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED")
     evaluated = json.loads((out_root / "probe" / "eval.json").read_text())
@@ -133,8 +140,8 @@ def test_cancel_mid_run_checkpoints_on_term(tmp_path, user_env, fmnist):
     # status of a running job: the trainer's own progress record (64 images, 8 per rank, 2 ranks:
     # 4 steps per epoch), read from the shared filesystem, and where the output lives.
     shown = run_cli(["status", ref], user_env, check=True).stdout
-    assert re.search(r"\n  progress: epoch \d+/300  step [1-4]/4  loss -?\d+\.\d{4}  [\d.]+ img/s  ETA (\d+h\d\dm|\d+m\d\ds)\n",
-                     shown), shown
+    assert re.search(r"\n  progress: epoch \d+/300  step [1-4]/4  loss -?\d+\.\d{4}  "
+                     r"[\d.]+ img/s  ETA (\d+h\d\dm|\d+m\d\ds)\n", shown), shown
     assert f"\n  output: {tmp_path / 'jobs' / 'cancel-me' / 'output'}\n" in shown
     said = run_cli(["cancel", ref], user_env, check=True).stdout
     assert said.startswith(f"cancelled {ref}") and "stopped after TERM" in said, said
@@ -197,10 +204,11 @@ def test_requeue_mid_run_resumes_from_the_checkpoint(tmp_path, user_env, fmnist)
 def test_bad_input_never_reaches_sbatch(tmp_path, user_env):
     before = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i"], env=user_env,
                             capture_output=True, text=True, check=True).stdout.split()
-    bad_config = run_cli(["submit", "pretrain", "--name", "bad-config", *TINY, "-o", "Optimizer.momentun=0.9"],
-                         user_env)
+    bad_config = run_cli(["submit", "pretrain", "--name", "bad-config", *TINY,
+                          "-o", "Optimizer.momentun=0.9"], user_env)
     assert_one_line_error(bad_config, 2, "momentum")
-    bad_option = run_cli(["submit", "pretrain", "--name", "bad-option", *TINY, "--set", "time=forever"], user_env)
+    bad_option = run_cli(["submit", "pretrain", "--name", "bad-option", *TINY, "--set", "time=forever"],
+                         user_env)
     assert_one_line_error(bad_option, 2, "time")
     after = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i"], env=user_env,
                            capture_output=True, text=True, check=True).stdout.split()
@@ -209,7 +217,8 @@ def test_bad_input_never_reaches_sbatch(tmp_path, user_env):
 
 
 def test_slurm_refusing_a_job_is_one_line_and_leaves_no_job_directory(tmp_path, user_env):
-    proc = run_cli(["submit", "pretrain", "--name", "no-partition", *TINY, "--set", "partition=nope"], user_env)
+    proc = run_cli(["submit", "pretrain", "--name", "no-partition", *TINY, "--set", "partition=nope"],
+                   user_env)
     assert_one_line_error(proc, 1, "sbatch: Batch job submission failed: Invalid partition name specified")
     assert not (tmp_path / "jobs" / "no-partition").exists()
 
@@ -246,7 +255,8 @@ def test_hostile_values_reach_the_nodes_unchanged(tmp_path, user_env):
         assert port.isdigit() and (not node1_ip or master_host == node1_ip[0])
         overrides = [argv[i + 1] for i, a in enumerate(argv) if a == "-o"]
         assert f"DataLoader.Train.dataset.root={json.dumps(data + '/train')}" in overrides
-    assert got[0]["argv"][got[0]["argv"].index("--master") + 1] == got[1]["argv"][got[1]["argv"].index("--master") + 1]
+    assert (got[0]["argv"][got[0]["argv"].index("--master") + 1]
+            == got[1]["argv"][got[1]["argv"].index("--master") + 1])
     assert not list(tmp_path.rglob("pwned"))
 
 
@@ -256,7 +266,8 @@ def test_server_dry_run_asks_slurm_and_queues_nothing(tmp_path, user_env):
                               capture_output=True, text=True, check=True).stdout.split()
 
     before = queued()
-    ok = run_cli(["submit", "pretrain", "--nodes", "2", "--name", "dry", *TINY, "--dry-run", "server"], user_env)
+    ok = run_cli(["submit", "pretrain", "--nodes", "2", "--name", "dry", *TINY, "--dry-run", "server"],
+                 user_env)
     assert ok.returncode == 0 and ok.stdout.strip() == "slurm://dry-run", ok.stderr
     refused = run_cli(["submit", "pretrain", "--name", "dry", *TINY, "--dry-run", "server",
                        "--set", "partition=nope"], user_env)

@@ -94,7 +94,8 @@ def test_progress_comes_from_metrics_else_from_rank_0s_log(tmp_path):
     output.mkdir()
     (job_dir / "logs" / "rank0-node1.log").write_text(
         "simsiam-job: rank 0 on node1\n" + contract.progress_line(record(2)) + "\nepoch 1/2  step 2/4\n")
-    (output / contract.METRICS).write_text(json.dumps(record(3)) + "\n" + json.dumps({"type": "epoch"}) + "\n")
+    (output / contract.METRICS).write_text(json.dumps(record(3)) + "\n"
+                                           + json.dumps({"type": "epoch"}) + "\n")
     job = SlurmJob("5", "RUNNING", "None", "node[1-2]", str(job_dir), "demo", "simsiam-job:pretrain")
     backend = SlurmBackend()
     assert backend._progress(job, str(output)) == record(3)

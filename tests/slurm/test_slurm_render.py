@@ -113,8 +113,8 @@ def test_cpu_job_runs_processes_instead_of_devices(tmp_path):
 def test_containers(tmp_path):
     _, pyxis = render(tmp_path, **SHAPES["pyxis"])
     job = f"{tmp_path}/jobs/demo"
-    assert f"--container-image=nvcr.io/team/simsiam:1.0 --container-mounts={job},/data/fmnist,/scratch,/datasets" \
-        in pyxis.text
+    assert ("--container-image=nvcr.io/team/simsiam:1.0 "
+            f"--container-mounts={job},/data/fmnist,/scratch,/datasets" in pyxis.text)
     _, apptainer = render(tmp_path, **SHAPES["apptainer"])
     body = run_node_body(apptainer.text)
     assert f"exec apptainer exec \\\n    --nv \\\n    --bind {job},/data/fmnist /images/simsiam.sif" in body
@@ -138,7 +138,8 @@ def test_hostile_values_reach_the_command_unchanged(tmp_path):
     (stub / "python").write_text(textwrap.dedent(f"""\
         #!{sys.executable}
         import json, os, sys
-        json.dump({{"argv": sys.argv[1:], "weird": os.environ.get("WEIRD"), "multi": os.environ.get("MULTI")}},
+        json.dump({{"argv": sys.argv[1:], "weird": os.environ.get("WEIRD"),
+                    "multi": os.environ.get("MULTI")}},
                   open(os.environ["ARGV_FILE"], "w"))
         """))
     (stub / "python").chmod(0o755)

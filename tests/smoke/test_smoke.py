@@ -50,7 +50,8 @@ def test_two_processes_pass_and_report_every_figure_per_rank_and_in_total(user_e
         assert_sane_rank_figures(rank)
     total = report["total"]
     assert total["ranks"] == 2 and total["nodes"] == 1
-    assert total["images_per_sec"] == pytest.approx(sum(r["images_per_sec"] for r in report["ranks"]), abs=0.02)
+    assert total["images_per_sec"] == pytest.approx(sum(r["images_per_sec"] for r in report["ranks"]),
+                                                    abs=0.02)
     assert total["bus_bandwidth_mbps"] == min(r["bus_bandwidth_mbps"] for r in report["ranks"])
     # The shipped CPU smoke config, chosen because --gpus 0, with its small model.
     assert report["model"] == "simsiam_cifar_resnet18_pretrain" and report["image_size"] == 32
@@ -129,8 +130,8 @@ def test_amp_that_does_not_take_effect_fails_instead_of_passing_silently(tmp_pat
 
 
 def test_a_kubernetes_smoke_job_is_labelled_with_its_phase_and_runs_the_smoke_task(user_env):
-    proc = run_cli(["render", "smoke", "--backend", "kubernetes", "--nodes", "2", "--gpus", "8", "--name", "smk"],
-                   user_env, check=True)
+    proc = run_cli(["render", "smoke", "--backend", "kubernetes", "--nodes", "2", "--gpus", "8",
+                    "--name", "smk"], user_env, check=True)
     objects = [o for o in yaml.safe_load_all(proc.stdout) if o]
     assert {o["metadata"]["labels"]["simsiam-job/phase"] for o in objects} == {"smoke"}
     config = next(o for o in objects if o["kind"] == "ConfigMap")["data"]["config.yaml"]

@@ -12,9 +12,10 @@ MODEL = "simsiam_resnet50_pretrain"
 
 
 def gpu_rank(rank: int, **changes) -> dict:
-    record = {"rank": rank, "host": f"gpu-node-{rank // 8}", "device": f"gpu:{rank % 8}", "images_per_sec": 410.0,
-              "amp_level": "O1", "compute_dtype": "float16", "bn_synchronized": True,
-              "allreduce_bytes": 152_000_000, "allreduce_seconds": 0.01, "bus_bandwidth_mbps": 150000.0 + rank,
+    record = {"rank": rank, "host": f"gpu-node-{rank // 8}", "device": f"gpu:{rank % 8}",
+              "images_per_sec": 410.0, "amp_level": "O1", "compute_dtype": "float16",
+              "bn_synchronized": True, "allreduce_bytes": 152_000_000, "allreduce_seconds": 0.01,
+              "bus_bandwidth_mbps": 150000.0 + rank,
               "loss_first": -0.01, "loss_last": -0.6, "loss_finite": True, "first_bad_step": None,
               "loss_fell": True, "peak_memory_mb": 9000.0, "peak_memory_kind": "device"}
     return {**record, **changes}

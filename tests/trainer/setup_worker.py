@@ -21,7 +21,8 @@ if __name__ == "__main__":
     from trainer.engine.loop import Engine
     from trainer.engine.pretrain import Pretraining
 
-    real_set_device, real_init, compiled_with_cuda = paddle.set_device, dist.init, paddle.is_compiled_with_cuda
+    real_set_device, real_init, compiled_with_cuda = (paddle.set_device, dist.init,
+                                                      paddle.is_compiled_with_cuda)
     local_rank = os.environ["PADDLE_LOCAL_RANK"]
     paddle.set_device = lambda name: real_set_device("cpu")
     paddle.device.get_device = lambda: f"gpu:{local_rank}"

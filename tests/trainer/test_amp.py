@@ -43,7 +43,8 @@ def test_encoder_export_is_float32_and_loads_into_the_probe(tmp_path):
     assert {str(v.dtype) for v in exported.values()} == {"paddle.float32"}
     probe = tiny_probe()
     weights.load_into(probe, tmp_path / "encoder.pdparams")
-    np.testing.assert_array_equal(probe.conv1.weight.numpy(), net.encoder.conv1.weight.astype("float32").numpy())
+    np.testing.assert_array_equal(probe.conv1.weight.numpy(),
+                                  net.encoder.conv1.weight.astype("float32").numpy())
 
     # a checkpoint of the O2 run (float16 model state) loads into the probe too
     path = ckpt.save_checkpoint(tmp_path / "checkpoints", {"model": net.state_dict(), "optimizer": {},

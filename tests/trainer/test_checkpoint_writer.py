@@ -47,7 +47,8 @@ def test_the_file_holds_the_state_of_the_save_byte_for_byte(tmp_path, monkeypatc
     monkeypatch.setattr(ckpt, "save_object", lambda obj, path: (gate.wait(30), real_save(obj, path)))
 
     writer = ckpt.CheckpointWriter()
-    path = writer.save(tmp_path / "async", state(net, optimizer), {tmp_path / "async" / "weights": net.state_dict()})
+    path = writer.save(tmp_path / "async", state(net, optimizer),
+                       {tmp_path / "async" / "weights": net.state_dict()})
     before = net[0].weight.numpy().copy()
     train_step(net, optimizer)                 # training goes on while the write waits
     paddle.rand([4])
@@ -76,8 +77,8 @@ def test_writes_never_overlap_and_each_completes_in_order(tmp_path, monkeypatch)
     net, optimizer = small_model()
     writer, done = ckpt.CheckpointWriter(), []
     for global_step in (1, 2, 3):
-        writer.save(tmp_path, state(net, optimizer, global_step), {tmp_path / f"weights{global_step}": net.state_dict()},
-                    after=done.append)
+        writer.save(tmp_path, state(net, optimizer, global_step),
+                    {tmp_path / f"weights{global_step}": net.state_dict()}, after=done.append)
         train_step(net, optimizer)
     writer.wait()
     assert most == 1
@@ -99,7 +100,8 @@ def test_a_failed_write_is_raised_in_the_training_thread_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_during_a_checkpoint_write_ends_with_the_stop_checkpoint_complete(tmp_path, image_root, monkeypatch):
+def test_sigterm_during_a_checkpoint_write_ends_with_the_stop_checkpoint_complete(
+        tmp_path, image_root, monkeypatch):
     """SIGTERM arrives while the first periodic checkpoint is being written (slowly). The run must
     wait for that write, write the stop checkpoint, and only then report the stop (exit 143)."""
     from trainer.cli import run_task

@@ -32,7 +32,8 @@ def test_overrides_parse_as_yaml(tmp_path):
     cfg = load_config(shipped_config(RECIPE), [
         "Global.device=cpu", "DataLoader.Train.sampler.batch_size=2",
         "DataLoader.Train.dataset.root=/data/a:b", "Global.epochs=3",
-        "DataLoader.Train.dataset.transform.0.TwoViewsTransform.base_transform1.0.RandomResizedCrop.scale=[0.5, 1]",
+        "DataLoader.Train.dataset.transform.0.TwoViewsTransform.base_transform1.0"
+        ".RandomResizedCrop.scale=[0.5, 1]",
         "Global.checkpoint=null",
     ])
     assert cfg["Global"]["device"] == "cpu"
@@ -53,7 +54,8 @@ def test_dump_round_trips(tmp_path):
 @pytest.mark.parametrize("override,message", [
     ("Optimizer.momentun=0.9", "unknown key 'Optimizer.momentun' (did you mean 'Optimizer.momentum'?)"),
     ("DataLoader.Train.sampler.batchsize=2",
-     "unknown key 'DataLoader.Train.sampler.batchsize' (did you mean 'DataLoader.Train.sampler.batch_size'?)"),
+     "unknown key 'DataLoader.Train.sampler.batchsize' "
+     "(did you mean 'DataLoader.Train.sampler.batch_size'?)"),
     ("Gloabl.epochs=1", "unknown key 'Gloabl' (did you mean 'Global'?)"),
     ("Global.device=tpu", "bad value for 'Global.device': 'tpu' (expected one of: gpu, cpu)"),
     ("Global.epochs=0", "bad value for 'Global.epochs': 0 (expected an integer in [1, 1000000])"),
@@ -246,7 +248,8 @@ def alias_bomb(levels=9):
     ("Model: &m [1, *m]\n", "recursive alias"),
     ("Global: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
     ("Global: {seed: 2024-13-45}\n", "cannot parse"),
-    ("Global:\n  epochs: 100\n  seed: 1\n  epochs: 1\n", "key 'epochs' appears twice in one mapping (line 4)"),
+    ("Global:\n  epochs: 100\n  seed: 1\n  epochs: 1\n",
+     "key 'epochs' appears twice in one mapping (line 4)"),
     ("Global: {seed: !!python/object:os.system x}\n", "cannot parse"),
 ])
 def test_hostile_yaml_is_refused_in_one_line(tmp_path, text, message):
@@ -277,6 +280,7 @@ def test_files_beyond_the_size_limit_and_special_files_are_refused(tmp_path):
 
 
 def test_an_override_value_gets_the_same_budget():
-    laughs = "[" + ", ".join(["&x [&y [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]" + ", *y" * 30 + "]"] + ["*x"] * 200) + "]"
+    laughs = "[" + ", ".join(["&x [&y [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]" + ", *y" * 30 + "]"]
+                             + ["*x"] * 200) + "]"
     with pytest.raises(ConfigError, match="YAML aliases expand it beyond"):
         load_config(shipped_config(RECIPE), [f"Global.image_shape={laughs}"])

@@ -33,7 +33,8 @@ def launch(tmp_path, worker, args, env=None, timeout=240):
 
 def test_on_gpus_the_pretraining_set_up_synchronizes_batch_norm(tmp_path, image_root):
     """See setup_worker.py: the GPU is pretended at paddle's device boundary only."""
-    launch(tmp_path, "setup_worker.py", tiny_run_args(tmp_path / "out", image_root, "-o", "Global.device=gpu"),
+    launch(tmp_path, "setup_worker.py",
+           tiny_run_args(tmp_path / "out", image_root, "-o", "Global.device=gpu"),
            env={"RESULT_DIR": str(tmp_path)})
     plain = list(build_model({"name": "simsiam_cifar_resnet18_pretrain", "width": 4, "dim": 16,
                               "pred_dim": 8}).state_dict())
@@ -68,24 +69,28 @@ def test_ranks_resume_from_rank_0s_checkpoint_and_split_the_cpu(tmp_path, image_
     rank0, rank1 = (paddle.load(str(tmp_path / f"rank{r}.pdparams")) for r in (0, 1))
     for key in rank0:
         np.testing.assert_array_equal(rank0[key].numpy(), rank1[key].numpy(), err_msg=key)
-    steps = [json.loads(line)["global_step"] for line in (base / "rank0" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["global_step"]
+             for line in (base / "rank0" / "metrics.jsonl").read_text().splitlines()
              if '"type": "step"' in line]
     assert steps == [9, 10, 11, 12]
     assert f"resumed from {base / 'rank0' / 'checkpoints' / after_epoch_2.name}" in logs
     cores = len(os.sched_getaffinity(0))
-    assert f"2 process(es) on cpu ({max(1, cores // 2)} threads)" in (base / "rank0" / "train.log").read_text()
+    assert (f"2 process(es) on cpu ({max(1, cores // 2)} threads)"
+            in (base / "rank0" / "train.log").read_text())
 
 
 def test_a_bad_resume_checkpoint_stops_every_rank_with_one_line(tmp_path, image_root):
     """Rank 0 decides; the others must stop with its reason rather than wait for it forever."""
     logs = tmp_path / "logs"
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(logs),
-           str(Path(sys.executable).parent / "simsiam-train"), *tiny_run_args(tmp_path / "out", image_root, "-o", "DataLoader.Train.sampler.batch_size=2",
-                                                 "-o", f"Global.checkpoint={tmp_path / 'missing.pdckpt'}")]
+           str(Path(sys.executable).parent / "simsiam-train"),
+           *tiny_run_args(tmp_path / "out", image_root, "-o", "DataLoader.Train.sampler.batch_size=2",
+                          "-o", f"Global.checkpoint={tmp_path / 'missing.pdckpt'}")]
     result = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                             text=True, timeout=180)
     assert result.returncode != 0
     for rank in (0, 1):
         text = (logs / f"workerlog.{rank}").read_text()
-        assert "simsiam-train: error: Global.checkpoint: checkpoint" in text and "does not exist" in text, text[-2000:]
+        assert ("simsiam-train: error: Global.checkpoint: checkpoint" in text
+                and "does not exist" in text), text[-2000:]
         assert "Traceback" not in text

@@ -31,7 +31,8 @@ def test_pretraining_records_knn_top1_on_the_eval_split(tmp_path, image_root):
                                    "-o", "DataLoader.Eval.sampler.batch_size=8",
                                    "-o", "Global.eval_during_train=True"))
     assert result.returncode == 0, result.stderr
-    evals = [r for r in map(json.loads, (out / contract.METRICS).read_text().splitlines()) if r["type"] == "eval"]
+    evals = [r for r in map(json.loads, (out / contract.METRICS).read_text().splitlines())
+             if r["type"] == "eval"]
     assert [e["epoch"] for e in evals] == [1, 2]
     assert all(e["images"] == 16 and 0 <= e["knn_top1"] <= 1 for e in evals)
     assert "kNN monitor epoch 2: top-1" in result.stdout

@@ -68,9 +68,9 @@ def test_no_gradient_reaches_the_target_branch():
     z1, z2 = model.encoder(x1), model.encoder(x2)
     p1, p2 = model.predictor(z1), model.predictor(z2)
     no_stop = grads(-0.5 * (F.cosine_similarity(p1, z2).mean() + F.cosine_similarity(p2, z1).mean()))
-    for a, b in zip(ours, as_constants):
+    for a, b in zip(ours, as_constants, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
-    assert any(not np.allclose(a, c, rtol=1e-3, atol=1e-6) for a, c in zip(ours, no_stop))
+    assert any(not np.allclose(a, c, rtol=1e-3, atol=1e-6) for a, c in zip(ours, no_stop, strict=True))
 
 
 def test_frozen_bias_unchanged_and_others_trained():

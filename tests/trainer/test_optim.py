@@ -33,7 +33,8 @@ def test_predictor_lr_constant_while_encoder_follows_cosine(unit):
             optimizer.step()
             optimizer.clear_grad()
             t, total = (epoch, epochs) if unit == "epoch" else (epoch * steps + step, epochs * steps)
-            assert applied_lr(enc, e0, eg) == pytest.approx(0.05 * (1 + math.cos(math.pi * t / total)), rel=1e-3)
+            assert applied_lr(enc, e0, eg) == pytest.approx(0.05 * (1 + math.cos(math.pi * t / total)),
+                                                            rel=1e-3)
             assert applied_lr(pred, p0, pg) == pytest.approx(0.05, rel=1e-3)
 
 

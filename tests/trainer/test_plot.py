@@ -14,7 +14,8 @@ def _points(polyline):
 
 
 def test_each_logged_series_becomes_a_panel_with_every_point():
-    records = [{"type": "step", "global_step": s, "loss": -s / 10, "z_std": 0.06, "lr": 0.1} for s in range(1, 11)]
+    records = [{"type": "step", "global_step": s, "loss": -s / 10, "z_std": 0.06, "lr": 0.1}
+               for s in range(1, 11)]
     records.append({"type": "eval", "global_step": 10, "top1": 0.5})
     root = ElementTree.fromstring(curves_svg(records, title="run"))
     titles = [t.text for t in root.iter(f"{SVG}text") if t.get("font-weight") == "bold"]
@@ -48,13 +49,14 @@ def _labels(root, cls):
     return [t.text for t in root.iter(f"{SVG}text") if t.get("class") == cls]
 
 
-@pytest.mark.parametrize("low, high", [(-0.93, 0.012), (0.0312, 0.0627), (1e-5, 3.1e-4), (2.0, 2.0), (7.3, 1234.5)])
+@pytest.mark.parametrize("low, high", [(-0.93, 0.012), (0.0312, 0.0627), (1e-5, 3.1e-4), (2.0, 2.0),
+                                       (7.3, 1234.5)])
 def test_axes_carry_round_values_in_steps_of_1_2_or_5(low, high):
     records = [{"type": "step", "global_step": s, "loss": low + (high - low) * s / 37} for s in range(1, 38)]
     root = ElementTree.fromstring(curves_svg(records))
     for cls, data_low, data_high in (("y-tick", low, high), ("x-tick", 1, 37)):
         values = [float(label) for label in _labels(root, cls)]
-        steps = {round(b - a, 12) for a, b in zip(values, values[1:])}
+        steps = {round(b - a, 12) for a, b in zip(values, values[1:], strict=False)}
         assert len(steps) == 1 and 3 <= len(values) <= 7, (cls, values)
         step = steps.pop()
         mantissa = step / 10 ** math.floor(math.log10(step))
@@ -71,14 +73,17 @@ def test_an_epoch_axis_marks_where_each_epoch_ends():
     root = ElementTree.fromstring(curves_svg(records))
     epoch_ticks = [t for t in root.iter(f"{SVG}text") if t.get("class") == "epoch-tick"]
     assert [t.text for t in epoch_ticks] == ["1", "2", "3"]
-    x_of_step = {s: x for s, (x, _) in zip(range(1, 31), _points(root.find(f".//{SVG}polyline")))}
+    x_of_step = {s: x for s, (x, _) in zip(range(1, 31), _points(root.find(f".//{SVG}polyline")),
+                                           strict=True)}
     assert [float(t.get("x")) for t in epoch_ticks] == [x_of_step[10], x_of_step[20], x_of_step[30]]
     assert "epoch above" in next(root.iter(f"{SVG}text")).text
 
 
 def test_pretraining_draws_the_knn_curve_from_eval_records_when_present():
-    steps = [{"type": "step", "global_step": s, "loss": -s / 100, "z_std": 0.06, "lr": 0.05} for s in range(1, 101)]
-    knn = [{"type": "eval", "epoch": e, "global_step": 20 * e, "knn_top1": 0.3 + 0.05 * e} for e in range(1, 6)]
+    steps = [{"type": "step", "global_step": s, "loss": -s / 100, "z_std": 0.06, "lr": 0.05}
+             for s in range(1, 101)]
+    knn = [{"type": "eval", "epoch": e, "global_step": 20 * e, "knn_top1": 0.3 + 0.05 * e}
+           for e in range(1, 6)]
 
     def titles(records):
         root = ElementTree.fromstring(curves_svg(records))

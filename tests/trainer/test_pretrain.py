@@ -30,9 +30,11 @@ def test_tiny_run_writes_the_output_contract(tmp_path, image_root):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["type"] == "step"]
     assert [r["global_step"] for r in steps] == list(range(1, 9))     # 16 images / batch 4, 2 epochs
-    for field in ("epoch", "step", "global_step", "loss", "lr", "lr_predictor", "images_per_sec", "z_std", "time"):
+    for field in ("epoch", "step", "global_step", "loss", "lr", "lr_predictor", "images_per_sec",
+                  "z_std", "time"):
         assert all(field in r for r in steps), field
-    assert steps[0]["lr"] == pytest.approx(0.06) and steps[-1]["lr"] == pytest.approx(0.03)   # cosine, 2 epochs
+    # cosine, 2 epochs
+    assert steps[0]["lr"] == pytest.approx(0.06) and steps[-1]["lr"] == pytest.approx(0.03)
     assert {r["lr_predictor"] for r in steps} == {0.06}
     assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2]
     assert [p.name for p in ckpt.list_checkpoints(out / "checkpoints")] == [

@@ -54,7 +54,8 @@ def test_sparse_sections_read_the_defaults_the_trainer_uses():
     assert view.model.factory_arguments() == {k: v for k, v in cfg["Model"].items() if k != "name"}
     assert view.fp16 == sections.Fp16(level=cfg["FP16"]["level"], dtype=cfg["FP16"]["dtype"])
     optimizer = sections.Optimizer.of({"name": "LARS"})
-    assert (optimizer.momentum, optimizer.weight_decay, optimizer.lr, optimizer.param_groups) == (0.9, 0.0, None, ())
+    assert (optimizer.momentum, optimizer.weight_decay, optimizer.lr, optimizer.param_groups) == (
+        0.9, 0.0, None, ())
     split = sections.DataSplit.of({"dataset": {"name": "ImageFolder", "image_root": "/data"},
                                    "sampler": {"batch_size": 4}})
     assert (split.dataset.root, split.loader.num_workers, split.loader.prefetch_factor) == ("/data", 0, 2)

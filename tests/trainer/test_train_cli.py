@@ -19,7 +19,8 @@ RECIPE = str(REPO / "trainer/configs/simsiam_resnet50_pt_in1k_1n8c_dp_fp32.yaml"
       "-o", "DataLoader.Train.dataset.root=/nonexistent/train"],
      "Global.checkpoint: checkpoint /nonexistent/epoch_001_step_00000004.pdckpt does not exist"),
     # the recipe's real ResNet-50 is built before the data root is found missing
-    pytest.param(["-c", RECIPE, "-o", "Global.device=cpu", "-o", "DataLoader.Train.dataset.root=/nonexistent/train"],
+    pytest.param(["-c", RECIPE, "-o", "Global.device=cpu",
+                  "-o", "DataLoader.Train.dataset.root=/nonexistent/train"],
                  "/nonexistent/train does not exist", marks=pytest.mark.slow),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
