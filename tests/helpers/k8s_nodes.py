@@ -66,7 +66,8 @@ def signal_trainers(nodes, pod_name: str, signal_name: str) -> None:
     script = ("import os, signal\n"
               "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
               "    try:\n"
-              "        if int(pid) != os.getpid() and b'simsiam-train' in open(f'/proc/{pid}/cmdline', 'rb').read():\n"
+              "        if int(pid) != os.getpid() and "
+              "b'simsiam-train' in open(f'/proc/{pid}/cmdline', 'rb').read():\n"
               f"            os.kill(int(pid), signal.SIG{signal_name})\n"
               "    except OSError:\n"
               "        pass\n")

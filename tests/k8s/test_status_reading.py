@@ -238,7 +238,8 @@ def test_a_jobsets_restarts_in_place_come_from_rank_0s_progress_record():
     """Rank 0 counts every start (JobSet's one recreation and two restarts in place); only those
     in place are counted by it, JobSet counts its own."""
     js = jobset_obj(restarts=1, counted=0)
-    pods = [js_pod("leader", 0, "Running", "1", {"running": {}}), js_pod("worker", 0, "Running", "1", {"running": {}})]
+    pods = [js_pod("leader", 0, "Running", "1", {"running": {}}),
+            js_pod("worker", 0, "Running", "1", {"running": {}})]
     progress = progress_of('simsiam-progress {"global_step": 9, "group_restarts": 3, "counted_restarts": 2}')
     result = jobset_status(REF, js, pods, progress=progress)
     assert result.reason == "group restarted 3 times (2 counted, at most 3); preempted 1 time"
