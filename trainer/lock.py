@@ -77,14 +77,17 @@ class RunLock:
                 holder = read_json(self.path)
                 why = self._abandoned(holder)
                 if why is None:
-                    raise LockError(f"Global.output_dir {self.path.parent} is in use by {describe(holder or {})} "
+                    raise LockError(f"Global.output_dir {self.path.parent} is in use by "
+                                    f"{describe(holder or {})} "
                                     f"(lock {self.path}); use another output directory or stop that run")
                 self._remove_stale(holder)
                 if not self._create():
                     holder = read_json(self.path) or {}
-                    raise LockError(f"Global.output_dir {self.path.parent} was just taken by {describe(holder)} "
+                    raise LockError(f"Global.output_dir {self.path.parent} was just taken by "
+                                    f"{describe(holder)} "
                                     f"(lock {self.path})")
-                taken_over = (f"WARNING: took over the lock of {describe(holder)} on {self.path.parent}: {why}")
+                taken_over = (f"WARNING: took over the lock of {describe(holder)} on {self.path.parent}: "
+                              f"{why}")
         except OSError as e:
             raise ConfigError(f"cannot write to Global.output_dir {self.path.parent}: {e.strerror}") from None
         self._thread = threading.Thread(target=self._refresh, name="simsiam-lock", daemon=True)
@@ -117,7 +120,8 @@ class RunLock:
         if holder.get("job_id") and holder.get("job_id") == self.record["job_id"]:
             return f"it is an earlier start of the same job {holder.get('job') or holder['job_id']}"
         if same_machine(holder, self.record):
-            return None if pid_alive(holder.get("pid", 0)) else f"its process {holder.get('pid')} no longer exists"
+            pid = holder.get("pid", 0)
+            return None if pid_alive(pid) else f"its process {holder.get('pid')} no longer exists"
         age = time.time() - float(holder.get("time", 0))
         return f"its heartbeat is {age:.0f} s old" if age > self.stale_after else None
 
@@ -227,8 +231,9 @@ def count_start(output_dir: Path, generation: str, ranks: int) -> dict[str, int]
                             "counted": bool(decision and decision.counted)}) + "\n")
     if decision is not None and decision.action == contract.FAIL:
         raise ConfigError(decision.reason)
+    counted_so_far = sum(1 for r in this_attempt if r.get("counted"))
     return {"group_restarts": len(this_attempt),
-            "counted_restarts": sum(1 for r in this_attempt if r.get("counted")) + bool(decision and decision.counted)}
+            "counted_restarts": counted_so_far + bool(decision and decision.counted)}
 
 
 def _records(path: Path) -> list[dict]:

@@ -58,7 +58,8 @@ def local_records(directory: Path, host: str) -> list[dict]:
 def store_records(directory: Path, records: list[dict], host: str, seen: dict) -> None:
     """Write the other pods' records into this pod's folder (only those that changed)."""
     for item in records:
-        record, name, generation = item.get("record"), str(item.get("name", "")), str(item.get("generation", ""))
+        record = item.get("record")
+        name, generation = str(item.get("name", "")), str(item.get("generation", ""))
         if not isinstance(record, dict) or record.get("host") == host or not name.startswith("rank-") \
                 or "/" in name + generation or generation in ("", ".", ".."):
             continue
@@ -221,8 +222,8 @@ class Member:
         while True:
             for ip in resolve(self.host, max(0.0, deadline - time.monotonic())):
                 try:
-                    reply = ask((ip, self.port), {"op": "join", "generation": self.generation, "node": self.node,
-                                                  "pod": self.pod, "after": self.round})
+                    reply = ask((ip, self.port), {"op": "join", "generation": self.generation,
+                                                  "node": self.node, "pod": self.pod, "after": self.round})
                 except OSError as err:
                     why = f"rank 0 at {ip} cannot be reached: {err.strerror or err}"
                     continue
@@ -235,7 +236,8 @@ class Member:
                 raise TimeoutError(f"node {self.node} could not join rank 0 ({self.host}) of generation "
                                    f"{self.generation}: {why}")
             if now >= next_note:
-                say(f"rendezvous: node {self.node} waiting to join rank 0 of generation {self.generation} ({why})",
+                say(f"rendezvous: node {self.node} waiting to join rank 0 of generation "
+                    f"{self.generation} ({why})",
                     flush=True)
                 next_note = now + 15
             time.sleep(INTERVAL)
@@ -266,7 +268,8 @@ class Member:
         that cannot be reached learns it from its own watchdogs)."""
         self.stop()
         try:
-            ask(self.address, {"op": "left", "generation": self.generation, "round": self.round, "node": self.node,
-                               "pod": self.pod, "outcomes": [o.to_json() for o in outcomes]})
+            ask(self.address, {"op": "left", "generation": self.generation, "round": self.round,
+                               "node": self.node, "pod": self.pod,
+                               "outcomes": [o.to_json() for o in outcomes]})
         except OSError:
             pass

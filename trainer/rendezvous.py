@@ -188,7 +188,8 @@ def formed(outcomes_dir: Path) -> bool:
 
 
 def supervise(launch: list[str], group: Group, say=print, *, outcomes_dir: Path | None = None,
-              deadline: float | None = None, timeout: float = 0.0, rank: int | str = "this") -> int | contract.Outcome:
+              deadline: float | None = None, timeout: float = 0.0,
+              rank: int | str = "this") -> int | contract.Outcome:
     """Run the launcher; forward SIGTERM/SIGINT to it; end it at once (exit 75) when this pod's
     group is over; at ``deadline`` (time.monotonic()) without the group formed, end it and return
     the start timeout's outcome. Returns the pod's exit status otherwise."""
@@ -297,7 +298,8 @@ def _stop_waiting(signum, frame):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trainer.rendezvous", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m trainer.rendezvous",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--rank0-host", default="", help="DNS name of rank 0's pod (none: a job of one node)")
     parser.add_argument("--port", type=int, default=0, help="rendezvous port of rank 0")
     parser.add_argument("--node-rank", required=True, help="this pod's rank (the Job's completion index)")
@@ -366,7 +368,8 @@ def _meet_over_the_network(args: argparse.Namespace, rank: int, nodes: int, dead
         master = args.relay.join(deadline, resolve_all)
         args.relay.start_mirroring()
         group = Group(member=args.relay)
-    where = f", generation {args.generation}" + (f", round {args.relay.round}" if args.relay.round > 1 else "")
+    later_round = f", round {args.relay.round}" if args.relay.round > 1 else ""
+    where = f", generation {args.generation}{later_round}"
     return master, group, where
 
 

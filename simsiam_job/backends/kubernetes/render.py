@@ -100,13 +100,15 @@ def _resources(spec: JobSpec, opts, site: scheduling.Scheduling) -> tuple[dict[s
     return requests, limits
 
 
-def _trainer_env(spec: JobSpec, opts, site: scheduling.Scheduling, namespace: str, attempt: int) -> list[dict]:
+def _trainer_env(spec: JobSpec, opts, site: scheduling.Scheduling, namespace: str,
+                 attempt: int) -> list[dict]:
     """The environment of every trainer container."""
     # The kubelet expands $(NAME) in env values and reads $$ as $: each $ doubled, the container
     # gets the value as typed, as on the other backends.
     env = [{"name": k, "value": v.replace("$", "$$")} for k, v in spec.env]
-    env += [{"name": k, "valueFrom": {"secretKeyRef": dict(zip(("name", "key"), ref.split("/", 1)))}}
-            for k, ref in spec.env_secrets]
+    secret_refs = [(k, ref.partition("/")) for k, ref in spec.env_secrets]   # SECRET/KEY, checked when parsed
+    env += [{"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+            for k, (secret, _, key) in secret_refs]
     given = {k for k, _ in (*spec.env, *spec.env_secrets)}
     env += [{"name": k, "value": v.replace("$", "$$")} for k, v in site.env if k not in given]    # --env wins
     env.append({"name": "PYTHONUNBUFFERED", "value": "1"})  # logs reach `kubectl logs` at once
@@ -161,7 +163,8 @@ def _roles(spec: JobSpec, opts, env: list[dict], pod_annotations: dict, data: Vo
         attempt_env = {"name": contract.RESTART_ATTEMPT_ENV, "valueFrom": {"fieldRef": {
             "fieldPath": f"metadata.labels['{RESTART_ATTEMPT_LABEL}']"}}}
         network = dict(rank0_host=f"{spec.name}-{LEADER}-0-0.{service}", pod_ip="$(POD_IP)",
-                       generation=f"$({contract.RESTART_ATTEMPT_ENV})", heartbeats_dir=f"{job_dir}/{contract.HEARTBEATS}",
+                       generation=f"$({contract.RESTART_ATTEMPT_ENV})",
+                       heartbeats_dir=f"{job_dir}/{contract.HEARTBEATS}",
                        **common) if spec.nodes > 1 else {}
         # The leader keeps every node's outcomes on its claim, for its next start's restart decision.
         leader_outcomes = dict(outcomes_dir=f"{job_dir}/{contract.OUTCOMES}") if network else {}
@@ -304,7 +307,8 @@ def next_attempt(job: dict, config_map: dict, service: dict) -> list[dict]:
     spec = job["spec"]
     spec.pop("selector", None)          # the server derives it again, with the new Job's uid
     pod_meta = spec["template"].setdefault("metadata", {})
-    pod_meta["labels"] = {k: v for k, v in (pod_meta.get("labels") or {}).items() if k not in _SERVER_POD_LABELS}
+    pod_meta["labels"] = {k: v for k, v in (pod_meta.get("labels") or {}).items()
+                          if k not in _SERVER_POD_LABELS}
     _next(job, [spec["template"]])
     return [config_map, service, job]
 
