@@ -35,7 +35,8 @@ from helpers.paths import REPO
 pytestmark = [pytest.mark.k8s_nodes, pytest.mark.slow]
 
 # The output claim is the ReadWriteOnce one; the rest as in test_nodes.py.
-ON_JOBSET = [*[a if a != "pvc:output" else f"pvc:{RWO_CLAIM}" for a in ON_REAL_NODES], "--set", "workload=jobset"]
+ON_JOBSET = [*[a if a != "pvc:output" else f"pvc:{RWO_CLAIM}" for a in ON_REAL_NODES],
+             "--set", "workload=jobset"]
 EPOCHS = 40                  # 4 steps per epoch
 TOTAL_STEPS = 4 * EPOCHS
 JOBSET_LABEL = "jobset.sigs.k8s.io/jobset-name"
@@ -67,12 +68,13 @@ def running_pod(nodes, job, role: str) -> dict | None:
 
 
 def digests(logs: str) -> dict[int, str]:
-    return {int(m.group(1)): m.group(2) for m in re.finditer(r"\[rank (\d)\] rank-state \d ([0-9a-f]{64})", logs)}
+    return {int(m.group(1)): m.group(2)
+            for m in re.finditer(r"\[rank (\d)\] rank-state \d ([0-9a-f]{64})", logs)}
 
 
 def submit(nodes, name, *extra) -> str:
-    return run_cli(["submit", "pretrain", "--nodes", "2", "--name", name, *ON_JOBSET, *TINY, *digest_hook(nodes),
-                    *extra], nodes["env"], check=True).stdout.strip()
+    return run_cli(["submit", "pretrain", "--nodes", "2", "--name", name, *ON_JOBSET, *TINY,
+                    *digest_hook(nodes), *extra], nodes["env"], check=True).stdout.strip()
 
 
 def test_a_two_node_jobset_with_a_readwriteonce_claim_then_a_probe(nodes, name):
@@ -89,7 +91,8 @@ def test_a_two_node_jobset_with_a_readwriteonce_claim_then_a_probe(nodes, name):
     final, _ = wait_for(ref, env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED", timeout=600)
     logs = run_cli(["logs", "--all", ref], env, check=True).stdout
     leader_ip = leader["status"]["podIP"]
-    assert f"[rank 1] rendezvous: node 1, master {leader_ip}:6768 ({name}-leader-0-0.{name}), generation 0" in logs
+    assert (f"[rank 1] rendezvous: node 1, master {leader_ip}:6768 "
+            f"({name}-leader-0-0.{name}), generation 0") in logs
     steps = [r["global_step"] for r in step_records(output / name / "metrics.jsonl")]
     assert steps == list(range(1, 17))
     found = digests(logs)
@@ -108,7 +111,8 @@ def test_a_two_node_jobset_with_a_readwriteonce_claim_then_a_probe(nodes, name):
 
 
 @pytest.mark.parametrize("evictions,bound", [(1, 3), (4, 3)])
-def test_evicted_workers_restart_the_group_which_resumes_with_identical_parameters(nodes, name, evictions, bound):
+def test_evicted_workers_restart_the_group_which_resumes_with_identical_parameters(nodes, name, evictions,
+                                                                                   bound):
     env, output = nodes["env"], rwo_dir(nodes)
     ref = submit(nodes, name, "-o", f"Global.epochs={EPOCHS}", "-o", "Global.save_interval=1",
                  "--set", f"group_restarts={bound}")
@@ -121,7 +125,8 @@ def test_evicted_workers_restart_the_group_which_resumes_with_identical_paramete
             worker = running_pod(nodes, name, "worker")
         evicted_at = time.time()
         lose_pod(nodes, worker["metadata"]["name"], "evicted")
-        restarted = wait_for(ref, env, lambda st: st["detail"].get("group_restarts", 0) > eviction,
+        restarted = wait_for(ref, env, lambda st: (st["detail"].get("group_restarts", 0)
+                                                   > eviction),  # noqa: B023 wait_for calls it at once
                              what="the group restarted", timeout=300)[0]
         again = None
         while again is None:
@@ -193,7 +198,8 @@ def test_a_killed_trainer_restarts_the_group_in_place_in_seconds(nodes, name):
     signal_trainers(nodes, running_pod(nodes, name, "worker")["metadata"]["name"], "KILL")
     final, _ = wait_for(ref, env, lambda st: st["state"] == "SUCCEEDED", what="SUCCEEDED", timeout=900)
     later = [r["time"] for r in step_records(metrics) if r["time"] > killed_at + 1]
-    print(f"\nkilled trainer: training again {later[1] - killed_at:.1f} s after (same pods, restarted in place)")
+    print(f"\nkilled trainer: training again {later[1] - killed_at:.1f} s after "
+          f"(same pods, restarted in place)")
     assert later[1] - killed_at < 60
     assert {p["metadata"]["name"] for p in pods_labelled(nodes, f"{JOBSET_LABEL}={name}")} == pods_before
     detail = final["detail"]

@@ -43,8 +43,8 @@ def test_each_replicated_job_is_a_valid_indexed_job(render, version, nodes):
         assert spec["completionMode"] == "Indexed"      # the pods' hostnames need it
         assert spec["completions"] == spec["parallelism"] == (1 if name == "leader" else nodes - 1)
         assert spec["backoffLimit"] == 0                 # the JobSet's failurePolicy decides
-        job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": f"pt-{name}-0", "namespace": "x"},
-               "spec": spec}
+        job = {"apiVersion": "batch/v1", "kind": "Job",
+               "metadata": {"name": f"pt-{name}-0", "namespace": "x"}, "spec": spec}
         kubernetes_validate.validate(job, version, strict=True)
 
 
@@ -98,8 +98,10 @@ def test_every_field_the_webhook_would_default_is_written(render):
 # pkg/controller/job), which JobSet's rules match with RE2; Python's `re` agrees for these.
 def job_failure(code: int | None, rule: int, disrupted: bool = False) -> tuple[str, str]:
     if disrupted:
-        return "PodFailurePolicy", f"Pod x/pt-worker-0-0-abc has condition DisruptionTarget matching FailJob rule at index {rule}"
-    return "PodFailurePolicy", f"Container trainer for pod x/pt-worker-0-0-abc failed with exit code {code} matching FailJob rule at index {rule}"
+        return "PodFailurePolicy", (f"Pod x/pt-worker-0-0-abc has condition DisruptionTarget "
+                                    f"matching FailJob rule at index {rule}")
+    return "PodFailurePolicy", (f"Container trainer for pod x/pt-worker-0-0-abc failed with exit code {code} "
+                                f"matching FailJob rule at index {rule}")
 
 
 def jobset_action(reason: str, message: str) -> str:
@@ -120,14 +122,17 @@ def test_the_failure_policy_does_what_the_contract_decides(render, code):
     js = jobset(render, group_restarts=5)
     assert js["spec"]["failurePolicy"]["maxRestarts"] == 5
     rules = replicated(js)["worker"]["template"]["spec"]["podFailurePolicy"]["rules"]
-    matched = next((i for i, r in enumerate(rules) if code in (r.get("onExitCodes") or {}).get("values", [])), None)
+    matched = next((i for i, r in enumerate(rules) if code in (r.get("onExitCodes") or {}).get("values", [])),
+                   None)
     reason, message = job_failure(code, matched) if matched is not None else (
         "BackoffLimitExceeded", "Job has reached the specified backoff limit")
-    decided = contract.decide([contract.Outcome(contract.end_of_exit(code), 0, code)], restarts=0, bound=5, ranks=1)
+    decided = contract.decide([contract.Outcome(contract.end_of_exit(code), 0, code)],
+                              restarts=0, bound=5, ranks=1)
     if decided.action == contract.FINISH:
         assert matched is None
         return
-    expected = {(contract.FAIL, False): "FailJobSet", (contract.RESTART, False): "RestartJobSetAndIgnoreMaxRestarts",
+    expected = {(contract.FAIL, False): "FailJobSet",
+                (contract.RESTART, False): "RestartJobSetAndIgnoreMaxRestarts",
                 (contract.RESTART, True): "RestartJobSet"}[decided.action, decided.counted]
     assert jobset_action(reason, message) == expected
 

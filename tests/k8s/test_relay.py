@@ -59,7 +59,8 @@ def test_of_both_addresses_dns_gives_the_worker_joins_the_one_of_its_generation(
     leaders(port, "0", "127.0.0.2:6768", 2, None, bind="127.0.0.2")     # still terminating
     leaders(port, "1", "127.0.0.3:6768", 2, None, bind="127.0.0.3")
     member = relay.Member("job-leader-0-0.job", port, "1", 1, "pod-b", None)
-    assert member.join(time.monotonic() + 30, lambda host, timeout: ["127.0.0.2", "127.0.0.3"]) == "127.0.0.3:6768"
+    assert member.join(time.monotonic() + 30,
+                       lambda host, timeout: ["127.0.0.2", "127.0.0.3"]) == "127.0.0.3:6768"
 
 
 def test_rank_0_admits_each_node_once_and_only_while_forming(leaders):
@@ -87,7 +88,8 @@ def test_in_place_a_member_hands_rank_0_its_outcomes_and_joins_only_the_next_rou
     resolve = lambda host, timeout: ["127.0.0.1"]  # noqa: E731
     assert member.join(time.monotonic() + 5, resolve) == "10.0.0.1:6768" and member.round == 1
     assert leader.over() is None
-    crash = contract.Outcome(contract.End.CRASHED, 1, 1, "boom", global_step=7, host="pod-b", time=time.time())
+    crash = contract.Outcome(contract.End.CRASHED, 1, 1, "boom", global_step=7, host="pod-b",
+                             time=time.time())
     member.leave([crash])
     assert leader.over() == "node 1 left it (its trainer ended)"
     assert contract.read_outcomes(tmp_path / "outcomes") == [crash]
@@ -95,8 +97,8 @@ def test_in_place_a_member_hands_rank_0_its_outcomes_and_joins_only_the_next_rou
         member.join(time.monotonic() + 0.5, resolve, say=lambda *a, **k: None)
     leader.next_round()
     assert leader.over() is None and leader.missing() == [1]
-    old = relay.ask(("127.0.0.1", port), {"op": "beat", "generation": "2", "round": 1, "node": 1, "pod": "pod-b",
-                                          "records": []})
+    old = relay.ask(("127.0.0.1", port), {"op": "beat", "generation": "2", "round": 1, "node": 1,
+                                          "pod": "pod-b", "records": []})
     assert not old["ok"] and "not a member of round 2" in old["why"]
     assert member.join(time.monotonic() + 5, resolve) == "10.0.0.1:6768" and member.round == 2
 
@@ -126,8 +128,8 @@ def test_heartbeats_are_mirrored_and_a_frozen_rank_is_seen_by_rank_0s_watchdog(t
             rank1.write()
             assert view.check() is None and member_view.check() is None
             time.sleep(0.3)
-        assert json.loads((generation_dir(member_dir.parent, generation) / "rank-00000.json").read_text())["host"] \
-            == "pod-0"                           # rank 0's record reached rank 1's pod
+        assert json.loads((generation_dir(member_dir.parent, generation) / "rank-00000.json")
+                          .read_text())["host"] == "pod-0"  # rank 0's record reached rank 1's pod
         frozen_at = time.monotonic()             # rank 1 freezes; rank 0 goes on beating
         while (lost := view.check()) is None:
             rank0.write()
@@ -142,7 +144,8 @@ def test_heartbeats_are_mirrored_and_a_frozen_rank_is_seen_by_rank_0s_watchdog(t
 # ---- the node supervisor in network mode (real processes) -------------------------------------
 
 LAUNCHER = ["sh", "-c", 'echo "$@"; exec sleep 120', "sh", "-m", "paddle.distributed.launch", "--nnodes", "2",
-            "--rank", "$(JOB_COMPLETION_INDEX)", "--log_dir", "/out/pt/launch-logs/rank-$(JOB_COMPLETION_INDEX)"]
+            "--rank", "$(JOB_COMPLETION_INDEX)",
+            "--log_dir", "/out/pt/launch-logs/rank-$(JOB_COMPLETION_INDEX)"]
 
 
 def supervisor(*args: str, launcher=LAUNCHER) -> subprocess.Popen:
@@ -155,18 +158,20 @@ def test_a_worker_joins_rank_0_by_name_and_gets_its_node_rank(tmp_path):
     rank0 = supervisor("--node-rank", "0", "--rank0-host", "localhost", "--port", str(port), "--pod-ip",
                        "127.0.0.1", "--generation", "2", "--start-timeout", "60",
                        launcher=[*LAUNCHER[:-4], "--rank", "0", "--log_dir", "/out/pt/launch-logs/rank-0"])
-    worker = supervisor("--node-rank", "0", "--rank-offset", "1", "--rank0-host", "localhost", "--port", str(port),
-                        "--pod-ip", "127.0.0.9", "--generation", "2", "--start-timeout", "60")
+    worker = supervisor("--node-rank", "0", "--rank-offset", "1", "--rank0-host", "localhost",
+                        "--port", str(port), "--pod-ip", "127.0.0.9", "--generation", "2",
+                        "--start-timeout", "60")
     try:
-        assert rank0.stdout.readline().strip() == f"rendezvous: node 0, master 127.0.0.1:{port} (localhost), generation 2"
+        assert rank0.stdout.readline().strip() == (f"rendezvous: node 0, master 127.0.0.1:{port} "
+                                                   f"(localhost), generation 2")
         said = worker.stdout.readline().strip()
         while said.startswith("rendezvous: node 1 waiting to join"):    # rank 0 not listening yet
             said = worker.stdout.readline().strip()
         assert said == f"rendezvous: node 1, master 127.0.0.1:{port} (localhost), generation 2"
         # the worker's own Job counts from 0: its launcher gets node rank 1 and its log folder
         assert worker.stdout.readline().split() == [
-            "-m", "paddle.distributed.launch", "--job_id", "round-1", "--master", f"127.0.0.1:{port}", "--nnodes", "2",
-            "--rank", "1",
+            "-m", "paddle.distributed.launch", "--job_id", "round-1", "--master", f"127.0.0.1:{port}",
+            "--nnodes", "2", "--rank", "1",
             "--log_dir", "/out/pt/launch-logs/rank-1"]
     finally:
         for proc in (rank0, worker):        # SIGTERM reaches the stand-in launchers too
@@ -181,7 +186,8 @@ def test_a_crashed_worker_restarts_the_group_in_place_over_the_network(tmp_path)
     port = free_port() - 1
     outcomes = tmp_path / "outcomes"
     stand_in = ('echo "$@"; case "$*" in *round-2*) touch "$0.round-2"; exec sleep 120;; esac; '
-                'if [ "$0" = "{worker}" ]; then printf \'{{"end":"crashed","rank":1,"exit_code":1,"message":"boom"}}\' '
+                'if [ "$0" = "{worker}" ]; then '
+                'printf \'{{"end":"crashed","rank":1,"exit_code":1,"message":"boom"}}\' '
                 '> "$SIMSIAM_OUTCOME_DIR/rank-00001.json"; exit 1; fi; exec sleep 120')
     worker_name = str(tmp_path / "worker")
     body = stand_in.format(worker=worker_name)
@@ -190,8 +196,9 @@ def test_a_crashed_worker_restarts_the_group_in_place_over_the_network(tmp_path)
     rank0 = supervisor("--node-rank", "0", "--rank0-host", "localhost", "--port", str(port), "--pod-ip",
                        "127.0.0.1", "--generation", "4", "--outcomes-dir", str(outcomes),
                        launcher=launcher("rank0", "0"))
-    worker = supervisor("--node-rank", "0", "--rank-offset", "1", "--rank0-host", "localhost", "--port", str(port),
-                        "--pod-ip", "127.0.0.9", "--generation", "4", launcher=launcher("worker", "0"))
+    worker = supervisor("--node-rank", "0", "--rank-offset", "1", "--rank0-host", "localhost",
+                        "--port", str(port), "--pod-ip", "127.0.0.9", "--generation", "4",
+                        launcher=launcher("worker", "0"))
     try:
         deadline = time.monotonic() + 60
         while not all((tmp_path / f"{name}.round-2").exists() for name in ("rank0", "worker")):
@@ -206,7 +213,8 @@ def test_a_crashed_worker_restarts_the_group_in_place_over_the_network(tmp_path)
     out0, out1 = (proc.communicate(timeout=30)[0] for proc in (rank0, worker))
     assert "round 1 is over: node 1 left it (its trainer ended); node 0 ends its launcher" in out0, out0
     assert f"rendezvous: node 0, master 127.0.0.1:{port} (localhost), generation 4, round 2" in out0, out0
-    assert "node 1 ended: rank 1 exited with exit code 1" in out1 and "joins the next round in place" in out1, out1
+    assert ("node 1 ended: rank 1 exited with exit code 1" in out1
+            and "joins the next round in place" in out1), out1
     assert f"--job_id round-2 --master 127.0.0.1:{port} --nnodes 2 --rank 1" in out1, out1
 
 
@@ -217,7 +225,8 @@ def test_rank_0_gives_up_at_the_start_timeout_naming_the_node_that_never_joined(
                        launcher=[*LAUNCHER[:-4], "--rank", "0"])
     out, err = rank0.communicate(timeout=60)
     assert rank0.returncode == contract.EXIT_START_TIMEOUT, (out, err)
-    assert err.strip() == "error: node 0: the group did not form within the start timeout (3 s): node 1 never joined"
+    assert err.strip() == ("error: node 0: the group did not form within the start timeout (3 s): "
+                           "node 1 never joined")
 
 
 def test_a_worker_gives_up_at_the_start_timeout_when_rank_0_never_comes():
@@ -236,7 +245,8 @@ def test_the_start_timeout_ends_once_the_group_has_formed(tmp_path):
     launcher = ["sh", "-c", 'touch "$SIMSIAM_OUTCOME_DIR/rank-00000.started"; sleep 4; echo done', "sh",
                 "-m", "paddle.distributed.launch", "--nnodes", "2", "--rank", "0"]
     rank0 = supervisor("--node-rank", "0", "--rank0-host", "localhost", "--port", str(free_port() - 1),
-                       "--pod-ip", "127.0.0.1", "--generation", "0", "--start-timeout", "2", launcher=launcher)
+                       "--pod-ip", "127.0.0.1", "--generation", "0", "--start-timeout", "2",
+                       launcher=launcher)
     out, err = rank0.communicate(timeout=60)
     assert rank0.returncode == 0, (out, err)
     assert out.splitlines()[-1] == "done"
@@ -244,9 +254,9 @@ def test_the_start_timeout_ends_once_the_group_has_formed(tmp_path):
 
 def test_the_indexed_job_rounds_have_the_start_timeout_too(tmp_path):
     """Rank 0 of an Indexed Job names the nodes that never joined its round."""
-    rank0 = supervisor("--node-rank", "0", "--rank0-host", "pt-0.pt", "--port", "6768", "--pod-ip", "10.1.2.3",
-                       "--rounds-dir", str(tmp_path / "rendezvous"), "--start-timeout", "2",
-                       launcher=[*LAUNCHER[:-4], "--rank", "0"])
+    rank0 = supervisor("--node-rank", "0", "--rank0-host", "pt-0.pt", "--port", "6768",
+                       "--pod-ip", "10.1.2.3", "--rounds-dir", str(tmp_path / "rendezvous"),
+                       "--start-timeout", "2", launcher=[*LAUNCHER[:-4], "--rank", "0"])
     out, err = rank0.communicate(timeout=60)
     assert rank0.returncode == contract.EXIT_START_TIMEOUT, (out, err)
     assert "node 1 never joined" in err

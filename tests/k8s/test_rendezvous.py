@@ -29,16 +29,17 @@ def rendezvous(*args: str, timeout: float = 60):
 
 
 def test_rank_0_is_its_own_master_by_pod_ip():
-    run = rendezvous("--rank0-host", "job-0.job", "--port", "6768", "--node-rank", "0", "--pod-ip", "10.1.2.3",
-                     "--", *LAUNCHER, "0")
+    run = rendezvous("--rank0-host", "job-0.job", "--port", "6768", "--node-rank", "0",
+                     "--pod-ip", "10.1.2.3", "--", *LAUNCHER, "0")
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == ["rendezvous: node 0, master 10.1.2.3:6768 (job-0.job)",
-                                       "-m paddle.distributed.launch --master 10.1.2.3:6768 --nnodes 2 --rank 0"]
+                                       ("-m paddle.distributed.launch --master 10.1.2.3:6768 "
+                                        "--nnodes 2 --rank 0")]
 
 
 def test_other_ranks_resolve_rank_0s_name():
-    run = rendezvous("--rank0-host", "localhost", "--port", "6768", "--node-rank", "1", "--pod-ip", "10.9.9.9",
-                     "--", *LAUNCHER, "1")
+    run = rendezvous("--rank0-host", "localhost", "--port", "6768", "--node-rank", "1",
+                     "--pod-ip", "10.9.9.9", "--", *LAUNCHER, "1")
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[-1] == ("-m paddle.distributed.launch --master 127.0.0.1:6768 "
                                            "--nnodes 2 --rank 1")
@@ -199,16 +200,18 @@ def test_a_crashed_launcher_restarts_the_group_in_place_with_the_same_pods(tmp_p
     rank0.relaunched(old0)
     assert rank0.proc.poll() is None and member.proc.poll() is None     # no pod ended
     out = member.lose()
-    assert re.search(r"node 1 ended: paddle's launcher exited with exit code 1.*; it joins the next round in place", out), out
+    assert re.search(r"node 1 ended: paddle's launcher exited with exit code 1.*; "
+                     r"it joins the next round in place", out), out
     assert "--master 10.1.2.3:6768 --job_id pt-round-2" in out, out
     assert "node 0 joins the next round in place" in rank0.lose()
 
 
 def test_sigterm_reaches_the_launcher_and_the_pod_exits_143(tmp_path):
     # Paddle's launcher exits with the signal's number (15) after stopping its trainer.
-    launcher = ["sh", "-c", 'trap "exit 15" TERM; echo "$@"; sleep 120 & wait', "sh", "-m", "paddle.distributed.launch"]
-    proc = subprocess.Popen([sys.executable, "-m", "trainer.rendezvous", "--rank0-host", "pt-0.pt", "--port", "6768",
-                             "--node-rank", "0", "--pod-ip", "10.1.2.3", "--", *launcher],
+    launcher = ["sh", "-c", 'trap "exit 15" TERM; echo "$@"; sleep 120 & wait', "sh",
+                "-m", "paddle.distributed.launch"]
+    proc = subprocess.Popen([sys.executable, "-m", "trainer.rendezvous", "--rank0-host", "pt-0.pt",
+                             "--port", "6768", "--node-rank", "0", "--pod-ip", "10.1.2.3", "--", *launcher],
                             cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().startswith("rendezvous: node 0, master 10.1.2.3:6768")
     assert proc.stdout.readline().startswith("-m paddle.distributed.launch --master")
