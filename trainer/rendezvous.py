@@ -71,9 +71,9 @@ import uuid
 from pathlib import Path
 
 from trainer import contract
+from trainer.launch_argv import launcher_nodes, with_master, with_rank
 from trainer.rounds import POLL, Rounds
 
-LAUNCHER = "paddle.distributed.launch"
 KILLED_BY_SIGTERM = 128 + signal.SIGTERM
 
 
@@ -100,46 +100,6 @@ def resolve_all(host: str, timeout: float, *, interval: float = 1.0, say=print) 
                 say(f"rendezvous: waiting for {host} to resolve ({err.strerror})", flush=True)
                 next_note = now + 15
             time.sleep(interval)
-
-
-def with_master(argv: list[str], master: str, round_: int = 0) -> list[str]:
-    """``argv`` (a ``python -m paddle.distributed.launch ...`` command) with ``--master`` added; with
-    a round, its ``--job_id`` (the key space of the master's store) made that round's own."""
-    if LAUNCHER not in argv:
-        raise ValueError(f"expected a `python -m {LAUNCHER} ...` command after --, got {argv[:3]}")
-    at = argv.index(LAUNCHER) + 1
-    argv = [*argv[:at], "--master", master, *argv[at:]]
-    if round_:
-        if "--job_id" in argv[at:]:
-            i = argv.index("--job_id", at) + 1
-            argv[i] = f"{argv[i]}-round-{round_}"
-        else:
-            argv[at:at] = ["--job_id", f"round-{round_}"]
-    return argv
-
-
-def with_rank(argv: list[str], rank: int) -> list[str]:
-    """``argv`` with the launcher's ``--rank`` (and the node's log folder, ``.../rank-N``) set to
-    ``rank``: a JobSet's worker pods count from 0 in their own Job, their node rank is 1 higher."""
-    at = argv.index(LAUNCHER) + 1
-    argv = list(argv)
-    for i in range(at, len(argv) - 1):
-        if argv[i] == "--rank":
-            argv[i + 1] = str(rank)
-        elif argv[i] == "--log_dir":
-            argv[i + 1] = argv[i + 1].rpartition("/rank-")[0] + f"/rank-{rank}" if "/rank-" in argv[i + 1] \
-                else argv[i + 1]
-    return argv
-
-
-def launcher_nodes(argv: list[str]) -> int:
-    """The launcher's ``--nnodes``."""
-    at = argv.index(LAUNCHER) + 1
-    if "--nnodes" in argv[at:-1]:
-        value = argv[argv.index("--nnodes", at) + 1]
-        if value.isdigit():
-            return int(value)
-    return 1
 
 
 class Group:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers.images import natural_like
 
 from trainer.data import DataError
 from trainer.data import transforms as T
@@ -252,22 +253,11 @@ def test_ops_without_a_region_get_the_full_size_image():
     assert center.shape == (32, 32, 3) and center.min(axis=(0, 1)).max() > 0  # not black padding
 
 
-def pink_noise(h, w, seed=0):
-    """Colour 1/f noise: the spectrum of natural photos, rich in the fine detail that decoding
-    at reduced scale could change."""
-    rng = np.random.default_rng(seed)
-    spectrum = np.fft.rfft2(rng.standard_normal((3, h, w)))
-    spectrum /= np.maximum(np.hypot(np.fft.rfftfreq(w)[None, :], np.fft.fftfreq(h)[:, None]), 1 / w)
-    x = np.fft.irfft2(spectrum, s=(h, w))
-    x = (x - x.mean()) / x.std()
-    return np.clip(128 + 50 * x, 0, 255).astype(np.uint8).transpose(1, 2, 0)
-
-
 def test_reduced_scale_decoding_keeps_the_views_statistics():
     """Crops that keep >= 224 px per side at 1/2 scale are cut from a 1/2-scale JPEG decode; their
     views must match those from the full-size decode in brightness, contrast and sharpness (mean
     gradient). For scale: our full-size views are 15 % less sharp than PIL's (the reference's)."""
-    data = _jpeg(pink_noise(900, 1200))
+    data = _jpeg(natural_like(900, 1200))
     crop = T.RandomResizedCrop(224, scale=(0.5, 1.0), interpolation="bicubic")  # all fit at 1/2
     full_size = T.Source(data)
     full_size.decoded(1200, 900)
@@ -290,7 +280,7 @@ def test_reduced_scale_decoding_keeps_the_views_statistics():
 def test_views_share_one_decode_at_the_smallest_scale_their_crops_allow():
     """The views' crop boxes are drawn before decoding: one decode serves both, at 1/2 scale when
     both crops keep >= 224 px per side there, at full size when either needs it."""
-    data = _jpeg(pink_noise(900, 1200))
+    data = _jpeg(natural_like(900, 1200))
     crop = [{"RandomResizedCrop": {"size": 224, "scale": [0.5, 1.0], "interpolation": "bicubic"}}]
     halves = T.build_views([{"TwoViewsTransform": {"base_transform1": crop, "base_transform2": crop}}])
     source = T.Source(data)

@@ -381,8 +381,7 @@ def jobset_status(ref: JobRef, js: dict, pods, *, progress: dict | None = None, 
     restarts, counted = int(status.get("restarts") or 0), int(status.get("restartsCountTowardsMax") or 0)
     if progress and isinstance(progress.get("group_restarts"), int) \
             and isinstance(progress.get("counted_restarts"), int):
-        # rank 0 counts every start, JobSet's and those in place; it counts as counted only those
-        # in place (JobSet counts its own).
+        # rank 0 counts every start; as counted only those in place (JobSet counts its own)
         restarts, counted = max(restarts, progress["group_restarts"]), counted + progress["counted_restarts"]
     preempted = restarts - counted + (queued.evictions if queued else 0)
     history = group_history(restarts, counted, (js["spec"].get("failurePolicy") or {}).get("maxRestarts"),
