@@ -91,3 +91,19 @@ def test_resume_at_a_step_gives_the_remaining_batches_exactly(fmnist_root):
     assert len(tail) == len(full) - 4
     for (views_a, labels_a), (views_b, labels_b) in zip(full[4:], tail, strict=True):
         assert np.array_equal(labels_a, labels_b) and np.array_equal(views_a[0], views_b[0])
+
+
+def test_per_sample_randomness_depends_only_on_seed_epoch_and_index():
+    from trainer.data.loader import sample_rng
+
+    def draws(seed, epoch, index):
+        rng = sample_rng(seed, epoch, index)
+        return [rng.random(), rng.uniform(0.2, 1.0), rng.integers(0, 7), rng.permutation(4)]
+
+    assert draws(3, 1, 42) == draws(3, 1, 42)
+    others = [draws(4, 1, 42), draws(3, 2, 42), draws(3, 1, 43), draws(0, 31, 42), draws(0, 3, 142)]
+    assert all(d != draws(3, 1, 42) for d in others)     # no two of (seed, epoch, index) collide
+    rng = sample_rng(0, 0, 0)
+    values = [rng.integers(2, 5) for _ in range(2000)]
+    assert set(values) == {2, 3, 4}                     # numpy's convention: high is excluded
+    assert all(sorted(rng.permutation(5)) == list(range(5)) for _ in range(50))

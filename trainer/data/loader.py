@@ -25,6 +25,7 @@ from trainer.data import index as file_index
 from trainer.data.errors import DataError
 from trainer.data.images import CorruptImage, Source
 from trainer.data.index import IMAGE_EXTENSIONS
+from trainer.data.randomness import SampleRandom, sample_random
 from trainer.data.transforms import Views, build_views
 from trainer.sections import DataSplit
 
@@ -96,8 +97,8 @@ def eval_batches(n: int, batch_size: int, world_size: int, rank: int) -> list[np
     return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
-def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([_AUGMENT, seed, epoch, int(index)])
+def sample_rng(seed: int, epoch: int, index: int) -> SampleRandom:
+    return sample_random(_AUGMENT, seed, epoch, int(index))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ no detail is lost), cropped before it is resized, and every later op works on th
 crop (colour changes as one OpenCV colour-matrix pass each). ToTensor and Normalize are not run
 here: they are recorded and applied on the device by ``Loader.to_tensor``.
 
-Randomness: every op draws from the ``numpy.random.Generator`` it is handed; the loader seeds one
-per (seed, epoch, sample index), so augmentations do not depend on worker count or timing.
+Randomness: every op draws from the generator it is handed (uniform, random, integers and
+permutation, as numpy's Generator); the loader seeds one per (seed, epoch, sample index), see
+trainer.data.randomness, so augmentations do not depend on worker count or timing.
 """
 from __future__ import annotations
 
@@ -159,8 +160,8 @@ class ColorJitter:
         if rng.random() >= self.p:
             return image
         array = as_array(image)
-        for i in rng.permutation(len(self.active)).tolist():
-            name, low, high = self.active[i]
+        for i in rng.permutation(len(self.active)):
+            name, low, high = self.active[int(i)]
             factor = rng.uniform(low, high)
             array = adjust_hue(array, factor) if name == "hue" else getattr(self, name)(array, factor)
         return array
