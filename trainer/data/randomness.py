@@ -1,7 +1,7 @@
 """Per-sample randomness for the augmentation ops.
 
 An op draws a handful of numbers per image; numpy's Generator costs 2-6 us per scalar draw and
-about 25 us to seed, which came to ~10 % of a two-view sample's CPU time. Python's Mersenne
+about 25 us to seed, which came to ~5 % of a two-view sample's CPU time. Python's Mersenne
 Twister draws a scalar in well under 1 us and seeds from a string in ~10 us, with the same
 uniform quality for this use. The ops only call the four methods below, so a numpy Generator
 works in their place too (the tests hand them one).
