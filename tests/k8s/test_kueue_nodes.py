@@ -56,10 +56,12 @@ def test_a_preempted_job_checkpoints_waits_queued_resumes_and_succeeds_without_a
     wait_for(high, env, lambda st: st["state"] == "SUCCEEDED", what="the high job SUCCEEDED", timeout=600)
     final, _ = wait_for(low, env, lambda st: st["state"] == "SUCCEEDED", what="the low job SUCCEEDED",
                         timeout=900)
-    # Its pods got SIGTERM and rank 0 wrote a checkpoint at the step where both stopped (Kueue
-    # suspends the Job; the Job controller then deletes its pods).
-    log = (output / name / "train.log").read_text()
-    assert "SIGTERM received" in log or "stopped by SIGTERM" in log, log[-3000:]
+    # Kueue suspends the Job; the Job controller deletes its pods, whose trainers get SIGTERM. Which
+    # rank's signal stops the group first varies (rank 0's launcher also hosts the master and
+    # forwards later, so rank 0 often stops by agreement without a SIGTERM of its own): the start
+    # that resumed names the preemption, whichever rank it reached first.
+    starts = [json.loads(line) for line in (output / name / "starts.jsonl").read_text().splitlines()]
+    assert len(starts) == 2 and starts[1]["after"].startswith("preempted: "), starts
     # group_restarts=0, yet no failure: the preemption was not counted.
     assert (final["detail"]["preempted"] >= 1
             and "preempted" in run_cli(["status", low], env, check=True).stdout)
@@ -70,7 +72,6 @@ def test_a_preempted_job_checkpoints_waits_queued_resumes_and_succeeds_without_a
     again = min(r["time"] for r in step_records(metrics) if r["global_step"] == resumed[0] + 1)
     print(f"readmitted: training again {again - preempted_at:.1f} s after the preemption "
           "(the high-priority job ran in between)")
-    starts = [json.loads(line) for line in (output / name / "starts.jsonl").read_text().splitlines()]
     assert [s["counted"] for s in starts] == [False, False]
 
 
